@@ -1,0 +1,253 @@
+"""Command line: ``implant-bone-contact analyze|demo``.
+
+Errors in the input become one line on stderr and exit code 2; an
+interruption (Ctrl-C, SIGTERM) exits with 130 and leaves no partial result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .analysis import AnalysisParameters, analyze_files
+from .classes import PRESETS
+from .errors import InputError, OutputError
+from .export import check_output_folder, save_result
+
+# Options whose value is a coordinate list that may start with "-".
+_COORDINATE_OPTIONS = ("--axis", "--medial-point", "--resection-plane", "--bands-axial")
+
+
+def _join_coordinate_values(argv: list[str]) -> list[str]:
+    """Turn ``--axis -1,2,3:4,5,6`` into ``--axis=-1,2,3:4,5,6`` so argparse does not take the value for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _COORDINATE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _point(text: str, what: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{what} must be three numbers X,Y,Z in RAS mm, got {text!r}") from None
+    if len(values) != 3 or not all(map(lambda v: v == v and abs(v) != float("inf"), values)):
+        raise InputError(f"{what} must be three finite numbers X,Y,Z in RAS mm, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _pair(text: str, what: str) -> tuple[tuple, tuple]:
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise InputError(f"{what} must be X,Y,Z:X,Y,Z, got {text!r}")
+    return _point(parts[0], what), _point(parts[1], what)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="implant-bone-contact",
+        description="Map CT Hounsfield units onto a registered femoral stem, by Gruen zone and contact class.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("analyze", help="analyse a CT and a registered implant model")
+    a.add_argument("--ct", required=True, help="CT: NRRD, NIfTI, MetaImage file or a DICOM series folder")
+    a.add_argument("--model", required=True, help="implant surface: STL, OBJ, PLY, VTK or VTP (mm)")
+    a.add_argument("--out", required=True, help="result folder (created; replaced only with --overwrite)")
+    _add_analysis_options(a)
+
+    d = sub.add_parser("demo", help="write the built-in femur phantom (NRRD + STL) and analyse it")
+    d.add_argument("--out", required=True, help="folder for the phantom and its results")
+    d.add_argument("--metal", action="store_true", help="make a post-operative phantom: metal stem voxels that bloom")
+    d.add_argument("--voxel", type=float, default=0.7, help="phantom voxel size in mm (default 0.7)")
+    d.add_argument("--side", choices=("left", "right"), default="left", help="femur side of the phantom (default left)")
+    d.add_argument("--overwrite", action="store_true", help="replace an existing result")
+    d.add_argument("--no-pictures", action="store_true", help="write tables only, no pictures or report")
+    d.add_argument("--quiet", action="store_true", help="no progress messages")
+    return parser
+
+
+def _add_analysis_options(a: argparse.ArgumentParser) -> None:
+    g = a.add_argument_group("inputs")
+    g.add_argument("--transform", help="registration moving the model into the CT: 4x4 RAS matrix text file, or ITK .tfm/.txt/.h5")
+    g.add_argument("--model-space", choices=("RAS", "LPS"), type=str.upper, help="override the model file's coordinate system (default: its SPACE= header, else LPS)")
+    g.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
+
+    g = a.add_argument_group("remeshing")
+    g.add_argument("--remesh", choices=("acvd", "none"), default="acvd", help="uniform ACVD remesh as Slicer's Surface Toolbox (default), or keep the input mesh")
+    g.add_argument("--points", type=int, default=10000, help="points after remeshing (default 10000)")
+    g.add_argument("--subdivide", type=int, default=None, help="subdivisions before clustering (default: smallest giving 3 input points per cluster)")
+
+    g = a.add_argument_group("sampling")
+    g.add_argument("--sampling", choices=("trilinear", "nearest"), default="trilinear", help="trilinear (as Probe Volume With Model, default) or nearest voxel")
+    g.add_argument("--offset", type=float, default=0.0, metavar="MM", help="sample this far outside the surface along the normal (mm, default 0)")
+    g.add_argument("--profile", metavar="START:STOP:STEP", help="sample several offsets (mm) and aggregate them, e.g. 0.5:3:0.5 for a post-operative CT")
+    g.add_argument("--profile-aggregate", choices=("max", "mean", "median"), default="max", help="how profile samples become one HU (default max)")
+
+    g = a.add_argument_group("contact classes")
+    g.add_argument("--classes", default="default", help=f"preset ({', '.join(PRESETS)}), 'name:low:high,...' HU bands, or a JSON file (default: default)")
+    g.add_argument("--metal-hu", type=float, default=2500.0, help="samples at or above this HU are class metal (default 2500)")
+    g.add_argument("--no-metal-class", action="store_true", help="no metal class")
+
+    g = a.add_argument_group("stem frame and zones")
+    g.add_argument("--axis", metavar="X,Y,Z:X,Y,Z", help="stem axis: proximal point then distal point (RAS mm)")
+    g.add_argument("--medial-point", metavar="X,Y,Z", help="a point on the medial side of the stem (RAS mm)")
+    g.add_argument("--resection-plane", metavar="X,Y,Z:NX,NY,NZ", help="neck-cut plane: a point and a normal (RAS)")
+    g.add_argument("--side", choices=("left", "right"), help="femur side (default: from where the neck points)")
+    g.add_argument("--tip-length", type=float, default=10.0, metavar="MM", help="height of the tip zone above the tip (mm, default 10)")
+    g.add_argument("--zone-scheme", choices=("sector", "projection"), default="sector", help="sector: one zone per vertex; projection: an AP-view and a lateral-view zone per vertex")
+    g.add_argument("--bands-axial", metavar="P,M,D", help="proximal,middle,distal fractions of the cut-to-tip height (default thirds)")
+    g.add_argument("--frame", metavar="FRAME.json", help="reuse a frame.json written by an earlier run (axis, medial, resection, side)")
+
+    g = a.add_argument_group("output")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
+    g.add_argument("--no-pictures", action="store_true", help="write tables only, no pictures or report")
+    g.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
+    """Build :class:`AnalysisParameters` from parsed command-line options."""
+    p = AnalysisParameters(
+        remesh=args.remesh,
+        points=args.points,
+        subdivide=args.subdivide,
+        sampling=args.sampling,
+        offset_mm=args.offset,
+        profile=args.profile,
+        profile_aggregate=args.profile_aggregate,
+        classes=args.classes,
+        metal_hu=None if args.no_metal_class else args.metal_hu,
+        zone_scheme=args.zone_scheme,
+        tip_length_mm=args.tip_length,
+        side=args.side,
+        model_space=args.model_space,
+        series_uid=args.series_uid,
+    )
+    if args.frame:
+        import json
+
+        from .frame import StemFrame
+
+        try:
+            frame = StemFrame.from_dict(json.loads(Path(args.frame).read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read the frame file {args.frame}: {exc}") from None
+        p.axis = (tuple(frame.proximal_point), tuple(frame.tip))
+        p.medial_point = tuple(frame.tip + 10.0 * frame.medial)
+        p.resection_point = tuple(frame.resection_point)
+        p.resection_normal = tuple(frame.resection_normal)
+        p.side = p.side or frame.side
+    if args.axis:
+        p.axis = _pair(args.axis, "--axis")
+    if args.medial_point:
+        p.medial_point = _point(args.medial_point, "--medial-point")
+    if args.resection_plane:
+        p.resection_point, p.resection_normal = _pair(args.resection_plane, "--resection-plane")
+    if args.bands_axial:
+        try:
+            bands = tuple(float(v) for v in args.bands_axial.split(","))
+        except ValueError:
+            raise InputError(f"--bands-axial must be three fractions P,M,D, got {args.bands_axial!r}") from None
+        if len(bands) != 3:
+            raise InputError(f"--bands-axial must be three fractions P,M,D, got {args.bands_axial!r}")
+        p.bands_axial = bands  # type: ignore[assignment]
+    p.validate()
+    return p
+
+
+class _Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if not self.quiet:
+            print(f"[{100 * fraction:3.0f}% {time.perf_counter() - self.t0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_analysis(args: argparse.Namespace) -> int:
+    params = parameters_from_args(args)
+    check_output_folder(args.out, args.overwrite)
+    progress = _Progress(args.quiet)
+    result = analyze_files(args.ct, args.model, params, transform=args.transform, progress=progress)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    progress(1.0, f"writing results to {args.out}")
+    save_result(result, args.out, overwrite=args.overwrite, pictures=not args.no_pictures)
+    if not args.quiet:
+        _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    cols = ["zone", "region", "area_mm2", "hu_mean"] + [f"frac_{n}" for n in result.class_names]
+    z = result.zones[cols].copy()
+    print(z.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .phantom import FemurPhantom, PhantomSpec
+
+    out = Path(args.out)
+    results = out / "results"
+    check_output_folder(results, args.overwrite)
+    progress = _Progress(args.quiet)
+    progress(0.0, f"writing the femur phantom to {out} (voxel {args.voxel} mm{', metal' if args.metal else ''})")
+    phantom = FemurPhantom(PhantomSpec(voxel_mm=args.voxel, side=args.side, metal=args.metal, noise_hu=10.0))
+    paths = phantom.write(out)
+    params = AnalysisParameters(profile="0.5:3:0.5" if args.metal else None)
+    result = analyze_files(paths["ct"], paths["model"], params, progress=progress)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    progress(1.0, f"writing results to {results}")
+    save_result(result, results, overwrite=args.overwrite, pictures=not args.no_pictures)
+    if not args.quiet:
+        _print_summary(result)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``implant-bone-contact``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(_join_coordinate_values(list(sys.argv[1:] if argv is None else argv)))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not in the main thread
+        previous = None
+    try:
+        if args.command == "analyze":
+            return run_analysis(args)
+        return run_demo(args)
+    except (InputError, OutputError) as exc:
+        print(f"implant-bone-contact: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("implant-bone-contact: interrupted; no result was written", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("implant-bone-contact: error: out of memory; try fewer --points or a cropped CT", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Writing results: tidy CSV, VTP surface, JSON; all or nothing.
+
+A result folder is written whole into a hidden temporary folder beside the
+target and renamed into place at the end, so a crash, Ctrl-C or a full disk
+never leaves half a result. An existing result is replaced only when asked
+(``overwrite=True``), and then the old one is removed only after the new one
+is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import OutputError
+from .mesh import write_polydata
+
+CSV_FLOAT_FORMAT = "%.7g"
+
+
+def check_output_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Check, before any work, that results can be written to ``out_dir``.
+
+    Raises:
+        OutputError: the folder holds files and ``overwrite`` is False; the path
+            is a file; the parent cannot be written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"the output path {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(f"the output folder {out} already holds results: use --overwrite to replace them, or choose another folder")
+    parent = out.resolve().parent
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {parent}: permission denied")
+    return out
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a tidy CSV (UTF-8, no index, NaN as ``NaN``) atomically: temp file then rename."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            df.to_csv(fh, index=False, float_format=CSV_FLOAT_FORMAT, na_rep="NaN", lineterminator="\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        _silent_unlink(tmp)
+        raise
+
+
+def write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write JSON (UTF-8, indented) atomically."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(_jsonable(data), fh, indent=2, allow_nan=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        _silent_unlink(tmp)
+        raise
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None if np.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _silent_unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_result_folder(
+    out_dir: str | os.PathLike,
+    writer: Callable[[Path], None],
+    overwrite: bool = False,
+) -> Path:
+    """Run ``writer(tmp_folder)`` and move the folder to ``out_dir`` whole.
+
+    Raises:
+        OutputError: the folder exists with results and ``overwrite`` is False,
+            or writing failed (disk full, permission); nothing is left behind.
+    """
+    out = check_output_folder(out_dir, overwrite)
+    parent = out.resolve().parent
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        try:
+            writer(tmp)
+        except OSError as exc:
+            raise OutputError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
+        old = None
+        if out.exists():
+            if any(out.iterdir()) and not overwrite:
+                raise OutputError(f"the output folder {out} was filled while this run was working: not replacing it")
+            old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if old is not None:
+                os.rename(old, out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def write_tables_and_surface(result, folder: Path) -> list[str]:
+    """Write ``vertices.csv``, ``zones.csv``, ``surface.vtp``, ``frame.json``, ``parameters.json`` into ``folder``."""
+    folder = Path(folder)
+    write_csv(result.vertices, folder / "vertices.csv")
+    write_csv(result.zones, folder / "zones.csv")
+    write_polydata(result.surface, folder / "surface.vtp", space="RAS")
+    write_json(result.frame.to_dict(), folder / "frame.json")
+    write_json(result.metadata(), folder / "parameters.json")
+    return ["vertices.csv", "zones.csv", "surface.vtp", "frame.json", "parameters.json"]
+
+
+def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pictures: bool = True) -> Path:
+    """Write every output of an analysis into ``out_dir`` atomically.
+
+    Args:
+        result: an :class:`~ImplantBoneContactLib.analysis.AnalysisResult`.
+        out_dir: the result folder (created).
+        overwrite: replace an existing result.
+        pictures: also write the pictures and ``report.html``.
+    """
+
+    def writer(folder: Path) -> None:
+        write_tables_and_surface(result, folder)
+        if pictures:
+            from .plots import write_pictures
+
+            write_pictures(result, folder)
+
+    return write_result_folder(out_dir, writer, overwrite)

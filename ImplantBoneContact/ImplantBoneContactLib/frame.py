@@ -1,0 +1,539 @@
+"""The stem frame (axis, medial, anterior, tip, resection plane) and Gruen zones.
+
+Conventions (patient RAS, millimetres):
+
+* ``axis`` is a unit vector pointing from proximal (the neck) to distal (the tip).
+* ``medial`` points to the side the neck points to; ``anterior`` to the
+  patient's anterior; both are perpendicular to the axis and to each other.
+* ``height_mm`` of a point is its distance above the tip along the axis.
+* ``azimuth_deg`` is the angle around the axis: 0 medial, 90 anterior,
+  180 lateral, 270 posterior (the same for a left and a right femur).
+* The resection plane (neck cut) is a point and a unit normal that points
+  proximally (toward the head). A vertex on its proximal side is above the
+  cut: zone 0, left out of statistics.
+
+Gruen zones: height between the cut and the tip is split in bands (thirds by
+default) and the cap within ``tip_length_mm`` of the tip is the tip zone.
+Around the axis, four 90-degree sectors centred on lateral, medial, anterior
+and posterior: lateral 1, 2, 3; medial 7, 6, 5 (7 is the calcar); anterior
+8, 9, 10; posterior 14, 13, 12; the tip is 4 in the medial and lateral sectors
+and 11 in the anterior and posterior ones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support as ns
+
+from .errors import InputError
+
+ANTERIOR_RAS = np.array([0.0, 1.0, 0.0])
+RIGHT_RAS = np.array([1.0, 0.0, 0.0])
+
+ZONE_SCHEMES = ("sector", "projection")
+
+#: Anatomical names of the zones, as in Gruen et al. 1979.
+ZONE_REGIONS: dict[int, str] = {
+    1: "lateral proximal (greater trochanter)",
+    2: "lateral middle",
+    3: "lateral distal",
+    4: "tip (AP view)",
+    5: "medial distal",
+    6: "medial middle",
+    7: "medial proximal (calcar)",
+    8: "anterior proximal",
+    9: "anterior middle",
+    10: "anterior distal",
+    11: "tip (lateral view)",
+    12: "posterior distal",
+    13: "posterior middle",
+    14: "posterior proximal",
+}
+
+#: Zones in the order they are drawn and tabulated: AP view 1-7, lateral view 8-14.
+ZONE_ORDER = list(range(1, 15))
+
+# Zone numbers per sector, for bands proximal, middle, distal, then the tip.
+_SECTOR_ZONES = {
+    "medial": (7, 6, 5, 4),
+    "anterior": (8, 9, 10, 11),
+    "lateral": (1, 2, 3, 4),
+    "posterior": (14, 13, 12, 11),
+}
+
+
+def _unit(v, name: str = "vector") -> np.ndarray:
+    v = np.asarray(v, dtype=float).reshape(3)
+    n = np.linalg.norm(v)
+    if not np.isfinite(n) or n < 1e-9:
+        raise InputError(f"the {name} has zero length")
+    return v / n
+
+
+@dataclass
+class StemFrame:
+    """Where the stem is and how it is turned, in patient RAS mm.
+
+    Attributes:
+        proximal_point: a point on the axis at the proximal end (mm).
+        axis: unit vector from proximal to distal.
+        medial: unit vector toward the side the neck points to, perpendicular to ``axis``.
+        anterior: unit vector toward the patient's anterior, perpendicular to ``axis`` and ``medial``.
+        tip: the distal tip on the axis (mm).
+        resection_point: a point of the resection (neck cut) plane (mm).
+        resection_normal: unit normal of the plane, pointing proximally.
+        side: ``"left"`` or ``"right"`` femur.
+        tip_length_mm: height of the tip zone above the tip (mm).
+        provenance: for each part, ``"automatic"`` or ``"given"``, and notes.
+    """
+
+    proximal_point: np.ndarray
+    axis: np.ndarray
+    medial: np.ndarray
+    anterior: np.ndarray
+    tip: np.ndarray
+    resection_point: np.ndarray
+    resection_normal: np.ndarray
+    side: str
+    tip_length_mm: float = 10.0
+    provenance: dict = field(default_factory=dict)
+
+    def height(self, pts: np.ndarray) -> np.ndarray:
+        """Height above the tip along the axis (mm)."""
+        return (self.tip - np.asarray(pts, dtype=float)) @ self.axis
+
+    def azimuth(self, pts: np.ndarray) -> np.ndarray:
+        """Angle around the axis in degrees [0, 360): 0 medial, 90 anterior, 180 lateral, 270 posterior."""
+        r = np.asarray(pts, dtype=float) - self.tip
+        return np.degrees(np.arctan2(r @ self.anterior, r @ self.medial)) % 360.0
+
+    def above_cut(self, pts: np.ndarray) -> np.ndarray:
+        """True for points on the proximal side of the resection plane."""
+        return (np.asarray(pts, dtype=float) - self.resection_point) @ self.resection_normal > 0
+
+    def cut_height(self, pts: np.ndarray) -> np.ndarray:
+        """Height (mm above the tip) where the line through each point parallel to the axis meets the cut."""
+        up = -self.axis
+        denom = float(up @ self.resection_normal)
+        p = np.asarray(pts, dtype=float)
+        t = ((self.resection_point - p) @ self.resection_normal) / denom
+        return self.height(p) + t
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary (lists of floats)."""
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, np.ndarray):
+                d[k] = [float(x) for x in v]
+        d["units"] = "RAS millimetres; axis points proximal to distal; resection_normal points proximally"
+        d["distal_point"] = [float(x) for x in self.tip]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StemFrame:
+        """Inverse of :meth:`to_dict`: rebuild a frame (for example from ``frame.json``)."""
+        keys = ("proximal_point", "axis", "medial", "anterior", "tip", "resection_point", "resection_normal")
+        try:
+            kw = {k: np.asarray(d[k], dtype=float) for k in keys}
+            return cls(**kw, side=str(d["side"]), tip_length_mm=float(d.get("tip_length_mm", 10.0)),
+                       provenance=dict(d.get("provenance", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the frame description is incomplete or malformed: {exc}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+@dataclass
+class FrameOptions:
+    """Parts of the frame given by the user; ``None`` means automatic.
+
+    Attributes:
+        axis_points: ``((x, y, z), (x, y, z))`` proximal then distal point on the axis (RAS mm).
+        medial_point: a point on the medial side of the stem (RAS mm).
+        resection_point, resection_normal: the neck-cut plane (normal may point either way).
+        side: ``"left"`` or ``"right"``.
+        tip_length_mm: tip zone height (mm).
+    """
+
+    axis_points: tuple | None = None
+    medial_point: tuple | None = None
+    resection_point: tuple | None = None
+    resection_normal: tuple | None = None
+    side: str | None = None
+    tip_length_mm: float = 10.0
+
+
+def _slice_profile(pts: np.ndarray, faces: np.ndarray, origin: np.ndarray, direction: np.ndarray, n_slices: int):
+    """Cut the surface by planes perpendicular to ``direction``.
+
+    Returns per slice: position t (mm along direction from origin), the
+    length-weighted centroid of the contour, and the contour segment
+    midpoints with their slice index, so callers can measure extents.
+    Planes are used instead of vertices so that a raw CAD mesh with long thin
+    triangles is measured as well as a uniform one.
+    """
+    from .mesh import polydata_from_arrays
+
+    t_pts = (pts - origin) @ direction
+    t0, t1 = float(t_pts.min()), float(t_pts.max())
+    margin = (t1 - t0) / (2.0 * n_slices)
+    values = np.linspace(t0 + margin, t1 - margin, n_slices)
+    poly = polydata_from_arrays(pts, faces)
+    scalars = ns.numpy_to_vtk(np.ascontiguousarray(t_pts), deep=True)
+    scalars.SetName("t")
+    poly.GetPointData().SetScalars(scalars)
+    contour = vtk.vtkContourFilter()
+    contour.SetInputData(poly)
+    contour.SetNumberOfContours(n_slices)
+    for i, v in enumerate(values):
+        contour.SetValue(i, float(v))
+    contour.ComputeScalarsOn()
+    contour.Update()
+    out = contour.GetOutput()
+    if out.GetNumberOfPoints() == 0:
+        return values, np.full((n_slices, 3), np.nan), np.zeros((0, 3)), np.zeros(0, dtype=int), np.zeros(0)
+    cpts = ns.vtk_to_numpy(out.GetPoints().GetData()).astype(float)
+    lines = out.GetLines()
+    conn = ns.vtk_to_numpy(lines.GetConnectivityArray()).astype(np.int64)
+    offs = ns.vtk_to_numpy(lines.GetOffsetsArray())
+    seg_a = []
+    seg_b = []
+    for s, e in zip(offs[:-1], offs[1:]):
+        ids = conn[s:e]
+        seg_a.append(ids[:-1])
+        seg_b.append(ids[1:])
+    a = np.concatenate(seg_a) if seg_a else np.zeros(0, dtype=np.int64)
+    b = np.concatenate(seg_b) if seg_b else np.zeros(0, dtype=np.int64)
+    mid = 0.5 * (cpts[a] + cpts[b])
+    length = np.linalg.norm(cpts[b] - cpts[a], axis=1)
+    t_mid = (mid - origin) @ direction
+    step = values[1] - values[0] if n_slices > 1 else 1.0
+    idx = np.clip(np.rint((t_mid - values[0]) / step).astype(int), 0, n_slices - 1)
+    centroids = np.full((n_slices, 3), np.nan)
+    for d in range(3):
+        num = np.bincount(idx, weights=mid[:, d] * length, minlength=n_slices)
+        den = np.bincount(idx, weights=length, minlength=n_slices)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            centroids[:, d] = num / den
+    return values, centroids, mid, idx, length
+
+
+def _fit_line(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    ok = np.all(np.isfinite(points), axis=1)
+    p = points[ok]
+    w = np.ones(p.shape[0]) if weights is None else weights[ok]
+    c = (p * w[:, None]).sum(0) / w.sum()
+    _, _, vt = np.linalg.svd((p - c) * np.sqrt(w)[:, None], full_matrices=False)
+    return c, vt[0]
+
+
+def estimate_frame(
+    pts: np.ndarray,
+    faces: np.ndarray,
+    areas: np.ndarray,
+    options: FrameOptions | None = None,
+) -> tuple[StemFrame, list[str]]:
+    """Find the stem frame from the surface, using any part the user gave.
+
+    Automatic method (documented in the README):
+
+    1. A first axis is the principal axis of the surface (area-weighted PCA).
+       A surface that is not elongated (a sphere, a cube) has none: error.
+    2. The surface is cut by 80 planes across that axis; the contour centroids
+       of the middle part trace the body. The end whose contours reach
+       farthest from that line is proximal (the neck and head stick out).
+    3. The axis is refitted through the contour centroids between 10 % and
+       60 % of the length from the tip, twice: the stem body only, so the
+       neck does not tilt it.
+    4. The neck direction is the area-weighted mean offset from the axis of
+       the surface in the proximal 30 % of its length. Anterior is the
+       patient's +A made perpendicular to the axis; medial is perpendicular
+       to both, on the side the neck points to. The side follows from
+       medial: pointing to the patient's right (+R) means a left femur.
+    5. The resection level is the lowest height, above mid-length, where
+       the medial edge of the contours leaves the straight line fitted to the
+       medial edge of the body by more than max(2 mm, 15 % of the body width):
+       where the neck flares out of the body. The plane is perpendicular to
+       the axis there, so the neck and head lie above it.
+
+    Returns:
+        the frame, and a list of warnings.
+
+    Raises:
+        InputError: when a part cannot be found and was not given.
+    """
+    opt = options or FrameOptions()
+    warnings: list[str] = []
+    prov: dict = {}
+    pts = np.asarray(pts, dtype=float)
+    w = np.asarray(areas, dtype=float)
+    if opt.tip_length_mm is None or not np.isfinite(opt.tip_length_mm) or opt.tip_length_mm < 0:
+        raise InputError(f"--tip-length must be a non-negative number of mm, got {opt.tip_length_mm}")
+
+    if opt.axis_points is not None:
+        prox = np.asarray(opt.axis_points[0], dtype=float)
+        dist = np.asarray(opt.axis_points[1], dtype=float)
+        axis = _unit(dist - prox, "axis (proximal point to distal point)")
+        prov["axis"] = "given"
+    else:
+        axis, prox = _automatic_axis(pts, faces, w)
+        prov["axis"] = "automatic"
+
+    # Tip: the most distal point of the surface, projected on the axis.
+    along = (pts - prox) @ axis
+    tip = prox + along.max() * axis
+    length = float(along.max() - along.min())
+    if length <= 0:
+        raise InputError("the model has no extent along the stem axis")
+
+    anterior_guess = ANTERIOR_RAS - (ANTERIOR_RAS @ axis) * axis
+    if np.linalg.norm(anterior_guess) < 0.3:
+        raise InputError(
+            "the stem axis runs almost along the patient's anterior-posterior direction, so anterior "
+            "cannot be defined: check the registration, or give --medial-point"
+        )
+    anterior_guess = _unit(anterior_guess)
+
+    neck_dir = None
+    if opt.medial_point is not None:
+        r = np.asarray(opt.medial_point, dtype=float) - tip
+        r = r - (r @ axis) * axis
+        medial = _unit(r, "medial point's offset from the axis (the point lies on the axis)")
+        anterior = np.cross(axis, medial)
+        if anterior @ ANTERIOR_RAS < 0:
+            anterior = -anterior
+        prov["medial"] = "given (medial point)"
+        prov["anterior"] = "perpendicular to axis and medial, toward patient anterior"
+    else:
+        anterior = anterior_guess
+        lateral_axis = np.cross(anterior, axis)
+        neck_dir = _neck_direction(pts, w, tip, axis, length)
+        if opt.side is not None:
+            side_sign = 1.0 if opt.side == "left" else -1.0
+            medial = lateral_axis if (lateral_axis @ RIGHT_RAS) * side_sign > 0 else -lateral_axis
+            prov["medial"] = f"from --side {opt.side}"
+            if neck_dir is not None and neck_dir @ medial < 0:
+                warnings.append(
+                    f"the neck points laterally for a {opt.side} femur: "
+                    "check --side or the registration (is the model mirrored?)"
+                )
+        else:
+            if neck_dir is None:
+                raise InputError(
+                    "cannot tell which side is medial: the model has no neck sticking out of its body; "
+                    "give --medial-point or --side"
+                )
+            medial = lateral_axis if lateral_axis @ neck_dir > 0 else -lateral_axis
+            prov["medial"] = "automatic (side the neck points to)"
+            if abs(lateral_axis @ neck_dir) < 0.5:
+                warnings.append(
+                    "the neck points mostly anteriorly or posteriorly (more than 60 degrees from the "
+                    "medial-lateral plane): check the registration or give --medial-point"
+                )
+        prov["anterior"] = "patient anterior (+A) perpendicular to the axis"
+    side = "left" if medial @ RIGHT_RAS > 0 else "right"
+    if opt.side is not None:
+        if opt.side not in ("left", "right"):
+            raise InputError(f"--side must be left or right, got {opt.side!r}")
+        if opt.side != side and opt.medial_point is not None:
+            warnings.append(f"--side {opt.side} disagrees with the medial point, which makes this a {side} femur")
+        side = opt.side
+        prov["side"] = "given"
+    else:
+        prov["side"] = "automatic (medial toward patient right means left femur)"
+
+    if opt.resection_point is not None:
+        if opt.resection_normal is None:
+            raise InputError("a resection plane needs a point and a normal: --resection-plane X,Y,Z:NX,NY,NZ")
+        rp = np.asarray(opt.resection_point, dtype=float)
+        rn = _unit(opt.resection_normal, "resection plane normal")
+        if rn @ axis > 0:
+            rn = -rn
+        if abs(rn @ axis) < 0.5:
+            raise InputError(
+                "the resection plane is tilted more than 60 degrees from perpendicular to the stem axis: "
+                "check its normal"
+            )
+        prov["resection"] = "given"
+    else:
+        rp, rn = _automatic_resection(pts, faces, tip, axis, medial, length, warnings)
+        prov["resection"] = "automatic (where the neck flares out of the body)"
+
+    frame = StemFrame(
+        proximal_point=prox,
+        axis=axis,
+        medial=medial,
+        anterior=anterior,
+        tip=tip,
+        resection_point=rp,
+        resection_normal=rn,
+        side=side,
+        tip_length_mm=float(opt.tip_length_mm),
+        provenance=prov,
+    )
+    below = ~frame.above_cut(pts)
+    if not below.any():
+        raise InputError("the resection plane leaves no part of the stem below it: check --resection-plane")
+    cut_h = frame.cut_height(tip[None, :])[0]
+    if cut_h <= frame.tip_length_mm:
+        raise InputError(
+            f"the resection plane is only {cut_h:.1f} mm above the tip, within the tip zone "
+            f"({frame.tip_length_mm} mm): check --resection-plane or --tip-length"
+        )
+    return frame, warnings
+
+
+def _automatic_axis(pts: np.ndarray, faces: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c = (pts * w[:, None]).sum(0) / w.sum()
+    cov = ((pts - c) * w[:, None]).T @ (pts - c) / w.sum()
+    evals, evecs = np.linalg.eigh(cov)
+    evals = evals[::-1]
+    if evals[0] < 1.5**2 * evals[1]:
+        raise InputError(
+            "cannot find the stem axis: the model is not elongated (its length is less than 1.5 times "
+            "its width), so it does not look like a femoral stem; give --axis"
+        )
+    direction = evecs[:, -1]
+    n_slices = 80
+    for _ in range(3):
+        values, centroids, mid, idx, seg_len = _slice_profile(pts, faces, c, direction, n_slices)
+        lo, hi = int(0.25 * n_slices), int(0.75 * n_slices)
+        lc, ld = _fit_line(centroids[lo:hi])
+        if ld @ direction < 0:
+            ld = -ld
+        radial = mid - lc - np.outer((mid - lc) @ ld, ld)
+        r = np.linalg.norm(radial, axis=1)
+        r_max = np.zeros(n_slices)
+        np.maximum.at(r_max, idx, r)
+        k = max(2, int(0.2 * n_slices))
+        # The end that reaches farther out is proximal (neck and head).
+        first_is_proximal = r_max[:k].mean() > r_max[-k:].mean()
+        axis = ld if first_is_proximal else -ld
+        # Refit on the body: 10 %..60 % of the length measured from the tip.
+        order = np.arange(n_slices) if not first_is_proximal else np.arange(n_slices)[::-1]
+        body = order[int(0.10 * n_slices): int(0.60 * n_slices)]
+        bc, bd = _fit_line(centroids[body])
+        if bd @ axis < 0:
+            bd = -bd
+        if np.degrees(np.arccos(np.clip(bd @ direction * np.sign(bd @ direction), -1, 1))) < 0.01:
+            direction = bd
+            c = bc
+            break
+        direction = bd
+        c = bc
+    axis = direction if (direction @ axis) > 0 else -direction
+    along = (pts - c) @ axis
+    prox = c + along.min() * axis
+    return axis, prox
+
+
+def _neck_direction(pts, w, tip, axis, length) -> np.ndarray | None:
+    h = (tip - pts) @ axis
+    sel = h > 0.7 * length
+    if not sel.any():
+        return None
+    r = pts[sel] - tip
+    r = r - np.outer(r @ axis, axis)
+    mean = (r * w[sel, None]).sum(0) / w[sel].sum()
+    typical = (np.linalg.norm(r, axis=1) * w[sel]).sum() / w[sel].sum()
+    if np.linalg.norm(mean) < 0.15 * typical:
+        return None
+    return mean / np.linalg.norm(mean)
+
+
+def _automatic_resection(pts, faces, tip, axis, medial, length, warnings):
+    n_slices = 120
+    values, centroids, mid, idx, seg_len = _slice_profile(pts, faces, tip, -axis, n_slices)
+    r = mid - tip
+    m = r @ medial
+    m_ext = np.full(n_slices, -np.inf)
+    l_ext = np.full(n_slices, -np.inf)
+    np.maximum.at(m_ext, idx, m)
+    np.maximum.at(l_ext, idx, -m)
+    h = values
+    ok = np.isfinite(m_ext) & np.isfinite(l_ext)
+    body = ok & (h > 0.15 * length) & (h < 0.55 * length)
+    if body.sum() < 5:
+        raise InputError("cannot find the resection level: the stem body is too short or irregular; give --resection-plane")
+    coef = np.polyfit(h[body], m_ext[body], 1)
+    width = m_ext + l_ext
+    excess = m_ext - np.polyval(coef, h)
+    threshold = np.maximum(2.0, 0.15 * width)
+    flare = ok & (h > 0.5 * length) & (excess > threshold)
+    if not flare.any():
+        warnings.append(
+            "no neck found above the stem body: the resection plane is put at the proximal end of the model; "
+            "give --resection-plane to set it"
+        )
+        level = float(h[ok].max())
+    else:
+        level = float(h[np.argmax(flare)])
+    rp = tip - level * axis
+    return rp, -axis
+
+
+def assign_zones(
+    frame: StemFrame,
+    pts: np.ndarray,
+    bands_axial: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+) -> dict[str, np.ndarray]:
+    """Gruen zone of each vertex, both schemes at once.
+
+    Args:
+        frame: the stem frame.
+        pts: ``(N, 3)`` vertices (RAS mm).
+        bands_axial: fractions of the height from the cut to the tip for the
+            proximal, middle and distal bands (sum 1). The tip cap
+            (``frame.tip_length_mm``) overrides the bottom of the distal band.
+
+    Returns:
+        arrays ``height_mm``, ``azimuth_deg``, ``gruen_zone`` (sector scheme,
+        0 above the cut), ``gruen_zone_ap`` (1-7 by the medial or lateral
+        half) and ``gruen_zone_lateral`` (8-14 by the anterior or posterior half).
+    """
+    bands = np.asarray(bands_axial, dtype=float)
+    if bands.shape != (3,) or np.any(~np.isfinite(bands)) or np.any(bands <= 0) or abs(bands.sum() - 1) > 1e-6:
+        raise InputError(f"--bands-axial needs three positive fractions that sum to 1, got {list(bands_axial)}")
+    pts = np.asarray(pts, dtype=float)
+    h = frame.height(pts)
+    az = frame.azimuth(pts)
+    above = frame.above_cut(pts)
+    cut_h = frame.cut_height(pts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        depth = np.clip((cut_h - h) / cut_h, 0.0, 1.0)
+    band = np.searchsorted(np.cumsum(bands)[:2], depth, side="right")
+    tip = h <= frame.tip_length_mm
+
+    sector = np.select(
+        [(az >= 315) | (az < 45), az < 135, az < 225],
+        [0, 1, 2],
+        default=3,
+    )
+    table = np.array([_SECTOR_ZONES[s] for s in ("medial", "anterior", "lateral", "posterior")])
+    col = np.where(tip, 3, band)
+    zone = table[sector, col]
+    r = pts - frame.tip
+    medial_half = r @ frame.medial >= 0
+    anterior_half = r @ frame.anterior >= 0
+    ap = np.where(medial_half, table[0][col], table[2][col])
+    lat = np.where(anterior_half, table[1][col], table[3][col])
+    zone[above] = 0
+    ap[above] = 0
+    lat[above] = 0
+    return {
+        "height_mm": h,
+        "azimuth_deg": az,
+        "gruen_zone": zone.astype(np.int16),
+        "gruen_zone_ap": ap.astype(np.int16),
+        "gruen_zone_lateral": lat.astype(np.int16),
+    }
+
+
+def mirror_frame_matrix() -> np.ndarray:
+    """The left-right mirror of patient space (x -> -x), a 4x4 matrix."""
+    return np.diag([-1.0, 1.0, 1.0, 1.0])

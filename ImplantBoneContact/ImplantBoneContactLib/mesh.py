@@ -1,0 +1,524 @@
+"""Implant surface models: reading, registration transforms, normals, areas.
+
+All meshes inside the program are ``vtkPolyData`` triangle meshes in RAS
+millimetres. Files follow Slicer's rule (``vtkMRMLModelStorageNode``): the
+coordinates are LPS unless the file says ``SPACE=RAS`` (STL/VTK/OBJ header,
+PLY comment, VTP field data ``SPACE``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support as ns
+
+from .errors import InputError
+from .volume import LPS_TO_RAS
+
+MODEL_FILE_SUFFIXES = (".stl", ".obj", ".ply", ".vtk", ".vtp")
+
+
+@dataclass
+class ModelFileInfo:
+    """What was learnt while reading a model file."""
+
+    path: str
+    space_in_file: str | None  # "RAS", "LPS" or None when the file does not say
+    space_used: str
+
+
+def _space_from_text(text: str | None) -> str | None:
+    if not text:
+        return None
+    if "SPACE=RAS" in text:
+        return "RAS"
+    if "SPACE=LPS" in text:
+        return "LPS"
+    return None
+
+
+def read_model(path: str | os.PathLike, space: str | None = None) -> tuple[vtk.vtkPolyData, ModelFileInfo]:
+    """Read an implant surface and return it as a triangle mesh in RAS mm.
+
+    Args:
+        path: STL, OBJ, PLY, VTK (legacy polydata) or VTP file.
+        space: ``"RAS"`` or ``"LPS"`` to override the file's coordinate
+            system; ``None`` follows the file header and defaults to LPS, as
+            Slicer does since 4.11.
+
+    Raises:
+        InputError: missing, empty, unreadable file; no triangles; non-finite
+            coordinates.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"model not found: {p}")
+    if p.is_dir():
+        raise InputError(f"the model path is a folder, not a mesh file: {p}")
+    if p.stat().st_size == 0:
+        raise InputError(f"the model file is empty (0 bytes): {p}")
+    suffix = p.suffix.lower()
+    if suffix not in MODEL_FILE_SUFFIXES:
+        raise InputError(f"unsupported model file type '{suffix}' ({p}): use one of {', '.join(MODEL_FILE_SUFFIXES)}")
+    if space is not None:
+        space = space.upper()
+        if space not in ("RAS", "LPS"):
+            raise InputError(f"model space must be RAS or LPS, got {space!r}")
+
+    errors = _VtkErrorCollector()
+    space_in_file: str | None = None
+    if suffix == ".stl":
+        reader = vtk.vtkSTLReader()
+        reader.SetFileName(str(p))
+        errors.watch(reader)
+        reader.Update()
+        space_in_file = _space_from_text(reader.GetHeader())
+        poly = reader.GetOutput()
+    elif suffix == ".obj":
+        reader = vtk.vtkOBJReader()
+        reader.SetFileName(str(p))
+        errors.watch(reader)
+        reader.Update()
+        space_in_file = _space_from_text(reader.GetComment())
+        poly = reader.GetOutput()
+    elif suffix == ".ply":
+        reader = vtk.vtkPLYReader()
+        reader.SetFileName(str(p))
+        errors.watch(reader)
+        reader.Update()
+        comments = reader.GetComments()
+        for i in range(comments.GetNumberOfValues()):
+            space_in_file = _space_from_text(comments.GetValue(i))
+            if space_in_file:
+                break
+        poly = reader.GetOutput()
+    elif suffix == ".vtk":
+        reader = vtk.vtkPolyDataReader()
+        reader.SetFileName(str(p))
+        errors.watch(reader)
+        if not reader.IsFilePolyData():
+            raise InputError(f"the VTK file {p} does not hold polygonal data (a surface mesh)")
+        reader.Update()
+        space_in_file = _space_from_text(reader.GetHeader())
+        poly = reader.GetOutput()
+    else:
+        reader = vtk.vtkXMLPolyDataReader()
+        reader.SetFileName(str(p))
+        errors.watch(reader)
+        reader.Update()
+        poly = reader.GetOutput()
+        fd = poly.GetFieldData()
+        arr = fd.GetAbstractArray("SPACE") if fd is not None else None
+        if arr is not None and arr.GetNumberOfValues() > 0:
+            space_in_file = _space_from_text("SPACE=" + str(arr.GetValue(0)))
+    if errors.messages and (poly is None or poly.GetNumberOfPoints() == 0):
+        raise InputError(f"cannot read the model {p}: {errors.messages[0][:200]}")
+    if poly is None or poly.GetNumberOfPoints() == 0 or poly.GetNumberOfCells() == 0:
+        raise InputError(f"the model {p} has no surface (0 points or 0 cells): the file is empty, truncated or not a mesh")
+
+    used = space or space_in_file or "LPS"
+    out = vtk.vtkPolyData()
+    out.DeepCopy(poly)
+    if used == "LPS":
+        out = transform_polydata(out, LPS_TO_RAS)
+    return prepare_surface(out, str(p)), ModelFileInfo(str(p), space_in_file, used)
+
+
+class _VtkErrorCollector:
+    """Collect VTK error events of a reader instead of letting them print."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def watch(self, obj) -> None:
+        obj.AddObserver("ErrorEvent", self._on_error)
+        obj.GetExecutive().AddObserver("ErrorEvent", self._on_error)
+
+    def _on_error(self, caller, event, calldata=None) -> None:
+        self.messages.append(f"{caller.GetClassName()} reported an error")
+
+
+def prepare_surface(poly: vtk.vtkPolyData, source: str = "model") -> vtk.vtkPolyData:
+    """Triangulate, drop degenerate triangles, merge duplicate points; check coordinates.
+
+    Raises:
+        InputError: non-finite coordinates, or no triangle left.
+    """
+    points = ns.vtk_to_numpy(poly.GetPoints().GetData()) if poly.GetPoints() else np.zeros((0, 3))
+    if points.size and not np.all(np.isfinite(points)):
+        n = int(np.count_nonzero(~np.all(np.isfinite(points), axis=1)))
+        raise InputError(f"the model {source} has {n} point(s) with NaN or infinite coordinates: repair or re-export the mesh")
+    n_polys = poly.GetNumberOfPolys() + poly.GetNumberOfStrips()
+    if n_polys == 0:
+        raise InputError(
+            f"the model {source} has no surface cells ({poly.GetNumberOfLines()} lines, "
+            f"{poly.GetNumberOfVerts()} vertices): a closed triangle surface is needed"
+        )
+    tri = vtk.vtkTriangleFilter()
+    tri.SetInputData(poly)
+    tri.PassVertsOff()
+    tri.PassLinesOff()
+    clean = vtk.vtkCleanPolyData()
+    clean.SetInputConnection(tri.GetOutputPort())
+    clean.PointMergingOn()
+    clean.SetTolerance(0.0)
+    clean.ConvertLinesToPointsOff()
+    clean.ConvertPolysToLinesOff()
+    clean.ConvertStripsToPolysOff()
+    clean.Update()
+    out = vtk.vtkPolyData()
+    out.SetPoints(clean.GetOutput().GetPoints())
+    out.SetPolys(clean.GetOutput().GetPolys())
+    faces = triangles(out)
+    if faces.shape[0] == 0:
+        raise InputError(f"the model {source} has no non-degenerate triangle")
+    keep = (faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])
+    pts = ns.vtk_to_numpy(out.GetPoints().GetData())
+    area = triangle_areas(pts, faces)
+    keep &= area > 0
+    if not np.all(keep):
+        faces = faces[keep]
+        if faces.shape[0] == 0:
+            raise InputError(f"the model {source} has only degenerate (zero-area) triangles")
+        out = polydata_from_arrays(pts, faces)
+        out = _drop_unused_points(out)
+    return out
+
+
+def _drop_unused_points(poly: vtk.vtkPolyData) -> vtk.vtkPolyData:
+    clean = vtk.vtkCleanPolyData()
+    clean.SetInputData(poly)
+    clean.PointMergingOff()
+    clean.Update()
+    out = vtk.vtkPolyData()
+    out.SetPoints(clean.GetOutput().GetPoints())
+    out.SetPolys(clean.GetOutput().GetPolys())
+    return out
+
+
+def points(poly: vtk.vtkPolyData) -> np.ndarray:
+    """Point coordinates as an ``(N, 3)`` float64 array (mm)."""
+    return ns.vtk_to_numpy(poly.GetPoints().GetData()).astype(float, copy=False)
+
+
+def triangles(poly: vtk.vtkPolyData) -> np.ndarray:
+    """Triangle vertex indices as an ``(M, 3)`` int64 array (the mesh must hold only triangles)."""
+    polys = poly.GetPolys()
+    if polys.GetNumberOfCells() == 0:
+        return np.zeros((0, 3), dtype=np.int64)
+    offsets = ns.vtk_to_numpy(polys.GetOffsetsArray())
+    conn = ns.vtk_to_numpy(polys.GetConnectivityArray()).astype(np.int64)
+    sizes = np.diff(offsets)
+    if not np.all(sizes == 3):
+        raise InputError("the mesh holds polygons that are not triangles: triangulate it first")
+    return conn.reshape(-1, 3)
+
+
+def polydata_from_arrays(pts: np.ndarray, faces: np.ndarray) -> vtk.vtkPolyData:
+    """Build a triangle ``vtkPolyData`` from ``(N, 3)`` points (mm) and ``(M, 3)`` indices."""
+    poly = vtk.vtkPolyData()
+    vpts = vtk.vtkPoints()
+    vpts.SetData(ns.numpy_to_vtk(np.ascontiguousarray(pts, dtype=float), deep=True))
+    poly.SetPoints(vpts)
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    cells = vtk.vtkCellArray()
+    offsets = np.arange(0, 3 * faces.shape[0] + 1, 3, dtype=np.int64)
+    cells.SetData(ns.numpy_to_vtkIdTypeArray(offsets, deep=True), ns.numpy_to_vtkIdTypeArray(faces.ravel(), deep=True))
+    poly.SetPolys(cells)
+    return poly
+
+
+def transform_polydata(poly: vtk.vtkPolyData, matrix: np.ndarray) -> vtk.vtkPolyData:
+    """Apply a 4x4 affine matrix (RAS mm -> RAS mm) to the points of a mesh.
+
+    A matrix with negative determinant (a mirror) reverses triangle order so
+    that the outward side stays outward.
+    """
+    m = np.asarray(matrix, dtype=float)
+    pts = points(poly)
+    new_pts = pts @ m[:3, :3].T + m[:3, 3]
+    faces = triangles(poly)
+    if np.linalg.det(m[:3, :3]) < 0:
+        faces = faces[:, ::-1]
+    return polydata_from_arrays(new_pts, faces)
+
+
+def triangle_areas(pts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area of each triangle in mm^2."""
+    a = pts[faces[:, 0]]
+    return 0.5 * np.linalg.norm(np.cross(pts[faces[:, 1]] - a, pts[faces[:, 2]] - a), axis=1)
+
+
+def vertex_areas(pts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Per-vertex area (mm^2): a third of the area of every adjacent triangle.
+
+    The sum over vertices equals the surface area, so area-weighted statistics
+    do not depend on how the surface was triangulated.
+    """
+    tri_area = triangle_areas(pts, faces) / 3.0
+    out = np.zeros(pts.shape[0])
+    for c in range(3):
+        out += np.bincount(faces[:, c], weights=tri_area, minlength=pts.shape[0])
+    return out
+
+
+def signed_volume(pts: np.ndarray, faces: np.ndarray) -> float:
+    """Signed enclosed volume (mm^3) by the divergence theorem; positive when triangles face outward."""
+    a, b, c = pts[faces[:, 0]], pts[faces[:, 1]], pts[faces[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+@dataclass
+class SurfaceGeometry:
+    """Outward normals and areas of a triangle mesh."""
+
+    points: np.ndarray  # (N, 3) mm, RAS
+    faces: np.ndarray  # (M, 3)
+    normals: np.ndarray  # (N, 3) unit, outward
+    areas: np.ndarray  # (N,) mm^2
+    n_boundary_edges: int
+    n_nonmanifold_edges: int
+    n_components: int
+    orientation_flipped: bool
+
+
+def surface_geometry(poly: vtk.vtkPolyData) -> SurfaceGeometry:
+    """Consistent outward unit normals per vertex, per-vertex areas, and topology facts.
+
+    Triangle orientation is made consistent by ``vtkPolyDataNormals``; then the
+    whole surface is flipped if its signed volume is negative, which works on
+    the raw CAD mesh too (it needs no closed surface, only a mostly closed
+    one). Vertex normals are the area-weighted mean of the adjacent triangle
+    normals.
+    """
+    normals_filter = vtk.vtkPolyDataNormals()
+    normals_filter.SetInputData(poly)
+    normals_filter.ComputePointNormalsOff()
+    normals_filter.ComputeCellNormalsOff()
+    normals_filter.SplittingOff()
+    normals_filter.ConsistencyOn()
+    normals_filter.AutoOrientNormalsOff()
+    normals_filter.NonManifoldTraversalOn()
+    normals_filter.Update()
+    oriented = normals_filter.GetOutput()
+    pts = points(poly)
+    faces = triangles(oriented) if oriented.GetNumberOfPolys() else triangles(poly)
+    if faces.shape[0] != triangles(poly).shape[0]:
+        faces = triangles(poly)
+    flipped = False
+    # Consistency is per connected component: orient each one by its own signed volume.
+    labels, n_components = _component_labels(pts.shape[0], faces)
+    face_label = labels[faces[:, 0]]
+    for comp in range(n_components):
+        sel = face_label == comp
+        if signed_volume(pts, faces[sel]) < 0:
+            faces[sel] = faces[sel][:, ::-1]
+            flipped = True
+    a = pts[faces[:, 0]]
+    face_n = np.cross(pts[faces[:, 1]] - a, pts[faces[:, 2]] - a)  # length = 2 * area: area weighting
+    vn = np.zeros_like(pts)
+    for c in range(3):
+        for d in range(3):
+            vn[:, d] += np.bincount(faces[:, c], weights=face_n[:, d], minlength=pts.shape[0])
+    length = np.linalg.norm(vn, axis=1)
+    ok = length > 0
+    vn[ok] /= length[ok, None]
+    n_boundary, n_nonmanifold = _edge_counts(faces)
+    return SurfaceGeometry(
+        points=pts,
+        faces=faces,
+        normals=vn,
+        areas=vertex_areas(pts, faces),
+        n_boundary_edges=n_boundary,
+        n_nonmanifold_edges=n_nonmanifold,
+        n_components=n_components,
+        orientation_flipped=flipped,
+    )
+
+
+def _edge_counts(faces: np.ndarray) -> tuple[int, int]:
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    return int(np.count_nonzero(counts == 1)), int(np.count_nonzero(counts > 2))
+
+
+def _component_labels(n_points: int, faces: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of the vertex graph (union-find, vectorised by pointer jumping)."""
+    parent = np.arange(n_points)
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    while True:
+        a = parent[edges[:, 0]]
+        b = parent[edges[:, 1]]
+        lo = np.minimum(a, b)
+        changed = False
+        if np.any(a != b):
+            np.minimum.at(parent, a, lo)
+            np.minimum.at(parent, b, lo)
+            changed = True
+        while True:
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt
+        if not changed:
+            break
+    _, labels = np.unique(parent, return_inverse=True)
+    return labels, int(labels.max() + 1) if labels.size else 0
+
+
+def read_transform(path: str | os.PathLike) -> np.ndarray:
+    """Read a registration transform as a 4x4 RAS-to-RAS matrix applied to the model.
+
+    Two kinds of file:
+      * a text file with a 4x4 (or 3x4) matrix of numbers in RAS, the matrix
+        that moves the model into the CT (as Slicer shows it in Transforms);
+      * an ITK transform file (``.tfm``, ``.txt`` with ``#Insight Transform
+        File``, ``.h5``/``.hdf5``/``.mat``), read with SimpleITK. ITK stores the
+        transform from the fixed image to the moving one in LPS
+        ("resampling" direction), which is the inverse, in LPS, of the
+        transform that moves the model; this is converted as Slicer does
+        when it loads such a file.
+
+    Raises:
+        InputError: unreadable file, non-linear or non-invertible transform,
+            or a transform that is not rigid/affine-with-positive-scale.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"transform file not found: {p}")
+    if p.stat().st_size == 0:
+        raise InputError(f"the transform file is empty: {p}")
+    suffix = "".join(p.suffixes[-1:]).lower()
+    head = b""
+    with open(p, "rb") as fh:
+        head = fh.read(64)
+    is_itk = suffix in (".tfm", ".h5", ".hdf5", ".mat") or head.startswith(b"#Insight Transform File")
+    if is_itk:
+        matrix = _read_itk_transform(p)
+    else:
+        try:
+            values = np.loadtxt(p, dtype=float, ndmin=2)
+        except ValueError:
+            raise InputError(
+                f"cannot read {p} as a 4x4 matrix of numbers or as an ITK transform file (.tfm/.txt/.h5)"
+            ) from None
+        if values.shape == (3, 4):
+            values = np.vstack([values, [0, 0, 0, 1]])
+        if values.shape != (4, 4):
+            raise InputError(f"the matrix in {p} has shape {values.shape}: a 4x4 matrix is needed")
+        matrix = values
+    check_registration_matrix(matrix, str(p))
+    return matrix
+
+
+def _read_itk_transform(p: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    try:
+        tx = sitk.ReadTransform(str(p))
+    except RuntimeError as exc:
+        raise InputError(f"cannot read the ITK transform {p}: {str(exc).strip().splitlines()[-1][:200]}") from None
+    tx = _flatten_itk(tx, p)
+    dim = tx.GetDimension()
+    if dim != 3:
+        raise InputError(f"the transform in {p} is {dim}D: a 3D transform is needed")
+    try:
+        affine = sitk.AffineTransform(tx)
+    except (RuntimeError, TypeError):
+        raise InputError(
+            f"the transform in {p} is a {tx.GetName()}, not a linear transform: "
+            "only rigid or affine registrations can be applied to the model here"
+        ) from None
+    a = np.array(affine.GetMatrix()).reshape(3, 3)
+    c = np.array(affine.GetCenter())
+    t = np.array(affine.GetTranslation())
+    resampling_lps = np.eye(4)
+    resampling_lps[:3, :3] = a
+    resampling_lps[:3, 3] = t + c - a @ c
+    if abs(np.linalg.det(a)) < 1e-12:
+        raise InputError(f"the transform in {p} is singular (determinant 0): it cannot be inverted")
+    moving_lps = np.linalg.inv(resampling_lps)
+    return LPS_TO_RAS @ moving_lps @ LPS_TO_RAS
+
+
+def _flatten_itk(tx, p: Path):
+    import SimpleITK as sitk
+
+    if tx.GetName() == "CompositeTransform":
+        comp = sitk.CompositeTransform(tx)
+        if comp.GetNumberOfTransforms() != 1:
+            raise InputError(f"the transform file {p} holds a composite of {comp.GetNumberOfTransforms()} transforms: save a single linear transform")
+        return comp.GetNthTransform(0)
+    return tx
+
+
+def check_registration_matrix(matrix: np.ndarray, source: str = "transform") -> None:
+    """Refuse a registration matrix that is singular, non-finite, non-affine or that mirrors or scales.
+
+    A femoral-stem registration is rigid; a scale is accepted only if it is
+    uniform and within 0.5..2 (CAD units slip), and is reported by the caller.
+    """
+    m = np.asarray(matrix, dtype=float)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)):
+        raise InputError(f"the {source} is not a finite 4x4 matrix")
+    if not np.allclose(m[3], [0, 0, 0, 1]):
+        raise InputError(f"the {source} is not affine (last row must be 0 0 0 1)")
+    r = m[:3, :3]
+    det = np.linalg.det(r)
+    if abs(det) < 1e-9:
+        raise InputError(f"the {source} is singular (determinant {det:.3g}): it would flatten the model")
+    if det < 0:
+        raise InputError(f"the {source} mirrors the model (negative determinant): a registration must be a rotation and translation")
+    sv = np.linalg.svd(r, compute_uv=False)
+    if sv.max() / sv.min() > 1.01:
+        raise InputError(
+            f"the {source} is not rigid (it shears or scales unevenly: singular values {np.round(sv, 4).tolist()}): "
+            "a registration must be a rotation and translation"
+        )
+
+
+def write_polydata(poly: vtk.vtkPolyData, path: str | os.PathLike, space: str = "RAS") -> None:
+    """Write a mesh in RAS to VTP (with field data ``SPACE``), STL or VTK with a ``SPACE=`` header.
+
+    ``space="LPS"`` flips x and y first, as Slicer does when it saves in LPS.
+    """
+    p = Path(path)
+    poly_out = poly
+    if space == "LPS":
+        poly_out = vtk.vtkPolyData()
+        poly_out.DeepCopy(poly)
+        flip = transform_polydata(poly, LPS_TO_RAS)
+        poly_out.SetPoints(flip.GetPoints())
+    suffix = p.suffix.lower()
+    if suffix == ".vtp":
+        copy = vtk.vtkPolyData()
+        copy.ShallowCopy(poly_out)
+        fd = vtk.vtkFieldData()
+        fd.ShallowCopy(poly_out.GetFieldData())
+        tag = vtk.vtkStringArray()
+        tag.SetName("SPACE")
+        tag.InsertNextValue(space)
+        fd.RemoveArray("SPACE")
+        fd.AddArray(tag)
+        copy.SetFieldData(fd)
+        w = vtk.vtkXMLPolyDataWriter()
+        w.SetDataModeToBinary()
+        w.SetInputData(copy)
+    elif suffix == ".stl":
+        w = vtk.vtkSTLWriter()
+        w.SetFileTypeToBinary()
+        w.SetHeader(f"SPACE={space}")
+        w.SetInputData(poly_out)
+    elif suffix == ".vtk":
+        w = vtk.vtkPolyDataWriter()
+        w.SetHeader(f"SPACE={space}")
+        w.SetInputData(poly_out)
+    else:
+        raise ValueError(f"cannot write mesh format {suffix}")
+    w.SetFileName(str(p))
+    if not w.Write():
+        raise OSError(f"VTK could not write {p}")

@@ -1,0 +1,281 @@
+"""CT volumes: reading from files and holding voxels with their geometry.
+
+A :class:`Volume` is a voxel array in ``[k, j, i]`` order (slowest axis first,
+as ``SimpleITK.GetArrayFromImage`` and Slicer's ``arrayFromVolume`` return it)
+and a 4x4 IJK-to-RAS matrix that maps a voxel index ``(i, j, k, 1)`` to patient
+RAS millimetres. The voxels keep their own type: an int16 CT stays int16.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+#: Flip between LPS (DICOM, ITK, NIfTI via ITK) and RAS (Slicer) coordinates.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+VOLUME_FILE_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd", ".dcm")
+
+
+@dataclass
+class Volume:
+    """A scalar CT volume in Hounsfield units.
+
+    Attributes:
+        array: voxel values, shape ``(K, J, I)`` (slices, rows, columns), any
+            real numeric type. HU after DICOM rescale.
+        ijk_to_ras: 4x4 matrix mapping homogeneous voxel index ``(i, j, k, 1)``
+            to RAS millimetres.
+        source: where the volume came from (file path or a description).
+        metadata: free-form facts gathered while reading (series UID, rescale).
+    """
+
+    array: np.ndarray
+    ijk_to_ras: np.ndarray
+    source: str = "<in-memory>"
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=float)
+        validate_volume(self.array, self.ijk_to_ras)
+
+    @property
+    def shape_ijk(self) -> tuple[int, int, int]:
+        """Number of voxels along i, j, k."""
+        k, j, i = self.array.shape
+        return (i, j, k)
+
+    @property
+    def spacing_mm(self) -> np.ndarray:
+        """Voxel size along i, j, k in millimetres."""
+        return np.linalg.norm(self.ijk_to_ras[:3, :3], axis=0)
+
+    @property
+    def ras_to_ijk(self) -> np.ndarray:
+        """4x4 matrix mapping RAS millimetres to continuous voxel index."""
+        return np.linalg.inv(self.ijk_to_ras)
+
+    def bounds_ras(self) -> np.ndarray:
+        """Axis-aligned RAS bounds of the voxel centres, ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` in mm."""
+        ni, nj, nk = self.shape_ijk
+        corners = np.array(
+            [[i, j, k, 1.0] for i in (0, ni - 1) for j in (0, nj - 1) for k in (0, nk - 1)]
+        )
+        ras = corners @ self.ijk_to_ras.T
+        return np.stack([ras[:, :3].min(axis=0), ras[:, :3].max(axis=0)])
+
+    def nbytes(self) -> int:
+        """Size of the voxel array in bytes."""
+        return int(self.array.nbytes)
+
+
+def validate_volume(array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
+    """Check that an array and matrix make a usable 3D scalar CT.
+
+    Raises:
+        InputError: for a 2D or vector image, a non-numeric type, a singular
+            or non-affine matrix, or voxels that are all NaN.
+    """
+    if array.ndim != 3:
+        if array.ndim == 4 and array.shape[-1] in (3, 4):
+            raise InputError(
+                f"the CT is a colour (RGB) image of shape {array.shape}: a CT must hold one scalar (HU) per voxel"
+            )
+        raise InputError(
+            f"the CT must be a 3D image, got {array.ndim}D of shape {array.shape}: "
+            "select the whole series or a 3D file, not a single slice"
+        )
+    if min(array.shape) < 2:
+        raise InputError(
+            f"the CT has only {min(array.shape)} slice(s) along one axis (shape {array.shape}): "
+            "a 3D volume with at least 2 voxels along each axis is needed for interpolation"
+        )
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InputError(f"the CT voxel type {array.dtype} is not a real number type")
+    if ijk_to_ras.shape != (4, 4):
+        raise InputError(f"the IJK-to-RAS matrix must be 4x4, got {ijk_to_ras.shape}")
+    if not np.all(np.isfinite(ijk_to_ras)):
+        raise InputError("the IJK-to-RAS matrix contains NaN or infinite values")
+    if not np.allclose(ijk_to_ras[3], [0, 0, 0, 1]):
+        raise InputError("the IJK-to-RAS matrix is not affine (its last row must be 0 0 0 1)")
+    if abs(np.linalg.det(ijk_to_ras[:3, :3])) < 1e-12:
+        raise InputError("the IJK-to-RAS matrix is singular: a voxel spacing is zero or two axes are parallel")
+
+
+def ijk_to_ras_from_itk(origin_lps, spacing, direction) -> np.ndarray:
+    """IJK-to-RAS 4x4 matrix from ITK image geometry (which is LPS).
+
+    Args:
+        origin_lps: position of voxel (0, 0, 0) in LPS mm.
+        spacing: voxel size along i, j, k in mm.
+        direction: 3x3 direction cosines (row-major, as ``GetDirection()``).
+    """
+    m = np.eye(4)
+    m[:3, :3] = np.asarray(direction, dtype=float).reshape(3, 3) * np.asarray(spacing, dtype=float)[None, :]
+    m[:3, 3] = origin_lps
+    return LPS_TO_RAS @ m
+
+
+def itk_geometry_from_ijk_to_ras(ijk_to_ras: np.ndarray) -> tuple[tuple, tuple, tuple]:
+    """Inverse of :func:`ijk_to_ras_from_itk`: ``(origin_lps, spacing, direction)``."""
+    m = LPS_TO_RAS @ np.asarray(ijk_to_ras, dtype=float)
+    spacing = np.linalg.norm(m[:3, :3], axis=0)
+    direction = m[:3, :3] / spacing[None, :]
+    return tuple(m[:3, 3]), tuple(spacing), tuple(direction.ravel())
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Read a CT from NRRD, NIfTI, MetaImage, a DICOM file or a DICOM series folder.
+
+    Geometry (origin, spacing, direction cosines) is taken from the file and
+    turned into an IJK-to-RAS matrix. A DICOM series is sorted by slice
+    position and its rescale slope/intercept are applied (by GDCM), so the
+    values are HU. Voxels keep their type unless the rescale makes them
+    fractional.
+
+    Args:
+        path: image file, or a folder holding one DICOM series.
+        series_uid: which series to read when a DICOM folder holds several.
+
+    Raises:
+        InputError: missing, empty or unreadable file; a folder with no DICOM
+            series or several series and no ``series_uid``; a series with
+            missing slices; a 2D or colour image.
+    """
+    sitk = _sitk()
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"CT not found: {p}")
+    metadata: dict = {}
+    if p.is_dir():
+        image = _read_dicom_series(p, series_uid, metadata)
+    else:
+        if p.stat().st_size == 0:
+            raise InputError(f"the CT file is empty (0 bytes): {p}")
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(p))
+            reader.ReadImageInformation()
+            image = reader.Execute()
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            detail = next((line for line in first if "ERROR" in line or "rror" in line), first[-1] if first else "")
+            raise InputError(
+                f"cannot read the CT {p}: not an image SimpleITK can read, or the file is truncated "
+                f"({detail.strip()[:200]}); supported: NRRD, NIfTI, MetaImage, DICOM"
+            ) from None
+    return _volume_from_sitk(image, str(p), metadata)
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None, metadata: dict):
+    sitk = _sitk()
+    reader = sitk.ImageSeriesReader()
+    uids = list(reader.GetGDCMSeriesIDs(str(folder)) or [])
+    if not uids:
+        raise InputError(f"no DICOM series found in folder {folder}: point --ct at a folder of DICOM slices or at an image file")
+    if series_uid is None:
+        if len(uids) > 1:
+            raise InputError(
+                f"the folder {folder} holds {len(uids)} DICOM series ({', '.join(uids)}): "
+                "choose one with --series-uid"
+            )
+        series_uid = uids[0]
+    elif series_uid not in uids:
+        raise InputError(f"series {series_uid} is not in {folder}; found: {', '.join(uids)}")
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    _check_slice_spacing(files)
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    reader.LoadPrivateTagsOff()
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read the DICOM series in {folder}: {str(exc).strip().splitlines()[-1][:200]}") from None
+    metadata["series_uid"] = series_uid
+    metadata["n_files"] = len(files)
+    for key, tag in (("rescale_slope", "0028|1053"), ("rescale_intercept", "0028|1052"), ("modality", "0008|0060")):
+        if reader.HasMetaDataKey(0, tag):
+            metadata[key] = reader.GetMetaData(0, tag).strip()
+    return image
+
+
+def _check_slice_spacing(files: list[str]) -> None:
+    """Refuse a series whose slice positions have a gap (a missing slice)."""
+    sitk = _sitk()
+    if len(files) < 3:
+        return
+    positions = []
+    normal = None
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(f"cannot read DICOM file {f}: the file is damaged") from None
+        if not r.HasMetaDataKey("0020|0032"):
+            return
+        pos = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
+        if normal is None and r.HasMetaDataKey("0020|0037"):
+            o = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
+            normal = np.cross(o[:3], o[3:])
+        positions.append(pos)
+    if normal is None:
+        return
+    z = np.sort(np.asarray(positions) @ normal)
+    gaps = np.diff(z)
+    typical = float(np.median(gaps))
+    if typical <= 0:
+        raise InputError("the DICOM series has slices at the same position: it may hold two series mixed together")
+    if np.any(gaps > 1.5 * typical):
+        n_missing = int(np.round(gaps[gaps > 1.5 * typical] / typical - 1).sum())
+        raise InputError(
+            f"the DICOM series has a gap: about {n_missing} slice(s) missing "
+            f"(spacing {typical:.3g} mm, largest gap {gaps.max():.3g} mm); re-export the complete series"
+        )
+
+
+def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
+    sitk = _sitk()
+    if image.GetDimension() != 3:
+        size = image.GetSize()
+        if image.GetDimension() == 2 or (image.GetDimension() == 3 and 1 in size):
+            raise InputError(
+                f"the CT {source} is a 2D image (size {size}): give a 3D volume or a DICOM series folder"
+            )
+        raise InputError(f"the CT {source} has {image.GetDimension()} dimensions: a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(
+            f"the CT {source} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(a colour or vector image): a CT holds one HU value per voxel"
+        )
+    array = sitk.GetArrayFromImage(image)
+    ijk_to_ras = ijk_to_ras_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    if np.issubdtype(array.dtype, np.floating):
+        n_bad = int(np.count_nonzero(~np.isfinite(array)))
+        if n_bad:
+            metadata["non_finite_voxels"] = n_bad
+    return Volume(array=array, ijk_to_ras=ijk_to_ras, source=source, metadata=metadata)
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write a volume with its geometry to any format SimpleITK writes (NRRD, NIfTI, MHA)."""
+    sitk = _sitk()
+    image = sitk.GetImageFromArray(volume.array)
+    origin, spacing, direction = itk_geometry_from_ijk_to_ras(volume.ijk_to_ras)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=compress)
