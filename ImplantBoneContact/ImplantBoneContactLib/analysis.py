@@ -25,13 +25,19 @@ from . import __version__
 from .classes import DEFAULT_METAL_HU, METAL, bands_to_json, class_names, classify, parse_classes
 from .errors import InputError
 from .frame import ZONE_SCHEMES, FrameOptions, StemFrame, assign_zones, estimate_frame
-from .mesh import read_model, read_transform, surface_geometry, transform_polydata
+from .mesh import prepare_surface, read_model, read_transform, surface_geometry, transform_polydata
 from .remesh import REMESH_METHODS, remesh
-from .sampling import PROFILE_AGGREGATES, SAMPLING_METHODS, parse_profile, sample_surface
+from .sampling import PROFILE_AGGREGATES, SAMPLING_METHODS, SurfaceSamples, parse_profile, sample_surface
 from .stats import zone_table
 from .volume import Volume, read_volume
 
 ProgressCallback = Callable[[float, str], None]
+#: ``remesher(surface, points, subdivide) -> surface``: replaces the built-in ACVD remesh
+#: (the Slicer module passes Surface Toolbox's, which runs the same algorithm).
+Remesher = Callable[[vtk.vtkPolyData, int, int], vtk.vtkPolyData]
+#: Same signature as :func:`~ImplantBoneContactLib.sampling.sample_surface`: replaces the
+#: built-in sampler (the Slicer module probes with the Probe Volume With Model CLI).
+Sampler = Callable[[Volume, np.ndarray, np.ndarray, str, np.ndarray, str], SurfaceSamples]
 
 
 @dataclass
@@ -274,6 +280,9 @@ def analyze(
     parameters: AnalysisParameters | None = None,
     progress: ProgressCallback | None = None,
     inputs: dict | None = None,
+    *,
+    remesher: Remesher | None = None,
+    sampler: Sampler | None = None,
 ) -> AnalysisResult:
     """Map CT HU onto the implant surface, assign Gruen zones and contact classes.
 
@@ -283,6 +292,9 @@ def analyze(
         parameters: settings (defaults if ``None``).
         progress: called as ``progress(fraction_done, message)``.
         inputs: descriptions of the inputs, copied into the result.
+        remesher: used instead of the built-in ACVD remesh when ``parameters.remesh``
+            is ``"acvd"``; its output is cleaned (triangulated, degenerate triangles dropped).
+        sampler: used instead of :func:`~ImplantBoneContactLib.sampling.sample_surface`.
 
     Raises:
         InputError: bad parameters, a model that misses the CT, a frame that
@@ -304,7 +316,10 @@ def analyze(
     if params.remesh == "acvd":
         k = params.subdivide if params.subdivide is not None else _auto_subdivide(surface.GetNumberOfPoints(), params.points)
         step(0.05, f"remeshing to {params.points} points (ACVD, subdivide {k})")
-        surface = remesh(surface, "acvd", params.points, k)
+        if remesher is None:
+            surface = remesh(surface, "acvd", params.points, k)
+        else:
+            surface = prepare_surface(remesher(surface, params.points, k), "remeshed surface")
         params_used_subdivide = k
     else:
         params_used_subdivide = None
@@ -325,7 +340,7 @@ def analyze(
 
     t = time.perf_counter()
     step(0.55, "sampling the CT")
-    samples = sample_surface(
+    samples = (sampler or sample_surface)(
         volume, geom.points, geom.normals, params.sampling, params.offsets(), params.profile_aggregate
     )
     timings["sampling"] = time.perf_counter() - t
