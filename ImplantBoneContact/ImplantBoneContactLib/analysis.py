@@ -29,7 +29,7 @@ from .mesh import prepare_surface, read_model, read_transform, surface_geometry,
 from .remesh import REMESH_METHODS, remesh
 from .sampling import PROFILE_AGGREGATES, SAMPLING_METHODS, SurfaceSamples, parse_profile, sample_surface
 from .stats import zone_table
-from .volume import Volume, read_volume
+from .volume import Volume, hu_range_warnings, read_volume
 
 ProgressCallback = Callable[[float, str], None]
 #: ``remesher(surface, points, subdivide) -> surface``: replaces the built-in ACVD remesh
@@ -250,6 +250,14 @@ def check_overlap(volume: Volume, surface: vtk.vtkPolyData) -> None:
     pts = ns.vtk_to_numpy(surface.GetPoints().GetData()).astype(float)
     lo, hi = pts.min(0), pts.max(0)
     ct_lo, ct_hi = volume.bounds_ras()
+    extent = float(np.linalg.norm(hi - lo))
+    voxel = float(volume.spacing_mm.max())
+    if extent < 3 * voxel:
+        # Inside the CT or not, a model this small samples a voxel or two: numbers without meaning.
+        raise InputError(
+            f"the model is only {extent:.3g} mm across, less than 3 CT voxels ({voxel:.3g} mm): "
+            "are its units metres? (scale by 1000)"
+        )
     if np.all(hi >= ct_lo) and np.all(lo <= ct_hi):
         return
     model_size = float(np.linalg.norm(hi - lo))
@@ -312,6 +320,8 @@ def analyze(
             progress(fraction, message)
 
     check_overlap(volume, surface)
+    warnings.extend(hu_range_warnings(volume))
+    warnings.extend(topology_warnings(surface))
     t = time.perf_counter()
     if params.remesh == "acvd":
         k = params.subdivide if params.subdivide is not None else _auto_subdivide(surface.GetNumberOfPoints(), params.points)
@@ -328,14 +338,6 @@ def analyze(
     t = time.perf_counter()
     step(0.45, "computing normals and vertex areas")
     geom = surface_geometry(surface)
-    if geom.n_boundary_edges:
-        warnings.append(
-            f"the surface is open ({geom.n_boundary_edges} boundary edges): normals near the holes may be unreliable"
-        )
-    if geom.n_nonmanifold_edges:
-        warnings.append(f"the surface has {geom.n_nonmanifold_edges} non-manifold edges")
-    if geom.n_components > 1:
-        warnings.append(f"the surface has {geom.n_components} disconnected parts; all are analysed as one implant")
     timings["normals_areas"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -355,6 +357,8 @@ def analyze(
             f"{n_out} of {geom.points.shape[0]} vertices ({100 * frac_area:.1f}% of the area) lie outside the CT: "
             "their HU is NaN (inside_ct = False) and they are left out of the statistics"
         )
+    if not np.isfinite(samples.hu).any():
+        raise InputError("no vertex got a finite HU: the CT is NaN or infinite wherever the model lies")
     nonfinite = samples.inside_ct & ~np.isfinite(samples.hu)
     if nonfinite.any():
         warnings.append(
@@ -435,6 +439,27 @@ def analyze(
         inputs=info,
         timings_s=timings,
     )
+
+
+def topology_warnings(surface: vtk.vtkPolyData) -> list[str]:
+    """Warnings about the input surface: holes, non-manifold edges, several parts.
+
+    Checked on the model as given, before remeshing: ACVD output may have a
+    few non-manifold edges of its own that say nothing about the input.
+    """
+    from .mesh import _component_labels, _edge_counts, triangles
+
+    faces = triangles(surface)
+    n_boundary, n_nonmanifold = _edge_counts(faces)
+    _, n_components = _component_labels(surface.GetNumberOfPoints(), faces)
+    out = []
+    if n_boundary:
+        out.append(f"the model surface is open ({n_boundary} boundary edges): normals near the holes may be unreliable")
+    if n_nonmanifold:
+        out.append(f"the model surface has {n_nonmanifold} non-manifold edges (more than two triangles share an edge)")
+    if n_components > 1:
+        out.append(f"the model has {n_components} disconnected parts; all are analysed as one implant")
+    return out
 
 
 def class_ids(contact: np.ndarray, names: list[str]) -> np.ndarray:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -114,30 +117,51 @@ def write_result_folder(
     """
     out = check_output_folder(out_dir, overwrite)
     parent = out.resolve().parent
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
     try:
         try:
             writer(tmp)
+            # Ctrl-C or SIGTERM between the two renames would leave the earlier
+            # result hidden in the .old folder: hold them until the swap is done.
+            with _signals_held():
+                old = None
+                if out.exists():
+                    if any(out.iterdir()) and not overwrite:
+                        raise OutputError(f"the output folder {out} was filled while this run was working: not replacing it")
+                    old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+                    os.rename(out, old)
+                try:
+                    os.rename(tmp, out)
+                except BaseException:
+                    if old is not None:
+                        os.rename(old, out)
+                    raise
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+        except OutputError:
+            raise
         except OSError as exc:
             raise OutputError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
-        old = None
-        if out.exists():
-            if any(out.iterdir()) and not overwrite:
-                raise OutputError(f"the output folder {out} was filled while this run was working: not replacing it")
-            old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        try:
-            os.rename(tmp, out)
-        except OSError:
-            if old is not None:
-                os.rename(old, out)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Defer SIGINT and SIGTERM (delivered when the block ends); a no-op outside the main thread."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def write_tables_and_surface(result, folder: Path) -> list[str]:

@@ -255,11 +255,12 @@ def estimate_frame(
        patient's +A made perpendicular to the axis; medial is perpendicular
        to both, on the side the neck points to. The side follows from
        medial: pointing to the patient's right (+R) means a left femur.
-    5. The resection level is the lowest height, above mid-length, where
-       the medial edge of the contours leaves the straight line fitted to the
-       medial edge of the body by more than max(2 mm, 15 % of the body width):
-       where the neck flares out of the body. The plane is perpendicular to
-       the axis there, so the neck and head lie above it.
+    5. The resection level is where the neck leaves the body: going up from
+       mid-length, the first height at which the medial edge of the contours
+       rises by more than 1 mm per mm of height (over 4 mm), i.e. turns from
+       the calcar curve, which runs along the axis, into the neck, which runs
+       across it at 125-140 degrees. The plane is perpendicular to the axis
+       there, so the neck and head lie above it.
 
     Returns:
         the frame, and a list of warnings.
@@ -447,32 +448,35 @@ def _neck_direction(pts, w, tip, axis, length) -> np.ndarray | None:
 
 
 def _automatic_resection(pts, faces, tip, axis, medial, length, warnings):
-    n_slices = 120
+    n_slices = 160
     values, centroids, mid, idx, seg_len = _slice_profile(pts, faces, tip, -axis, n_slices)
-    r = mid - tip
-    m = r @ medial
+    m = (mid - tip) @ medial
     m_ext = np.full(n_slices, -np.inf)
-    l_ext = np.full(n_slices, -np.inf)
     np.maximum.at(m_ext, idx, m)
-    np.maximum.at(l_ext, idx, -m)
     h = values
-    ok = np.isfinite(m_ext) & np.isfinite(l_ext)
-    body = ok & (h > 0.15 * length) & (h < 0.55 * length)
-    if body.sum() < 5:
-        raise InputError("cannot find the resection level: the stem body is too short or irregular; give --resection-plane")
-    coef = np.polyfit(h[body], m_ext[body], 1)
-    width = m_ext + l_ext
-    excess = m_ext - np.polyval(coef, h)
-    threshold = np.maximum(2.0, 0.15 * width)
-    flare = ok & (h > 0.5 * length) & (excess > threshold)
-    if not flare.any():
+    ok = np.isfinite(m_ext)
+    # The neck leaves the body where the medial edge turns from running along the
+    # axis (calcar curve, slope well below 1) to running across it (the neck of a
+    # 125-140 degree stem, slope about 1 or more): the first height above mid-length
+    # where the medial edge rises by more than 1 mm per mm over a 4 mm window.
+    window = 4.0
+    level = None
+    hv, mv = h[ok], m_ext[ok]
+    for i in range(len(hv)):
+        if hv[i] < 0.5 * length:
+            continue
+        j = np.searchsorted(hv, hv[i] + window)
+        if j >= len(hv):
+            break
+        if (mv[j] - mv[i]) / (hv[j] - hv[i]) > 1.0:
+            level = float(hv[i])
+            break
+    if level is None:
         warnings.append(
             "no neck found above the stem body: the resection plane is put at the proximal end of the model; "
             "give --resection-plane to set it"
         )
-        level = float(h[ok].max())
-    else:
-        level = float(h[np.argmax(flare)])
+        level = float(hv.max())
     rp = tip - level * axis
     return rp, -axis
 

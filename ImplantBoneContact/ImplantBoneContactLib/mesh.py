@@ -16,7 +16,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support as ns
 
-from .errors import InputError
+from .errors import InputError, native_stderr_silenced
 from .volume import LPS_TO_RAS
 
 MODEL_FILE_SUFFIXES = (".stl", ".obj", ".ply", ".vtk", ".vtp")
@@ -31,9 +31,11 @@ class ModelFileInfo:
     space_used: str
 
 
-def _space_from_text(text: str | None) -> str | None:
+def _space_from_text(text: str | bytes | None) -> str | None:
     if not text:
         return None
+    if isinstance(text, bytes):  # VTK hands back bytes when a binary STL header is not UTF-8
+        text = text.decode("latin-1")
     if "SPACE=RAS" in text:
         return "RAS"
     if "SPACE=LPS" in text:
@@ -69,6 +71,51 @@ def read_model(path: str | os.PathLike, space: str | None = None) -> tuple[vtk.v
         if space not in ("RAS", "LPS"):
             raise InputError(f"model space must be RAS or LPS, got {space!r}")
 
+    if suffix == ".stl":
+        _check_stl_size(p)
+    with native_stderr_silenced():
+        poly, space_in_file, errors = _read_poly(p, suffix)
+    if errors.messages and (poly is None or poly.GetNumberOfPoints() == 0):
+        raise InputError(f"cannot read the model {p}: {errors.messages[0][:200]}; the file is damaged or not a {suffix[1:].upper()} mesh")
+    if poly is None or poly.GetNumberOfPoints() == 0 or poly.GetNumberOfCells() == 0:
+        raise InputError(f"the model {p} has no surface (0 points or 0 cells): the file is empty, truncated or not a mesh")
+
+    used = space or space_in_file or "LPS"
+    out = vtk.vtkPolyData()
+    out.DeepCopy(poly)
+    if used == "LPS":
+        out = transform_polydata(out, LPS_TO_RAS)
+    return prepare_surface(out, str(p)), ModelFileInfo(str(p), space_in_file, used)
+
+
+def _check_stl_size(p: Path) -> None:
+    """Refuse a binary STL whose size does not match the triangle count in its header.
+
+    A cut binary STL is otherwise read up to the cut without complaint, or
+    reported only as a generic reader error.
+    """
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(512)
+        fh.seek(max(size - 512, 0))
+        tail = fh.read()
+    n = int(np.frombuffer(head[80:84], dtype="<u4")[0]) if len(head) >= 84 else -1
+    if n >= 0 and size == 84 + 50 * n:
+        return
+    if head.lstrip()[:5].lower() == b"solid" and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        if b"endsolid" not in tail.lower():
+            raise InputError(f"the ASCII STL {p} is truncated: it does not end with 'endsolid'; export the model again")
+        return
+    if n > 0 and size > 84 + 50 * n:
+        return  # some exporters pad after the triangles; the triangles themselves are complete
+    raise InputError(
+        f"the model {p} is not a valid STL file or is truncated: a binary STL of {max(n, 0)} triangles "
+        f"(as its header says) has {84 + 50 * max(n, 0)} bytes, this file has {size}"
+    )
+
+
+def _read_poly(p: Path, suffix: str):
+    """Run the VTK reader for ``suffix``; return (polydata, SPACE found in the file, error collector)."""
     errors = _VtkErrorCollector()
     space_in_file: str | None = None
     if suffix == ".stl":
@@ -115,17 +162,7 @@ def read_model(path: str | os.PathLike, space: str | None = None) -> tuple[vtk.v
         arr = fd.GetAbstractArray("SPACE") if fd is not None else None
         if arr is not None and arr.GetNumberOfValues() > 0:
             space_in_file = _space_from_text("SPACE=" + str(arr.GetValue(0)))
-    if errors.messages and (poly is None or poly.GetNumberOfPoints() == 0):
-        raise InputError(f"cannot read the model {p}: {errors.messages[0][:200]}")
-    if poly is None or poly.GetNumberOfPoints() == 0 or poly.GetNumberOfCells() == 0:
-        raise InputError(f"the model {p} has no surface (0 points or 0 cells): the file is empty, truncated or not a mesh")
-
-    used = space or space_in_file or "LPS"
-    out = vtk.vtkPolyData()
-    out.DeepCopy(poly)
-    if used == "LPS":
-        out = transform_polydata(out, LPS_TO_RAS)
-    return prepare_surface(out, str(p)), ModelFileInfo(str(p), space_in_file, used)
+    return poly, space_in_file, errors
 
 
 class _VtkErrorCollector:
@@ -143,7 +180,10 @@ class _VtkErrorCollector:
 
 
 def prepare_surface(poly: vtk.vtkPolyData, source: str = "model") -> vtk.vtkPolyData:
-    """Triangulate, drop degenerate triangles, merge duplicate points; check coordinates.
+    """Triangulate, drop degenerate and repeated triangles, merge duplicate points; check coordinates.
+
+    A triangle listed twice (either orientation) would count its area twice
+    and make its edges look non-manifold; only its first copy is kept.
 
     Raises:
         InputError: non-finite coordinates, or no triangle left.
@@ -180,6 +220,10 @@ def prepare_surface(poly: vtk.vtkPolyData, source: str = "model") -> vtk.vtkPoly
     pts = ns.vtk_to_numpy(out.GetPoints().GetData())
     area = triangle_areas(pts, faces)
     keep &= area > 0
+    _, first = np.unique(np.sort(faces, axis=1), axis=0, return_index=True)
+    repeated = np.ones(faces.shape[0], dtype=bool)
+    repeated[first] = False
+    keep &= ~repeated
     if not np.all(keep):
         faces = faces[keep]
         if faces.shape[0] == 0:
@@ -426,19 +470,18 @@ def _read_itk_transform(p: Path) -> np.ndarray:
     dim = tx.GetDimension()
     if dim != 3:
         raise InputError(f"the transform in {p} is {dim}D: a 3D transform is needed")
-    try:
-        affine = sitk.AffineTransform(tx)
-    except (RuntimeError, TypeError):
+    if not tx.IsLinear():
         raise InputError(
             f"the transform in {p} is a {tx.GetName()}, not a linear transform: "
             "only rigid or affine registrations can be applied to the model here"
-        ) from None
-    a = np.array(affine.GetMatrix()).reshape(3, 3)
-    c = np.array(affine.GetCenter())
-    t = np.array(affine.GetTranslation())
+        )
+    # sitk.AffineTransform(tx) refuses Euler3D, Versor and Similarity transforms (rigid
+    # registrations); every linear transform is x -> A x + b, so probe it instead.
+    b = np.array(tx.TransformPoint((0.0, 0.0, 0.0)))
+    a = np.column_stack([np.array(tx.TransformPoint(tuple(float(v) for v in e))) - b for e in np.eye(3)])
     resampling_lps = np.eye(4)
     resampling_lps[:3, :3] = a
-    resampling_lps[:3, 3] = t + c - a @ c
+    resampling_lps[:3, 3] = b
     if abs(np.linalg.det(a)) < 1e-12:
         raise InputError(f"the transform in {p} is singular (determinant 0): it cannot be inverted")
     moving_lps = np.linalg.inv(resampling_lps)

@@ -12,8 +12,8 @@ air         -1000, outside the thigh
 soft tissue 40, a soft-tissue cylinder of radius 65 mm around the bone
 cortical    1500 proximally rising to 1800 distally; an elliptic shell whose
             outer size narrows distally (24 x 19 mm half-axes at the cut,
-            14 x 14 mm at 120 mm below) while its thickness grows from 1.5 mm
-            to 5.5 mm, as from metaphysis to diaphysis
+            14.5 x 14.5 mm at 120 mm below) while its thickness grows from
+            1.5 mm to 6.5 mm, as from metaphysis to diaphysis
 cancellous  400 HU at the cut falling to 200 HU at 60 mm below; fills the canal
             down to 65 mm below the cut
 marrow      30, the diaphyseal canal below that
@@ -60,7 +60,7 @@ _SOFT_TISSUE_RADIUS = 65.0
 _TIP_Z = -130.0
 _SHOULDER_Z = 12.0
 _TIP_CAP = 12.0
-_NECK_START = np.array([2.0, 0.0, -4.0])
+_NECK_START = np.array([2.0, 0.0, 1.0])
 _NECK_DIR = np.array([np.sin(np.radians(45.0)), 0.0, np.cos(np.radians(45.0))])
 _NECK_LENGTH = 38.0
 _NECK_RADIUS = 7.0
@@ -121,9 +121,9 @@ class FemurPhantom:
     @staticmethod
     def _bone_profile(z: np.ndarray):
         s = np.clip(-z / _DIAPHYSIS_DEPTH, 0.0, 1.0)
-        a_out = 24.0 - 10.0 * s
-        b_out = 19.0 - 5.0 * s
-        t = 1.5 + 4.0 * s
+        a_out = 24.0 - 9.5 * s
+        b_out = 19.0 - 4.5 * s
+        t = 1.5 + 5.0 * s
         return a_out, b_out, a_out - t, b_out - t, s
 
     def _tissue_local(self, p: np.ndarray) -> np.ndarray:
@@ -160,8 +160,8 @@ class FemurPhantom:
         """Implicit function of the stem (about mm from the surface; negative inside)."""
         x, y, z = p[..., 0], p[..., 1], p[..., 2]
         u = np.clip((z - _TIP_Z) / (_SHOULDER_Z - _TIP_Z), 0.0, 1.0)
-        half_w = 9.4 + 7.4 * u  # medial-lateral half width
-        half_d = 9.0 + 2.5 * u  # anterior-posterior half depth
+        half_w = 10.6 + 6.2 * u  # medial-lateral half width
+        half_d = 10.0 + 1.5 * u  # anterior-posterior half depth
         centre_x = -5.5 * np.clip((z + 60.0) / 60.0, 0.0, 1.0)  # proximal body leans lateral
         cap = np.clip((_TIP_Z + _TIP_CAP - z) / _TIP_CAP, 0.0, 1.0)
         shrink = np.sqrt(np.clip(1.0 - cap**2, 1e-4, 1.0))
@@ -229,7 +229,8 @@ class FemurPhantom:
     def make_stem_surface(self, spacing_mm: float = 0.5, target_triangles: int = 40000) -> vtk.vtkPolyData:
         """The stem surface in RAS: contour of the implicit stem, then decimated."""
         lo = np.array([-25.0, -16.0, _TIP_Z - 2.0])
-        hi = np.array([_NECK_START[0] + (_NECK_LENGTH + _HEAD_RADIUS) * _NECK_DIR[0] + 2, 16.0, 50.0])
+        head_c = _NECK_START + _NECK_LENGTH * _NECK_DIR
+        hi = np.array([head_c[0] + _HEAD_RADIUS + 2.0, 16.0, head_c[2] + _HEAD_RADIUS + 2.0])
         n = np.ceil((hi - lo) / spacing_mm).astype(int) + 1
         zs = lo[2] + spacing_mm * np.arange(n[2])
         ys = lo[1] + spacing_mm * np.arange(n[1])

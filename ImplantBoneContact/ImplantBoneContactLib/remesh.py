@@ -10,6 +10,7 @@ package.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import vtk
@@ -44,17 +45,21 @@ def remesh_acvd(poly: vtk.vtkPolyData, points: int = 10000, subdivide: int = 0) 
     tri_filter.SetInputData(poly)
     tri_filter.Update()
     mesh = pv.wrap(tri_filter.GetOutput())
-    clus = pyacvd.Clustering(mesh)
-    clus.subdivide(subdivide)
-    n_available = clus.mesh.n_points
-    if points > n_available:
-        raise InputError(
-            f"cannot remesh to {points} points: the surface has only {n_available} points after "
-            f"{subdivide} subdivision(s); raise --subdivide or lower --points"
-        )
-    clus.cluster(points)
+    with warnings.catch_warnings():
+        # pyacvd 0.3.1 uses a pyvista attribute that newer pyvista deprecates; harmless here.
+        warnings.filterwarnings("ignore", category=Warning, module="pyacvd")
+        clus = pyacvd.Clustering(mesh)
+        clus.subdivide(subdivide)
+        n_available = clus.mesh.n_points
+        if points > n_available:
+            raise InputError(
+                f"cannot remesh to {points} points: the surface has only {n_available} points after "
+                f"{subdivide} subdivision(s); raise --subdivide or lower --points"
+            )
+        clus.cluster(points)
+        mesh_out = clus.create_mesh()
     out = vtk.vtkPolyData()
-    out.DeepCopy(clus.create_mesh())
+    out.DeepCopy(mesh_out)
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, native_stderr_silenced
 
 #: Flip between LPS (DICOM, ITK, NIfTI via ITK) and RAS (Slicer) coordinates.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -108,6 +108,28 @@ def validate_volume(array: np.ndarray, ijk_to_ras: np.ndarray) -> None:
         raise InputError("the IJK-to-RAS matrix is singular: a voxel spacing is zero or two axes are parallel")
 
 
+def hu_range_warnings(volume: Volume) -> list[str]:
+    """Warn when the voxel values do not look like Hounsfield units.
+
+    A CT in HU has air near -1000 HU and fat near -100 HU, so some voxel is
+    negative. Raw stored DICOM values without the rescale (intercept often
+    -1024) start at 0 or above: every HU would be about 1024 too high and the
+    contact classes would be wrong.
+    """
+    arr = volume.array
+    if arr.size == 0:
+        return []
+    lo = float(np.nanmin(arr)) if np.issubdtype(arr.dtype, np.floating) else float(arr.min())
+    if not lo >= 0:
+        return []
+    hi = float(np.nanmax(arr)) if np.issubdtype(arr.dtype, np.floating) else float(arr.max())
+    return [
+        f"the CT has no negative value (range {lo:g}..{hi:g}): it does not look like Hounsfield units "
+        "(air is about -1000 HU) but like raw stored values without the DICOM rescale; the contact classes "
+        "assume HU: check the rescale slope/intercept of the export (HU = stored x slope + intercept)"
+    ]
+
+
 def ijk_to_ras_from_itk(origin_lps, spacing, direction) -> np.ndarray:
     """IJK-to-RAS 4x4 matrix from ITK image geometry (which is LPS).
 
@@ -160,15 +182,17 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         raise InputError(f"CT not found: {p}")
     metadata: dict = {}
     if p.is_dir():
-        image = _read_dicom_series(p, series_uid, metadata)
+        with native_stderr_silenced():
+            image = _read_dicom_series(p, series_uid, metadata)
     else:
         if p.stat().st_size == 0:
             raise InputError(f"the CT file is empty (0 bytes): {p}")
         try:
             reader = sitk.ImageFileReader()
             reader.SetFileName(str(p))
-            reader.ReadImageInformation()
-            image = reader.Execute()
+            with native_stderr_silenced():
+                reader.ReadImageInformation()
+                image = reader.Execute()
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
             detail = next((line for line in first if "ERROR" in line or "rror" in line), first[-1] if first else "")
@@ -176,7 +200,58 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
                 f"cannot read the CT {p}: not an image SimpleITK can read, or the file is truncated "
                 f"({detail.strip()[:200]}); supported: NRRD, NIfTI, MetaImage, DICOM"
             ) from None
+        _check_nifti_complete(p)
     return _volume_from_sitk(image, str(p), metadata)
+
+
+def _check_nifti_complete(p: Path) -> None:
+    """Refuse a NIfTI file that holds fewer voxel bytes than its header announces.
+
+    ITK reads a truncated ``.nii`` or ``.nii.gz`` without an error and fills
+    the missing voxels with 0 HU, which would pass for soft tissue.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    name = p.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    compressed = name.endswith(".gz")
+    try:
+        with (gzip.open(p, "rb") if compressed else open(p, "rb")) as fh:
+            hdr = fh.read(540)
+            size = len(hdr)
+            if compressed:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    size += len(chunk)
+            else:
+                size = p.stat().st_size
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        raise InputError(f"the CT {p} is truncated or damaged: its compressed data ends early; copy or export it again") from None
+    for endian in "<>":
+        if len(hdr) >= 348 and struct.unpack(endian + "i", hdr[:4])[0] == 348:
+            dim = struct.unpack(endian + "8h", hdr[40:56])
+            bitpix = struct.unpack(endian + "h", hdr[72:74])[0]
+            offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
+            break
+        if len(hdr) >= 540 and struct.unpack(endian + "i", hdr[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", hdr[14:16])[0]
+            dim = struct.unpack(endian + "8q", hdr[16:80])
+            offset = struct.unpack(endian + "q", hdr[168:176])[0]
+            break
+    else:
+        return
+    n_dim = min(max(int(dim[0]), 0), 7)
+    needed = offset + int(np.prod([max(int(d), 1) for d in dim[1 : n_dim + 1]], dtype=np.int64)) * max(int(bitpix), 8) // 8
+    if size < needed:
+        raise InputError(
+            f"the CT {p} is truncated: its header announces {needed} bytes of image data and header, the file holds "
+            f"{size}; copy or export it again"
+        )
+
+
+_EMPTY_UID = '(empty UID, --series-uid "")'
 
 
 def _read_dicom_series(folder: Path, series_uid: str | None, metadata: dict):
@@ -188,8 +263,8 @@ def _read_dicom_series(folder: Path, series_uid: str | None, metadata: dict):
     if series_uid is None:
         if len(uids) > 1:
             raise InputError(
-                f"the folder {folder} holds {len(uids)} DICOM series ({', '.join(uids)}): "
-                "choose one with --series-uid"
+                f"the folder {folder} holds {len(uids)} DICOM series "
+                f"({', '.join(u or _EMPTY_UID for u in uids)}): choose one with --series-uid"
             )
         series_uid = uids[0]
     elif series_uid not in uids:
@@ -205,7 +280,12 @@ def _read_dicom_series(folder: Path, series_uid: str | None, metadata: dict):
         raise InputError(f"cannot read the DICOM series in {folder}: {str(exc).strip().splitlines()[-1][:200]}") from None
     metadata["series_uid"] = series_uid
     metadata["n_files"] = len(files)
-    for key, tag in (("rescale_slope", "0028|1053"), ("rescale_intercept", "0028|1052"), ("modality", "0008|0060")):
+    for key, tag in (
+        ("series_instance_uid", "0020|000e"),
+        ("rescale_slope", "0028|1053"),
+        ("rescale_intercept", "0028|1052"),
+        ("modality", "0008|0060"),
+    ):
         if reader.HasMetaDataKey(0, tag):
             metadata[key] = reader.GetMetaData(0, tag).strip()
     return image
@@ -267,6 +347,8 @@ def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
         n_bad = int(np.count_nonzero(~np.isfinite(array)))
         if n_bad:
             metadata["non_finite_voxels"] = n_bad
+        if n_bad == array.size:
+            raise InputError(f"every voxel of the CT {source} is NaN or infinite: the file holds no HU values")
     return Volume(array=array, ijk_to_ras=ijk_to_ras, source=source, metadata=metadata)
 
 

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real data folder and phantoms built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ibc_helpers import frame_parameters, shared_data_dir
+from ImplantBoneContactLib import AnalysisParameters, FemurPhantom, PhantomSpec, analyze
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"real test data not found at {d} (set IBC_SHARED_DATA)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def phantom() -> FemurPhantom:
+    """Left femur phantom, 1.0 mm voxels, no noise: small and fast."""
+    return FemurPhantom(PhantomSpec(voxel_mm=1.0))
+
+
+@pytest.fixture(scope="session")
+def phantom_ct(phantom):
+    return phantom.make_ct()
+
+
+@pytest.fixture(scope="session")
+def phantom_stem(phantom):
+    return phantom.make_stem_surface()
+
+
+@pytest.fixture(scope="session")
+def phantom_result(phantom, phantom_ct, phantom_stem):
+    """Default analysis of the phantom with the phantom's true frame (6000 points)."""
+    return analyze(phantom_ct, phantom_stem, AnalysisParameters(points=6000, **frame_parameters(phantom.true_frame())))
