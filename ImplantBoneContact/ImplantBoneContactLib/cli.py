@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--side", choices=("left", "right"), default="left", help="femur side of the phantom (default left)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing result")
     d.add_argument("--no-pictures", action="store_true", help="write tables only, no pictures or report")
-    d.add_argument("--quiet", action="store_true", help="no progress messages")
+    d.add_argument("--quiet", action="store_true", help="no progress messages and no summary table")
+    d.add_argument("--progress", action="store_true", help="progress messages on stderr even when it is not a terminal")
     return parser
 
 
@@ -86,7 +87,9 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
 
     g = a.add_argument_group("remeshing")
-    g.add_argument("--remesh", choices=("acvd", "none"), default="acvd", help="uniform ACVD remesh as Slicer's Surface Toolbox (default), or keep the input mesh")
+    g.add_argument("--remesh", choices=("acvd", "fast", "none"), default="acvd",
+                   help="uniform ACVD remesh as Slicer's Surface Toolbox (default); fast: the same ACVD clusters with a "
+                   "vectorised mesh construction, 10-100x faster; none: keep the input mesh")
     g.add_argument("--points", type=int, default=10000, help="points after remeshing (default 10000)")
     g.add_argument("--subdivide", type=int, default=None, help="subdivisions before clustering (default: smallest giving 3 input points per cluster)")
 
@@ -114,7 +117,8 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g = a.add_argument_group("output")
     g.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
     g.add_argument("--no-pictures", action="store_true", help="write tables only, no pictures or report")
-    g.add_argument("--quiet", action="store_true", help="no progress messages")
+    g.add_argument("--quiet", action="store_true", help="no progress messages and no summary table")
+    g.add_argument("--progress", action="store_true", help="progress messages on stderr even when it is not a terminal")
 
 
 def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
@@ -168,8 +172,14 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
 
 
 class _Progress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
+    """Progress lines on stderr: shown on a terminal or with --progress, never with --quiet.
+
+    Off by default when stderr is a file or pipe, so that a failed run in a
+    batch log leaves exactly one line: the error.
+    """
+
+    def __init__(self, quiet: bool, forced: bool = False) -> None:
+        self.quiet = quiet or not (forced or sys.stderr.isatty())
         self.t0 = time.perf_counter()
 
     def __call__(self, fraction: float, message: str) -> None:
@@ -184,7 +194,7 @@ def _raise_interrupt(signum, frame):
 def run_analysis(args: argparse.Namespace) -> int:
     params = parameters_from_args(args)
     check_output_folder(args.out, args.overwrite)
-    progress = _Progress(args.quiet)
+    progress = _Progress(args.quiet, args.progress)
     result = analyze_files(args.ct, args.model, params, transform=args.transform, progress=progress)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -207,7 +217,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     results = out / "results"
     check_output_folder(results, args.overwrite)
-    progress = _Progress(args.quiet)
+    progress = _Progress(args.quiet, args.progress)
     progress(0.0, f"writing the femur phantom to {out} (voxel {args.voxel} mm{', metal' if args.metal else ''})")
     phantom = FemurPhantom(PhantomSpec(voxel_mm=args.voxel, side=args.side, metal=args.metal, noise_hu=10.0))
     paths = phantom.write(out)

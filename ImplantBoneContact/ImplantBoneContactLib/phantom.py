@@ -44,7 +44,7 @@ import vtk
 from vtk.util import numpy_support as ns
 
 from .frame import StemFrame
-from .mesh import points, polydata_from_arrays, prepare_surface, triangles, write_polydata
+from .mesh import points, polydata_from_arrays, prepare_surface, signed_volume, triangles, write_polydata
 from .volume import Volume, write_volume
 
 AIR, SOFT_TISSUE, MARROW, CANCELLOUS, CORTICAL = 0, 1, 2, 3, 4
@@ -265,7 +265,8 @@ class FemurPhantom:
         local_pts = points(surf)
         ras = local_pts @ self.local_to_ras[:3, :3].T + self.local_to_ras[:3, 3]
         faces = triangles(surf)
-        if np.linalg.det(self.local_to_ras[:3, :3]) < 0:
+        # Outward triangle order, as a CAD export has it (the contour's order depends on the sign convention).
+        if signed_volume(ras, faces) < 0:
             faces = faces[:, ::-1]
         return polydata_from_arrays(ras, faces)
 
