@@ -45,10 +45,12 @@ class AnalysisParameters:
     """Every setting of an analysis. Written to ``parameters.json`` with the results.
 
     Attributes:
-        remesh: ``"acvd"`` (uniform remesh as Slicer's Surface Toolbox) or ``"none"``.
+        remesh: ``"acvd"`` (uniform remesh as Slicer's Surface Toolbox), ``"fast"`` (the same
+            ACVD clusters, vectorised mesh construction) or ``"none"``.
         points: number of points after remeshing.
         subdivide: subdivisions before ACVD clustering; ``None`` picks the
-            smallest number that gives at least 3 input points per cluster.
+            smallest number that gives at least 3 input points per cluster and
+            no triangle larger than 4 clusters (see :func:`auto_subdivide`).
         sampling: ``"trilinear"`` (Probe Volume With Model) or ``"nearest"``.
         offset_mm: sample this far along the outward normal (mm; negative goes into the implant).
         profile: ``"START:STOP:STEP"`` offsets in mm along the normal; overrides ``offset_mm``.
@@ -234,9 +236,31 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _auto_subdivide(n_points: int, target: int) -> int:
+def auto_subdivide(surface: vtk.vtkPolyData, target: int, max_triangles: int = 8_000_000) -> int:
+    """Subdivisions before ACVD clustering when the user gives none.
+
+    The smallest k (0..6) such that the subdivided surface has at least 3
+    points per requested cluster and its largest triangle is at most 4 times
+    the area of one cluster: ACVD assigns whole triangles to clusters, so a
+    CAD mesh with a few huge flat triangles gives uneven clusters unless they
+    are split first. k stops growing before the subdivided mesh would exceed
+    ``max_triangles`` (memory and time).
+    """
+    from .mesh import points as mesh_points
+    from .mesh import triangle_areas, triangles
+
+    pts = mesh_points(surface)
+    faces = triangles(surface)
+    areas = triangle_areas(pts, faces)
+    cluster_area = areas.sum() / max(target, 1)
     k = 0
-    while n_points * 4**k < 3 * target and k < 6:
+    while k < 6:
+        enough_points = pts.shape[0] * 4**k >= 3 * target
+        small_triangles = areas.max() / 4**k <= 4.0 * cluster_area
+        if enough_points and small_triangles:
+            break
+        if faces.shape[0] * 4 ** (k + 1) > max_triangles:
+            break
         k += 1
     return k
 
@@ -323,11 +347,11 @@ def analyze(
     warnings.extend(hu_range_warnings(volume))
     warnings.extend(topology_warnings(surface))
     t = time.perf_counter()
-    if params.remesh == "acvd":
-        k = params.subdivide if params.subdivide is not None else _auto_subdivide(surface.GetNumberOfPoints(), params.points)
-        step(0.05, f"remeshing to {params.points} points (ACVD, subdivide {k})")
+    if params.remesh in ("acvd", "fast"):
+        k = params.subdivide if params.subdivide is not None else auto_subdivide(surface, params.points)
+        step(0.05, f"remeshing to {params.points} points ({params.remesh} ACVD, subdivide {k})")
         if remesher is None:
-            surface = remesh(surface, "acvd", params.points, k)
+            surface = remesh(surface, params.remesh, params.points, k)
         else:
             surface = prepare_surface(remesher(surface, params.points, k), "remeshed surface")
         params_used_subdivide = k

@@ -91,7 +91,7 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
                    help="uniform ACVD remesh as Slicer's Surface Toolbox (default); fast: the same ACVD clusters with a "
                    "vectorised mesh construction, 10-100x faster; none: keep the input mesh")
     g.add_argument("--points", type=int, default=10000, help="points after remeshing (default 10000)")
-    g.add_argument("--subdivide", type=int, default=None, help="subdivisions before clustering (default: smallest giving 3 input points per cluster)")
+    g.add_argument("--subdivide", type=int, default=None, help="subdivisions before clustering (default: smallest giving 3 input points per cluster and no triangle larger than 4 clusters)")
 
     g = a.add_argument_group("sampling")
     g.add_argument("--sampling", choices=("trilinear", "nearest"), default="trilinear", help="trilinear (as Probe Volume With Model, default) or nearest voxel")
@@ -248,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, OutputError) as exc:
         print(f"implant-bone-contact: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("implant-bone-contact: interrupted; no result was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # A signal held during the final swap of folders arrives after the result is in place.
+        written = getattr(exc, "result_written", None)
+        what = f"the result was already complete in {written}" if written else "no result was written"
+        print(f"implant-bone-contact: interrupted; {what}", file=sys.stderr)
         return 130
     except MemoryError:
         print("implant-bone-contact: error: out of memory; try fewer --points or a cropped CT", file=sys.stderr)

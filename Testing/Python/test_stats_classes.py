@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from ibc_helpers import frame_parameters
 from ImplantBoneContactLib import PRESETS, AnalysisParameters, ContactBand, InputError, analyze, classify, parse_classes
+from ImplantBoneContactLib.mesh import triangles
 from ImplantBoneContactLib.phantom import CANCELLOUS, CORTICAL
 from ImplantBoneContactLib.stats import weighted_stats, zone_table
 
@@ -127,17 +128,37 @@ def test_contact_classes_match_phantom_truth(phantom, phantom_result):
     assert zones.loc["7", "frac_cancellous"] > 0.8
 
 
+def _class_boundary_area_fraction(result) -> dict[str, float]:
+    """Per zone, the area fraction of vertices that have a neighbour of another class: the only
+    vertices whose class can change when the mesh moves by less than one vertex spacing."""
+    faces = triangles(result.surface)
+    cls = result.vertices["contact_class"].to_numpy()
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    differ = cls[edges[:, 0]] != cls[edges[:, 1]]
+    boundary = np.zeros(len(cls), dtype=bool)
+    boundary[edges[differ].ravel()] = True
+    area = result.vertices["area_mm2"].to_numpy()
+    zone = result.vertices["gruen_zone"].to_numpy()
+    out = {str(z): area[(zone == z) & boundary].sum() / area[zone == z].sum() for z in range(1, 15)}
+    out["all"] = area[(zone > 0) & boundary].sum() / area[zone > 0].sum()
+    return out
+
+
 def test_zone_statistics_do_not_depend_on_mesh_density(phantom, phantom_ct, phantom_stem, phantom_result):
     """Area weighting: the same surface at 3000 and 6000 points gives the same zone numbers.
 
-    Tolerance 0.04 in fraction and 4 % in mean HU: vertices at 3000 points are about 2.6 mm apart,
-    and a class boundary crossing a zone moves by up to half that with the vertices.
+    A class fraction can only change through vertices next to a class boundary, so per zone the
+    difference is bounded by the area fraction of such vertices (at the coarser density); mean HU
+    within 4 %: vertices 2.6 mm apart at 3000 points move across HU gradients of bone edges.
     """
     coarse = analyze(phantom_ct, phantom_stem, AnalysisParameters(points=3000, **frame_parameters(phantom.true_frame())))
     a = coarse.zones.set_index("zone")
     b = phantom_result.zones.set_index("zone")
+    bound = _class_boundary_area_fraction(coarse)
     assert abs(a.loc["all", "area_mm2"] / b.loc["all", "area_mm2"] - 1) < 0.01
     for z in [str(i) for i in range(1, 15)] + ["all"]:
         for name in ("no_bone", "cancellous", "cortical"):
-            assert abs(a.loc[z, f"frac_{name}"] - b.loc[z, f"frac_{name}"]) < 0.04, (z, name)
+            assert abs(a.loc[z, f"frac_{name}"] - b.loc[z, f"frac_{name}"]) <= bound[z], (z, name, bound[z])
         assert abs(a.loc[z, "hu_mean"] / b.loc[z, "hu_mean"] - 1) < 0.04, z
+    # The bound is informative: most of the surface is far from class boundaries.
+    assert bound["all"] < 0.4
