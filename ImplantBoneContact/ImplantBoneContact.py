@@ -1,0 +1,695 @@
+"""ImplantBoneContact: CT Hounsfield units on a registered femoral stem, by Gruen zone and contact class.
+
+The work is done by the ``ImplantBoneContactLib`` package next to this file
+(pure numpy/VTK/pandas) and its MRML adapter ``ImplantBoneContactLib.mrml``.
+This file holds only what needs the running Slicer application: the panel,
+the Probe Volume With Model CLI, Surface Toolbox's remesh, package
+installation and the self-test. The library is imported lazily: it needs
+pandas, which is installed on first use (with the user's confirmation), never
+when Slicer loads the module.
+"""
+
+import importlib
+import importlib.util
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsLineNode,
+    vtkMRMLMarkupsPlaneNode,
+    vtkMRMLModelNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from vtk.util import numpy_support
+
+#: Packages the library needs that Slicer does not bundle, by import name.
+REQUIREMENTS = {"pandas": "pandas>=2.0"}
+#: Needed only to remesh (Surface Toolbox installs this exact version; it brings pyvista).
+REMESH_REQUIREMENTS = {"pyacvd": "pyacvd==0.3.1"}
+#: Needed only to draw the pictures of a saved result.
+PICTURE_REQUIREMENTS = {"matplotlib": "matplotlib>=3.7"}
+
+
+#
+# ImplantBoneContact
+#
+
+
+class ImplantBoneContact(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Implant Bone Contact")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ImplantBoneContact contributors"]
+        self.parent.helpText = _("""
+Maps CT Hounsfield units (HU) onto a registered femoral stem, splits the stem surface into
+Gruen zones 1-14 and classifies the bone contact (cortical, cancellous, no bone, metal).
+Select the CT and the implant model (it may sit under the registration transform), optionally
+a line for the stem axis (first point proximal, second at the tip), a plane on the neck cut and a
+point on the medial side, then Apply. The stem is shown as a heat map (HU, zones or classes)
+and the per-zone table is filled; tables can also be saved as CSV.
+Plain trilinear sampling on the surface uses the Probe Volume With Model module; sampling
+at an offset or along a profile, and nearest-voxel sampling, use the library's sampler on the
+volume's voxels with its IJK-to-RAS matrix.
+""")
+        self.parent.acknowledgementText = _("""
+Remeshing uses Surface Toolbox (pyacvd). Probing uses Probe Volume With Model (Lauren O'Donnell).
+""")
+
+
+#
+# ImplantBoneContactParameterNode
+#
+
+
+@parameterNodeWrapper
+class ImplantBoneContactParameterNode:
+    """The module's settings, saved with the scene.
+
+    Field names and defaults are those of ``ImplantBoneContactLib.mrml.PANEL_DEFAULTS``
+    (plus the input and output nodes); ``mrml.parameters_from_panel`` turns them into
+    library parameters.
+    """
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    implantModel: vtkMRMLModelNode
+    axisLine: vtkMRMLMarkupsLineNode
+    resectionPlane: vtkMRMLMarkupsPlaneNode
+    medialPoint: vtkMRMLMarkupsFiducialNode
+    side: Annotated[str, Choice(["auto", "left", "right"])] = "auto"
+    remesh: bool = True
+    remeshPoints: Annotated[int, WithinRange(100, 500000)] = 10000
+    remeshSubdivide: Annotated[int, WithinRange(-1, 6)] = -1
+    sampling: Annotated[str, Choice(["trilinear", "nearest"])] = "trilinear"
+    offsetMm: Annotated[float, WithinRange(-20.0, 20.0)] = 0.0
+    useProfile: bool = False
+    profileStartMm: Annotated[float, WithinRange(-20.0, 20.0)] = 0.5
+    profileStopMm: Annotated[float, WithinRange(-20.0, 20.0)] = 3.0
+    profileStepMm: Annotated[float, WithinRange(0.05, 10.0)] = 0.5
+    profileAggregate: Annotated[str, Choice(["max", "mean", "median"])] = "max"
+    classesPreset: Annotated[str, Choice(["default", "pedicle-screw", "fixation", "custom"])] = "default"
+    customClasses: str = ""
+    metalClass: bool = True
+    metalHu: Annotated[float, WithinRange(0.0, 30000.0)] = 2500.0
+    zoneScheme: Annotated[str, Choice(["sector", "projection"])] = "sector"
+    tipLengthMm: Annotated[float, WithinRange(0.0, 100.0)] = 10.0
+    outputModel: vtkMRMLModelNode
+    outputTable: vtkMRMLTableNode
+    saveCsv: bool = False
+    csvFolder: Path
+
+
+#
+# ImplantBoneContactWidget
+#
+
+
+class ImplantBoneContactWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._shownClasses = None
+        self._updatingClassTable = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ImplantBoneContact.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = ImplantBoneContactLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.classTableWidget.connect("itemChanged(QTableWidgetItem*)", self.onClassTableEdited)
+        self.ui.addClassButton.connect("clicked(bool)", self.onAddClass)
+        self.ui.removeClassButton.connect("clicked(bool)", self.onRemoveClass)
+        self.ui.colorByHuButton.connect("clicked(bool)", lambda checked: self.onColorBy("hu"))
+        self.ui.colorByZoneButton.connect("clicked(bool)", lambda checked: self.onColorBy("zone"))
+        self.ui.colorByClassButton.connect("clicked(bool)", lambda checked: self.onColorBy("class"))
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.ctVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        self._shownClasses = None
+        if self._parameterNode:
+            # Widgets carry a "SlicerParameterName" property naming their parameter.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p and p.ctVolume and p.implantModel:
+            self.ui.applyButton.toolTip = _("Map HU onto the implant surface")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.toolTip = _("Select the CT volume and the implant model")
+            self.ui.applyButton.enabled = False
+        if p:
+            self._showClassTable()
+            hasResult = bool(p.outputModel and p.outputModel.GetPolyData() and p.outputModel.GetPolyData().GetPointData().GetArray("gruen_zone"))
+            for button in (self.ui.colorByHuButton, self.ui.colorByZoneButton, self.ui.colorByClassButton):
+                button.enabled = hasResult
+
+    def _showClassTable(self) -> None:
+        """Fill the class table from the preset, or from the custom bands."""
+        p = self._parameterNode
+        shown = (p.classesPreset, p.customClasses)
+        if shown == self._shownClasses or self._updatingClassTable:
+            return
+        spec = p.customClasses if p.classesPreset == "custom" else p.classesPreset
+        try:
+            from ImplantBoneContactLib.mrml import class_rows
+
+            rows = class_rows(spec) if spec else []
+        except Exception as exc:  # the library is not installed yet, or a bad custom text
+            logging.info(f"ImplantBoneContact: cannot show the class table: {exc}")
+            return
+        self._shownClasses = shown
+        table = self.ui.classTableWidget
+        self._updatingClassTable = True
+        try:
+            table.setRowCount(len(rows))
+            for r, row in enumerate(rows):
+                for c, text in enumerate(row):
+                    table.setItem(r, c, qt.QTableWidgetItem(text))
+        finally:
+            self._updatingClassTable = False
+
+    def _classTableRows(self) -> list:
+        table = self.ui.classTableWidget
+        rows = []
+        for r in range(table.rowCount):
+            rows.append([table.item(r, c).text() if table.item(r, c) else "" for c in range(3)])
+        return rows
+
+    def onClassTableEdited(self, item=None) -> None:
+        """An edited table makes the classes custom (when the bands are valid)."""
+        if self._updatingClassTable or not self._parameterNode:
+            return
+        from ImplantBoneContactLib.errors import InputError
+        from ImplantBoneContactLib.mrml import classes_from_rows
+
+        try:
+            spec = classes_from_rows(self._classTableRows())
+        except InputError as exc:
+            self.ui.classStatusLabel.text = str(exc)
+            return
+        self.ui.classStatusLabel.text = ""
+        if spec:
+            self._updatingClassTable = True
+            try:
+                with slicer.util.NodeModify(self._parameterNode):
+                    self._parameterNode.customClasses = spec
+                    self._parameterNode.classesPreset = "custom"
+            finally:
+                self._updatingClassTable = False
+            self._shownClasses = ("custom", spec)
+
+    def onAddClass(self) -> None:
+        table = self.ui.classTableWidget
+        self._updatingClassTable = True
+        try:
+            table.insertRow(table.rowCount)
+        finally:
+            self._updatingClassTable = False
+
+    def onRemoveClass(self) -> None:
+        table = self.ui.classTableWidget
+        row = table.currentRow() if table.currentRow() >= 0 else table.rowCount - 1
+        if row >= 0:
+            table.removeRow(row)
+            self.onClassTableEdited()
+
+    def onColorBy(self, coloring: str) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to change the colouring."), waitCursor=True):
+            self.logic.setColoring(self._parameterNode.outputModel, coloring)
+
+    def onApplyButton(self) -> None:
+        """Run the analysis with progress; errors are shown in a message box."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute the implant-bone contact."), waitCursor=True):
+            self.logic.ensureDependencies(remesh=p.remesh, pictures=False)
+            if not p.outputModel:
+                p.outputModel = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLModelNode", slicer.mrmlScene.GenerateUniqueName(f"{p.implantModel.GetName()} contact"))
+            if not p.outputTable:
+                p.outputTable = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{p.implantModel.GetName()} zones"))
+            csvFolder = None
+            if p.saveCsv:
+                csvFolder = str(p.csvFolder)
+                if not csvFolder or csvFolder == "." or not os.path.isabs(csvFolder):
+                    raise ValueError(_("Choose a folder for the CSV files (or untick 'Save CSV')."))
+            progress = slicer.util.createProgressDialog(
+                labelText=_("Starting..."), windowTitle=_("Implant Bone Contact"), maximum=100, autoClose=False)
+
+            def onProgress(fraction: float, message: str) -> None:
+                if progress.wasCanceled:
+                    raise RuntimeError(_("Cancelled by the user."))
+                progress.value = int(100 * fraction)
+                progress.labelText = message
+                slicer.app.processEvents()
+
+            try:
+                self.logic.run(p.ctVolume, p.implantModel, p, outputModelNode=p.outputModel,
+                               outputTableNode=p.outputTable, csvFolder=csvFolder, progressCallback=onProgress)
+            finally:
+                progress.close()
+            result = self.logic.lastResult
+            self.ui.resultsTableView.setMRMLTableNode(p.outputTable)
+            text = "\n".join(result.warnings)
+            if self.logic.lastSavedFolder:
+                text = (text + "\n" if text else "") + _("Saved to {folder}").format(folder=self.logic.lastSavedFolder)
+            self.ui.warningsLabel.text = text
+            if p.implantModel.GetDisplayNode():
+                p.implantModel.GetDisplayNode().SetVisibility(False)  # the coloured copy replaces it in the views
+            self._onParameterNodeModified()
+
+
+#
+# ImplantBoneContactLogic
+#
+
+
+class ImplantBoneContactLogic(ScriptedLoadableModuleLogic):
+    """Computation without the panel: usable from the Python console and batch scripts.
+
+    ``run(ctVolumeNode, modelNode, parameters)`` returns the per-vertex and per-zone
+    tables (pandas) and fills the output model and table nodes. The last full
+    result (with frame, warnings, metadata) is kept in ``lastResult``.
+
+    Attributes:
+        interactive: False in batch: never open a dialog (missing packages are an error
+            unless ``installMissingPackages``).
+        installMissingPackages: install missing packages without asking (batch option).
+        useProbeVolumeWithModel: probe with the CLI (False: library sampler everywhere).
+        useSurfaceToolbox: remesh with Surface Toolbox (False: the library's identical remesh).
+    """
+
+    def __init__(self, interactive: bool = True) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.interactive = interactive
+        self.installMissingPackages = interactive
+        self.useProbeVolumeWithModel = True
+        self.useSurfaceToolbox = True
+        self.lastResult = None
+        self.lastSavedFolder = None
+        self.lastSampler = None
+
+    def getParameterNode(self):
+        return ImplantBoneContactParameterNode(super().getParameterNode())
+
+    # ------------------------------------------------------------------ packages
+    @staticmethod
+    def _wantsRemesh(parameters) -> bool:
+        if parameters is None:
+            return True
+        value = parameters.get("remesh", True) if isinstance(parameters, dict) else getattr(parameters, "remesh", True)
+        return value in (True, "acvd", "fast")
+
+    def ensureDependencies(self, remesh: bool = True, pictures: bool = False) -> None:
+        """Install what the library needs, asking first (never at import time).
+
+        Uses ``slicer.packaging.pip_ensure`` where this Slicer has it, else the older
+        ``confirmOkCancelDisplay`` + ``slicer.util.pip_install`` pattern.
+
+        Raises:
+            RuntimeError: a package is missing and may not be installed (batch without
+                permission, user declined, installation failed).
+        """
+        if int(np.__version__.split(".")[0]) < 2:
+            raise RuntimeError(f"ImplantBoneContact needs numpy 2 or later (this Slicer has {np.__version__}): use a recent Slicer release")
+        needed = dict(REQUIREMENTS)
+        if remesh:
+            needed.update(REMESH_REQUIREMENTS)
+        if pictures:
+            needed.update(PICTURE_REQUIREMENTS)
+        missing = [req for module, req in needed.items() if importlib.util.find_spec(module) is None]
+        if not missing:
+            return
+        if not self.installMissingPackages:
+            raise RuntimeError(
+                "missing Python packages: " + ", ".join(missing)
+                + ". Install them once from Slicer's Python console with slicer.util.pip_install("
+                + repr(" ".join(missing)) + "), or rerun the batch script with --install-dependencies.")
+        try:
+            # import_module, not "import slicer.packaging": that would make "slicer" a local name here.
+            pipEnsure = getattr(importlib.import_module("slicer.packaging"), "pip_ensure", None)
+        except ImportError:
+            pipEnsure = None
+        if pipEnsure is not None:
+            pipEnsure(missing, requester="ImplantBoneContact", prompt_install=self.interactive, prompt_restart=self.interactive)
+        else:
+            if self.interactive and not slicer.util.confirmOkCancelDisplay(
+                    _("Implant Bone Contact needs these Python packages: {packages}. Install them now?").format(
+                        packages=", ".join(missing))):
+                raise RuntimeError("installation of " + ", ".join(missing) + " was declined")
+            slicer.util.pip_install(" ".join(missing))
+        importlib.invalidate_caches()
+        still = [req for module, req in needed.items() if importlib.util.find_spec(module) is None]
+        if still:
+            raise RuntimeError("these Python packages could not be installed: " + ", ".join(still))
+
+    # ------------------------------------------------------------------ analysis
+    def run(self, ctVolumeNode, modelNode, parameters=None, outputModelNode=None, outputTableNode=None,
+            csvFolder=None, progressCallback=None, inputs=None, pictures: bool = False):
+        """Analyse a CT volume node and an implant model node.
+
+        Args:
+            ctVolumeNode: the CT (scalar volume node, HU). A linear parent transform is applied.
+            modelNode: the implant surface; its parent transforms (the registration) are applied
+                to a copy, the node itself is not changed.
+            parameters: ``ImplantBoneContactLib.AnalysisParameters``, a dict of its fields,
+                a dict of panel values, or the module's parameter node (``None``: defaults).
+            outputModelNode: filled with the analysed surface (point arrays ``hu``, ``gruen_zone``,
+                ``contact_class_id``, ...) shown as a HU heat map with a colour legend.
+            outputTableNode: filled with the per-zone table.
+            csvFolder: if given, the tables, surface and parameters are saved in a new subfolder.
+            progressCallback: ``progressCallback(fraction, message)``.
+            inputs: extra descriptions of the inputs for ``parameters.json``.
+            pictures: also save the pictures (needs matplotlib) with the CSV files.
+
+        Returns:
+            ``(vertices, zones)``: pandas DataFrames, one row per vertex and one per Gruen zone.
+        """
+        if ctVolumeNode is None or modelNode is None:
+            raise ValueError("a CT volume node and an implant model node are needed")
+        self.ensureDependencies(remesh=self._wantsRemesh(parameters), pictures=bool(csvFolder) and pictures)
+        from ImplantBoneContactLib import mrml
+
+        startTime = time.time()
+        params = mrml.to_analysis_parameters(parameters)
+        remesher = self._surfaceToolboxRemesher() if params.remesh == "acvd" and self.useSurfaceToolbox else None
+        sampler = self._sampler(ctVolumeNode)
+        extra = dict(inputs or {})
+        extra["slicer"] = {"version": slicer.app.applicationVersion,
+                           "remesh": "Surface Toolbox" if remesher else "ImplantBoneContactLib (same ACVD algorithm)"}
+        result = mrml.analyze_nodes(ctVolumeNode, modelNode, params, outputModelNode, outputTableNode,
+                                    progress=progressCallback, remesher=remesher, sampler=sampler, inputs=extra)
+        result.inputs["slicer"]["sampling"] = self.lastSampler
+        for warning in result.warnings:
+            logging.warning(f"ImplantBoneContact: {warning}")
+        self.lastResult = result
+        self.lastSavedFolder = self.saveResult(result, csvFolder, modelNode.GetName(), pictures) if csvFolder else None
+        logging.info(f"ImplantBoneContact: done in {time.time() - startTime:.1f} s")
+        return result.vertices, result.zones
+
+    @staticmethod
+    def saveResult(result, folder, name: str = "implant", pictures: bool = False) -> str:
+        """Save a result in a new subfolder of ``folder`` (never replacing anything); return its path."""
+        from ImplantBoneContactLib import save_result
+
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "implant"
+        target = Path(folder) / f"ImplantBoneContact-{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        save_result(result, target, overwrite=False, pictures=pictures)
+        return str(target)
+
+    def setColoring(self, modelNode, coloring: str) -> None:
+        """Colour a result model by ``"hu"``, ``"zone"`` or ``"class"`` (with a colour legend)."""
+        from ImplantBoneContactLib import mrml
+
+        if modelNode is None:
+            raise ValueError("no output model: run the analysis first")
+        mrml.set_coloring(modelNode, coloring)
+
+    # ------------------------------------------------------------------ remeshing
+    def _surfaceToolboxRemesher(self):
+        """Surface Toolbox's ``remesh`` as a library remesher, or None where Surface Toolbox is missing."""
+        try:
+            from SurfaceToolbox import SurfaceToolboxLogic
+        except ImportError:
+            logging.warning("ImplantBoneContact: Surface Toolbox is not available; remeshing with the library "
+                            "(the same pyacvd algorithm and version)")
+            return None
+
+        def remesher(surface, points: int, subdivide: int):
+            inputModel = slicer.vtkMRMLModelNode()
+            inputModel.SetAndObservePolyData(surface)
+            outputModel = slicer.vtkMRMLModelNode()
+            try:
+                SurfaceToolboxLogic.remesh(inputModel, outputModel, subdivide=subdivide, clusters=points)
+            except Exception as exc:
+                from ImplantBoneContactLib.errors import InputError
+
+                raise InputError(f"remeshing to {points} points (subdivide {subdivide}) failed: {exc}; "
+                                 "raise the subdivision or lower the number of points") from exc
+            out = outputModel.GetPolyData()
+            if out is None or out.GetNumberOfPoints() == 0:
+                # Surface Toolbox returns silently when pyacvd is missing and its installation was declined.
+                raise RuntimeError("Surface Toolbox produced no remeshed surface (is pyacvd installed?)")
+            return out
+
+        return remesher
+
+    # ------------------------------------------------------------------ sampling
+    def _sampler(self, ctVolumeNode):
+        """A library sampler that probes with Probe Volume With Model where it can."""
+        from ImplantBoneContactLib.sampling import SurfaceSamples, sample_surface
+
+        def sampler(volume, points, normals, method, offsets, aggregate):
+            offsets = np.atleast_1d(np.asarray(offsets, dtype=float))
+            onSurface = offsets.size == 1 and offsets[0] == 0.0
+            cli = getattr(slicer.modules, "probevolumewithmodel", None)
+            if method == "trilinear" and onSurface and cli is not None and self.useProbeVolumeWithModel:
+                hu, inside = self.probeVolumeWithModel(ctVolumeNode, points)
+                self.lastSampler = "Probe Volume With Model (trilinear, rounded to the CT's voxel type)"
+                return SurfaceSamples(hu=hu, inside_ct=inside, offsets_mm=offsets, profile_hu=hu[:, None].copy())
+            # The CLI probes only the points it is given, trilinearly: offsets, profiles and
+            # nearest-voxel sampling use the library on the voxel array and IJK-to-RAS matrix.
+            self.lastSampler = f"ImplantBoneContactLib ({method}, offsets {offsets.tolist()} mm)"
+            return sample_surface(volume, points, normals, method, offsets, aggregate)
+
+        return sampler
+
+    def probeVolumeWithModel(self, ctVolumeNode, pointsWorld):
+        """HU at world RAS points (mm) with the Probe Volume With Model CLI.
+
+        The CLI writes the volume with its own geometry and ignores parent
+        transforms, so the points are moved into the volume's coordinates first.
+        Points the probe cannot sample (``vtkValidPointMask`` = 0) get NaN, not 0.
+
+        Returns:
+            ``(hu, inside)``: float64 HU (in the CT's voxel type, i.e. rounded for an
+            integer CT) and a boolean array.
+        """
+        from ImplantBoneContactLib import mrml
+
+        scene = slicer.mrmlScene
+        local = mrml.points_world_to_node(pointsWorld, ctVolumeNode)
+        inputModel = scene.AddNewNodeByClass("vtkMRMLModelNode", scene.GenerateUniqueName("ImplantBoneContact probe input"))
+        outputModel = scene.AddNewNodeByClass("vtkMRMLModelNode", scene.GenerateUniqueName("ImplantBoneContact probe output"))
+        inputModel.SetAndObservePolyData(mrml.probe_input_polydata(local))
+        cliNode = None
+        try:
+            cliParameters = {
+                "InputVolume": ctVolumeNode.GetID(),
+                "InputModel": inputModel.GetID(),
+                "OutputModel": outputModel.GetID(),
+                "OutputArrayName": mrml.PROBE_ARRAY_NAME,
+            }
+            cliNode = slicer.cli.runSync(slicer.modules.probevolumewithmodel, None, cliParameters, update_display=False)
+            if cliNode is None:
+                raise RuntimeError("Probe Volume With Model could not be started")
+            if cliNode.GetStatus() != cliNode.Completed:
+                errorText = cliNode.GetErrorText().strip() or "no error text"
+                raise RuntimeError(f"Probe Volume With Model failed ({cliNode.GetStatusString()}): {errorText}")
+            return mrml.samples_from_probe_output(outputModel.GetPolyData(), local.shape[0])
+        finally:
+            for node in (cliNode, inputModel, outputModel):
+                if node is not None:
+                    scene.RemoveNode(node)
+
+
+#
+# ImplantBoneContactTest
+#
+
+
+class ImplantBoneContactTest(ScriptedLoadableModuleTest):
+    """Runs the whole module logic in Slicer on the femur phantom and checks its ground truth."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PhantomUnderRegistration()
+        self.setUp()
+        self.test_OffsetUsesLibrarySampler()
+        self.setUp()
+        self.test_ParameterNodeToLibrary()
+
+    def _phantomScene(self):
+        """Phantom CT node, and the stem as a model node under a registration transform."""
+        from ImplantBoneContactLib import FemurPhantom, PhantomSpec, mrml
+        from ImplantBoneContactLib.mesh import transform_polydata
+
+        phantom = FemurPhantom(PhantomSpec(voxel_mm=1.0))
+        ct = phantom.make_ct()
+        stem = phantom.make_stem_surface()
+        ctNode = mrml.volume_node_from_volume(slicer.mrmlScene, ct, "PhantomCT")
+        ctNode.CreateDefaultDisplayNodes()
+        # The model file is in CAD coordinates; the transform moves it into the CT, as a registration does.
+        c, s = np.cos(np.radians(30.0)), np.sin(np.radians(30.0))
+        registration = np.array([[c, -s, 0, 15.0], [s, c, 0, -20.0], [0, 0, 1, 35.0], [0, 0, 0, 1.0]])
+        modelNode = mrml.model_node_from_polydata(slicer.mrmlScene, transform_polydata(stem, np.linalg.inv(registration)), "Stem")
+        modelNode.CreateDefaultDisplayNodes()
+        transformNode = mrml.linear_transform_node(slicer.mrmlScene, registration, "Registration")
+        modelNode.SetAndObserveTransformNodeID(transformNode.GetID())
+        return phantom, ct, ctNode, modelNode
+
+    @staticmethod
+    def _frameParameters(frame) -> dict:
+        return {
+            "axis": (tuple(frame.proximal_point), tuple(frame.tip)),
+            "medial_point": tuple(frame.tip + 10.0 * frame.medial),
+            "resection_point": tuple(frame.resection_point),
+            "resection_normal": tuple(frame.resection_normal),
+        }
+
+    def test_PhantomUnderRegistration(self):
+        self.delayDisplay("Building the femur phantom")
+        logic = ImplantBoneContactLogic()
+        logic.ensureDependencies(remesh=False)
+        from ImplantBoneContactLib import AnalysisParameters
+        from ImplantBoneContactLib.frame import assign_zones
+        from ImplantBoneContactLib.phantom import CANCELLOUS, CORTICAL
+        from ImplantBoneContactLib.sampling import sample
+
+        phantom, ct, ctNode, modelNode = self._phantomScene()
+        remesh = "acvd" if importlib.util.find_spec("pyacvd") else "none"
+        params = AnalysisParameters(remesh=remesh, points=4000, **self._frameParameters(phantom.true_frame()))
+        outputModel = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLModelNode", "Stem contact")
+        outputTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "Stem zones")
+        self.delayDisplay("Running the module logic")
+        vertices, zones = logic.run(ctNode, modelNode, params, outputModelNode=outputModel, outputTableNode=outputTable)
+
+        pts = vertices[["x_mm", "y_mm", "z_mm"]].to_numpy()
+        # The output model is in world coordinates, vertex for vertex.
+        outPts = numpy_support.vtk_to_numpy(outputModel.GetPolyData().GetPoints().GetData())
+        self.assertLess(float(np.abs(outPts - pts).max()), 1e-4)
+        self.assertIsNone(outputModel.GetParentTransformNode())
+        # Probe Volume With Model did the sampling: it agrees with the library's trilinear
+        # value to within its rounding to the int16 voxel type (0.5 HU).
+        self.assertIn("Probe Volume With Model", logic.lastSampler)
+        libraryHu, inside = sample(ct, pts, "trilinear")
+        hu = vertices["hu"].to_numpy()
+        self.assertTrue(np.array_equal(np.isfinite(hu), inside))
+        self.assertLessEqual(float(np.nanmax(np.abs(hu - libraryHu))), 0.5 + 1e-6)
+        # Zones: the axis was given, so the frame is the true one (the tip is the surface's most
+        # distal point, a fraction of a mm from the true tip) and the zones agree with it.
+        trueFrame = phantom.true_frame()
+        self.assertLess(float(np.degrees(np.arccos(min(1.0, logic.lastResult.frame.axis @ trueFrame.axis)))), 0.1)
+        truthZones = assign_zones(trueFrame, pts)["gruen_zone"]
+        self.assertGreater(float(np.mean(vertices["gruen_zone"].to_numpy() == truthZones)), 0.98)
+        # Contact classes against the tissue truth, away from tissue boundaries (blur).
+        below = vertices["gruen_zone"].to_numpy() > 0
+        deep = phantom.distance_to_tissue_boundary(pts, 1.5)
+        truth = phantom.tissue_at(pts)
+        expected = np.where(truth == CORTICAL, "cortical", np.where(truth == CANCELLOUS, "cancellous", "no_bone"))
+        sel = below & deep
+        self.assertGreater(int(sel.sum()), 500)
+        agreement = float(np.mean(vertices["contact_class"].to_numpy()[sel] == expected[sel]))
+        self.assertGreater(agreement, 0.95)
+        # The table node holds the zone table.
+        self.assertEqual(outputTable.GetNumberOfRows(), len(zones))
+        self.assertEqual(outputTable.GetColumnUnitLabel("area_mm2"), "mm2")
+        logic.setColoring(outputModel, "zone")
+        self.assertEqual(outputModel.GetDisplayNode().GetActiveScalarName(), "gruen_zone")
+        self.delayDisplay(f"Phantom test passed (agreement {agreement:.3f})")
+
+    def test_OffsetUsesLibrarySampler(self):
+        logic = ImplantBoneContactLogic()
+        logic.ensureDependencies(remesh=False)
+        from ImplantBoneContactLib import AnalysisParameters
+
+        phantom, ct, ctNode, modelNode = self._phantomScene()
+        params = AnalysisParameters(remesh="none", offset_mm=1.0, **self._frameParameters(phantom.true_frame()))
+        vertices, zones = logic.run(ctNode, modelNode, params)
+        self.assertIn("ImplantBoneContactLib", logic.lastSampler)
+        hu = vertices["hu"].to_numpy()
+        # Interpolated values are not rounded on the library path.
+        self.assertTrue(np.any(np.abs(hu[np.isfinite(hu)] - np.round(hu[np.isfinite(hu)])) > 1e-3))
+        self.delayDisplay("Offset test passed")
+
+    def test_ParameterNodeToLibrary(self):
+        logic = ImplantBoneContactLogic()
+        logic.ensureDependencies(remesh=False)
+        from ImplantBoneContactLib import AnalysisParameters
+        from ImplantBoneContactLib.mrml import to_analysis_parameters
+
+        parameterNode = logic.getParameterNode()
+        self.assertEqual(to_analysis_parameters(parameterNode), AnalysisParameters())
+        parameterNode.useProfile = True
+        parameterNode.side = "right"
+        params = to_analysis_parameters(parameterNode)
+        self.assertEqual(params.profile, "0.5:3.0:0.5")
+        self.assertEqual(params.side, "right")
+        self.delayDisplay("Parameter node test passed")
