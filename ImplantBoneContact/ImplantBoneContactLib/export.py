@@ -52,6 +52,21 @@ def check_output_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> 
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | os.PathLike, is_dir: bool = False) -> None:
+    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would have.
+
+    ``tempfile`` creates private files (0600) and folders (0700); results are
+    meant to be shared like any other file, so the user's umask decides.
+    """
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a tidy CSV (UTF-8, no index, NaN as ``NaN``) atomically: temp file then rename."""
     p = Path(path)
@@ -61,6 +76,7 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
             df.to_csv(fh, index=False, float_format=CSV_FLOAT_FORMAT, na_rep="NaN", lineterminator="\n")
             fh.flush()
             os.fsync(fh.fileno())
+        publish_mode(tmp)
         os.replace(tmp, p)
     except BaseException:
         _silent_unlink(tmp)
@@ -77,6 +93,7 @@ def write_json(data: dict, path: str | os.PathLike) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        publish_mode(tmp)
         os.replace(tmp, p)
     except BaseException:
         _silent_unlink(tmp)
@@ -119,8 +136,10 @@ def write_result_folder(
     parent = out.resolve().parent
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        publish_mode(tmp, is_dir=True)
     except OSError as exc:
         raise OutputError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
+    committed = False
     try:
         try:
             writer(tmp)
@@ -139,29 +158,47 @@ def write_result_folder(
                     if old is not None:
                         os.rename(old, out)
                     raise
+                committed = True
                 if old is not None:
                     shutil.rmtree(old, ignore_errors=True)
         except OutputError:
             raise
         except OSError as exc:
             raise OutputError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as exc:
+        if committed:
+            exc.result_written = str(out)  # whole and in place: only the interruption is left to report
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
 @contextmanager
 def _signals_held() -> Iterator[None]:
-    """Defer SIGINT and SIGTERM (delivered when the block ends); a no-op outside the main thread."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Hold SIGINT and SIGTERM until the block ends, then act on them; a no-op outside the main thread.
+
+    Python handlers are swapped rather than the thread's signal mask: a signal
+    sent to the process may be delivered to any of the threads VTK or ITK
+    started, and Python runs its handlers in the main thread regardless.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    caught: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(caught[0])
 
 
 def write_tables_and_surface(result, folder: Path) -> list[str]:

@@ -114,7 +114,8 @@ class FemurPhantom:
         mirror = np.diag([1.0, 1.0, 1.0]) if self.spec.side == "left" else np.diag([-1.0, 1.0, 1.0])
         self.local_to_ras = np.eye(4)
         self.local_to_ras[:3, :3] = mirror @ rot
-        self.local_to_ras[:3, 3] = mirror @ np.array([80.0, 20.0, -60.0])
+        # A left femur lies on the patient's left (RAS x < 0), its medial side toward +x.
+        self.local_to_ras[:3, 3] = mirror @ np.array([-80.0, 20.0, -60.0])
         self.ras_to_local = np.linalg.inv(self.local_to_ras)
 
     # ----- geometry in the local frame -----

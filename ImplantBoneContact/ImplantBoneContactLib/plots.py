@@ -60,6 +60,7 @@ from matplotlib.patheffects import withStroke
 from vtk.util import numpy_support as ns
 
 from .classes import METAL, NOT_SAMPLED, UNCLASSIFIED, parse_classes
+from .export import publish_mode
 from .frame import ZONE_ORDER
 from .mesh import points as mesh_points
 from .mesh import triangles as mesh_triangles
@@ -1235,6 +1236,7 @@ def _write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -57,3 +57,16 @@ def scanned_stem_placement() -> np.ndarray:
     m[:3, :3] = np.column_stack([[0, 0, -1], [-1, 0, 0], [0, 1, 0]]).astype(float)
     m[:3, 3] = [80.0, 20.0, 60.0]
     return m
+
+
+def scanned_stem_in_phantom(phantom) -> np.ndarray:
+    """4x4 matrix placing the scanned stem in a phantom's femoral canal, tip 130 mm below the cut.
+
+    Same orientation as :func:`scanned_stem_placement`, expressed in the phantom's
+    local frame (x medial, y anterior, z up); the CAD body centre (y = -11.8,
+    z = 17.8 mm) goes onto the canal axis.
+    """
+    local = np.eye(4)
+    local[:3, :3] = np.column_stack([[0, 0, -1], [-1, 0, 0], [0, 1, 0]]).astype(float)
+    local[:3, 3] = [-11.8, -17.8, -130.0]
+    return phantom.local_to_ras @ local

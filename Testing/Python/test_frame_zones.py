@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import vtk
-from ibc_helpers import frame_parameters, scanned_stem_placement, shared_file
+from ibc_helpers import frame_parameters, scanned_stem_in_phantom, scanned_stem_placement, shared_file
 from ImplantBoneContactLib import (
     AnalysisParameters,
     FemurPhantom,
@@ -208,3 +208,29 @@ def test_resection_plane_along_axis_is_refused(phantom, phantom_stem):
     truth = phantom.true_frame()
     with pytest.raises(InputError, match="tilted"):
         estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(resection_point=truth.tip, resection_normal=truth.medial))
+
+
+def test_scanned_stem_analysed_in_phantom_ct(phantom, phantom_ct):
+    """The real CAD stem with its head, placed in the phantom's canal and analysed whole (no remesh,
+    so vertex i is CAD point i): frame along the canal, head and neck above the cut, tip zone at the tip."""
+    surface, _ = read_model(shared_file("hip_implant_surface_scan.stl"))
+    cad = points(surface)
+    placed = transform_polydata(surface, scanned_stem_in_phantom(phantom))
+    result = analyze(phantom_ct, placed, AnalysisParameters(remesh="none"))
+    v = result.vertices
+    assert v["inside_ct"].all()
+    truth = phantom.true_frame()
+    assert np.degrees(np.arccos(result.frame.axis @ truth.axis)) < 3.0
+    assert np.degrees(np.arccos(result.frame.medial @ truth.medial)) < 5.0
+    assert result.frame.side == "left"
+    z = v["gruen_zone"].to_numpy()
+    assert np.all(z[cad[:, 0] < -160] == 0)  # head
+    assert np.mean(z[cad[:, 1] < -45] == 0) > 0.98  # neck
+    tip_zone = np.isin(z, [4, 11])
+    assert tip_zone.any() and np.all(cad[tip_zone, 0] > -15)
+    assert set(np.unique(z)) == set(range(15))
+    # The distal body is thinner than the canal: it sits in marrow there (class no_bone), as the truth says.
+    distal = (z == 3) | (z == 5)
+    tissue = phantom.tissue_at(v[["x_mm", "y_mm", "z_mm"]].to_numpy())
+    agree = (v["contact_class"].to_numpy() == "no_bone") == np.isin(tissue, [0, 1, 2])
+    assert agree[distal].mean() > 0.9

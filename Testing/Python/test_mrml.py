@@ -208,8 +208,8 @@ def test_model_under_nonlinear_transform_is_warped_like_slicer(scene, femur):
     """A thin-plate-spline warp: the copy is warped exactly as the transform maps single points."""
     _, _, stem = femur
     src, dst = vtk.vtkPoints(), vtk.vtkPoints()
-    for p, q in (((60, 0, -150), (60, 0, -150)), ((100, 40, -150), (102, 41, -149)), ((60, 40, 0), (58, 43, 2)),
-                 ((100, 0, 0), (101, -1, 1)), ((80, 20, -60), (83, 20, -60))):
+    for p, q in (((-100, 0, -150), (-100, 0, -150)), ((-60, 40, -150), (-58, 41, -149)), ((-100, 40, 0), (-102, 43, 2)),
+                 ((-60, 0, 0), (-59, -1, 1)), ((-80, 20, -60), (-77, 20, -60))):
         src.InsertNextPoint(*p)
         dst.InsertNextPoint(*q)
     tps = vtk.vtkThinPlateSplineTransform()
