@@ -45,8 +45,8 @@ class AnalysisParameters:
     """Every setting of an analysis. Written to ``parameters.json`` with the results.
 
     Attributes:
-        remesh: ``"acvd"`` (uniform remesh as Slicer's Surface Toolbox), ``"fast"`` (the same
-            ACVD clusters, vectorised mesh construction) or ``"none"``.
+        remesh: ``"acvd"`` (uniform remesh as Slicer's Surface Toolbox), ``"fast"`` (ACVD on an
+            adaptively refined surface, vectorised mesh construction) or ``"none"``.
         points: number of points after remeshing.
         subdivide: subdivisions before ACVD clustering; ``None`` picks the
             smallest number that gives at least 3 input points per cluster and

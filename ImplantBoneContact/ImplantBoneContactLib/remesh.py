@@ -18,7 +18,7 @@ import vtk
 from .errors import InputError
 from .mesh import prepare_surface
 
-REMESH_METHODS = ("acvd", "none")
+REMESH_METHODS = ("acvd", "fast", "none")
 
 
 def remesh_acvd(poly: vtk.vtkPolyData, points: int = 10000, subdivide: int = 0) -> vtk.vtkPolyData:
@@ -70,11 +70,21 @@ def remesh(
     subdivide: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> vtk.vtkPolyData:
-    """Remesh with the named method (``"acvd"`` or ``"none"``) and return a clean triangle mesh."""
+    """Remesh with the named method and return a clean triangle mesh.
+
+    ``"acvd"``: Surface Toolbox parity (pyacvd 0.3.1 end to end). ``"fast"``: ACVD
+    clustering (pyacvd's) on an adaptively refined copy, with a vectorised mesh
+    construction (:mod:`~ImplantBoneContactLib.fastremesh`): 10-30x faster at
+    10 000-100 000 points, closed where the input is. ``"none"``: the input as it is.
+    """
     if method == "none":
         return poly
-    if method != "acvd":
+    if method not in REMESH_METHODS:
         raise InputError(f"unknown remesh method {method!r}: use one of {', '.join(REMESH_METHODS)}")
     if progress:
-        progress(f"remeshing to {points} points (ACVD, subdivide {subdivide})")
+        progress(f"remeshing to {points} points (ACVD{', fast' if method == 'fast' else ''}, subdivide {subdivide})")
+    if method == "fast":
+        from .fastremesh import remesh_fast
+
+        return prepare_surface(remesh_fast(poly, points=points, subdivide=subdivide), "remeshed surface")
     return prepare_surface(remesh_acvd(poly, points=points, subdivide=subdivide), "remeshed surface")

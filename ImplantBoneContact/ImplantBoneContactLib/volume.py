@@ -327,8 +327,28 @@ def _check_slice_spacing(files: list[str]) -> None:
         )
 
 
-def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
+class _ImageBuffer:
+    """Holds a SimpleITK image and exposes its voxel buffer to numpy (see :func:`_array_view`)."""
+
+    def __init__(self, image, view: np.ndarray) -> None:
+        self.sitk_image = image
+        self.__array_interface__ = view.__array_interface__
+
+
+def _array_view(image) -> np.ndarray:
+    """The voxels of a SimpleITK image as a numpy array, without copying them.
+
+    ``GetArrayFromImage`` copies, so reading a CT held it twice at the peak
+    (0.6 GB more for a 512 x 512 x 1200 int16 CT). The view shares the image's
+    buffer; its ``base`` is an object that holds the image (numpy collapses
+    chains of array views, but not past a non-array base), so the buffer
+    lives as long as any array derived from it.
+    """
     sitk = _sitk()
+    return np.asarray(_ImageBuffer(image, sitk.GetArrayViewFromImage(image)))
+
+
+def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
     if image.GetDimension() != 3:
         size = image.GetSize()
         if image.GetDimension() == 2 or (image.GetDimension() == 3 and 1 in size):
@@ -341,7 +361,7 @@ def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
             f"the CT {source} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
             "(a colour or vector image): a CT holds one HU value per voxel"
         )
-    array = sitk.GetArrayFromImage(image)
+    array = _array_view(image)
     ijk_to_ras = ijk_to_ras_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     if np.issubdtype(array.dtype, np.floating):
         n_bad = int(np.count_nonzero(~np.isfinite(array)))
