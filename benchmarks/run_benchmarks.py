@@ -29,7 +29,7 @@ through /proc/self/clear_refs before each workload), minus the resident size
 when the workload starts: it counts every allocation (numpy, VTK, ITK,
 pyacvd), not only numpy's.
 
-Run ``python benchmarks/run_benchmarks.py`` (full, about 25 minutes on 2
+Run ``python benchmarks/run_benchmarks.py`` (full, 10-15 minutes on 2
 cores) or ``--quick`` (a small CT and mesh, under a minute, for CI).
 """
 
