@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-big lint bench clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check ImplantBoneContact Testing benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+# Big inputs (1M-triangle STL, 512x512x1500 CT): about 4 min, 2.2 GB RAM, 1 GB of temporary files.
+test-big: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m slow -s
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_benchmarks.py

@@ -343,6 +343,8 @@ def analyze(
         if progress is not None:
             progress(fraction, message)
 
+    # Any vtkPolyData may come in from Python: no points, NaN, lines, quads, repeated triangles.
+    surface = prepare_surface(surface, "surface")
     check_overlap(volume, surface)
     warnings.extend(hu_range_warnings(volume))
     warnings.extend(topology_warnings(surface))

@@ -226,6 +226,12 @@ def _slice_profile(pts: np.ndarray, faces: np.ndarray, origin: np.ndarray, direc
 def _fit_line(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     ok = np.all(np.isfinite(points), axis=1)
     p = points[ok]
+    if p.shape[0] < 2:
+        # The cross-sections of the body are empty: the surface is in pieces, or a few triangles.
+        raise InputError(
+            "cannot find the stem axis: the model has no continuous body along its length "
+            "(several separate parts or too few triangles); give --axis"
+        )
     w = np.ones(p.shape[0]) if weights is None else weights[ok]
     c = (p * w[:, None]).sum(0) / w.sum()
     _, _, vt = np.linalg.svd((p - c) * np.sqrt(w)[:, None], full_matrices=False)

@@ -83,9 +83,11 @@ def read_model(path: str | os.PathLike, space: str | None = None) -> tuple[vtk.v
     used = space or space_in_file or "LPS"
     out = vtk.vtkPolyData()
     out.DeepCopy(poly)
+    # Triangulate first: transform_polydata keeps triangles only, so strips and quads would be lost.
+    out = prepare_surface(out, str(p))
     if used == "LPS":
         out = transform_polydata(out, LPS_TO_RAS)
-    return prepare_surface(out, str(p)), ModelFileInfo(str(p), space_in_file, used)
+    return out, ModelFileInfo(str(p), space_in_file, used)
 
 
 def _check_stl_size(p: Path) -> None:
@@ -101,6 +103,11 @@ def _check_stl_size(p: Path) -> None:
         tail = fh.read()
     n = int(np.frombuffer(head[80:84], dtype="<u4")[0]) if len(head) >= 84 else -1
     if n >= 0 and size == 84 + 50 * n:
+        # vtkSTLReader fails on NaN corners with a generic error: name the problem.
+        corners = np.fromfile(p, dtype=np.dtype([("f", "<f4", (12,)), ("a", "<u2")]), count=n, offset=84)["f"][:, 3:]
+        n_bad = int(np.count_nonzero(~np.all(np.isfinite(corners), axis=1)))
+        if n_bad:
+            raise InputError(f"the model {p} has {n_bad} triangle(s) with NaN or infinite coordinates: repair or re-export the mesh")
         return
     if head.lstrip()[:5].lower() == b"solid" and all(32 <= c < 127 or c in (9, 10, 13) for c in head):
         if b"endsolid" not in tail.lower():
@@ -455,7 +462,7 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
         if values.shape != (4, 4):
             raise InputError(f"the matrix in {p} has shape {values.shape}: a 4x4 matrix is needed")
         matrix = values
-    check_registration_matrix(matrix, str(p))
+    check_registration_matrix(matrix, f"transform {p}")
     return matrix
 
 
