@@ -605,15 +605,6 @@ class ImplantBoneContactTest(ScriptedLoadableModuleTest):
         modelNode.SetAndObserveTransformNodeID(transformNode.GetID())
         return phantom, ct, ctNode, modelNode
 
-    @staticmethod
-    def _frameParameters(frame) -> dict:
-        return {
-            "axis": (tuple(frame.proximal_point), tuple(frame.tip)),
-            "medial_point": tuple(frame.tip + 10.0 * frame.medial),
-            "resection_point": tuple(frame.resection_point),
-            "resection_normal": tuple(frame.resection_normal),
-        }
-
     def test_PhantomUnderRegistration(self):
         self.delayDisplay("Building the femur phantom")
         logic = ImplantBoneContactLogic()
@@ -625,7 +616,7 @@ class ImplantBoneContactTest(ScriptedLoadableModuleTest):
 
         phantom, ct, ctNode, modelNode = self._phantomScene()
         remesh = "acvd" if importlib.util.find_spec("pyacvd") else "none"
-        params = AnalysisParameters(remesh=remesh, points=4000, **self._frameParameters(phantom.true_frame()))
+        params = AnalysisParameters(remesh=remesh, points=4000, **phantom.true_frame().parameter_fields())
         outputModel = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLModelNode", "Stem contact")
         outputTable = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "Stem zones")
         self.delayDisplay("Running the module logic")
@@ -671,7 +662,7 @@ class ImplantBoneContactTest(ScriptedLoadableModuleTest):
         from ImplantBoneContactLib import AnalysisParameters
 
         phantom, ct, ctNode, modelNode = self._phantomScene()
-        params = AnalysisParameters(remesh="none", offset_mm=1.0, **self._frameParameters(phantom.true_frame()))
+        params = AnalysisParameters(remesh="none", offset_mm=1.0, **phantom.true_frame().parameter_fields())
         vertices, zones = logic.run(ctNode, modelNode, params)
         self.assertIn("ImplantBoneContactLib", logic.lastSampler)
         hu = vertices["hu"].to_numpy()

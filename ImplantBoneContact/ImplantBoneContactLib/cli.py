@@ -148,10 +148,8 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
             frame = StemFrame.from_dict(json.loads(Path(args.frame).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read the frame file {args.frame}: {exc}") from None
-        p.axis = (tuple(frame.proximal_point), tuple(frame.tip))
-        p.medial_point = tuple(frame.tip + 10.0 * frame.medial)
-        p.resection_point = tuple(frame.resection_point)
-        p.resection_normal = tuple(frame.resection_normal)
+        for name, value in frame.parameter_fields().items():
+            setattr(p, name, value)
         p.side = p.side or frame.side
     if args.axis:
         p.axis = _pair(args.axis, "--axis")

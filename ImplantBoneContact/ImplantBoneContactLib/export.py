@@ -9,6 +9,7 @@ is in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,13 +86,18 @@ def _floats_as_text(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write a tidy CSV (UTF-8, no index, NaN as ``NaN``) atomically: temp file then rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """Open a hidden temporary file beside ``path``; on success it is synced and renamed to ``path``.
+
+    On any exception (or interruption) the temporary file is removed and
+    ``path`` is left as it was: a reader never sees half a file.
+    """
     p = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            _floats_as_text(df).to_csv(fh, index=False, na_rep="NaN", lineterminator="\n")
+        with os.fdopen(fd, mode, **open_kwargs) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         publish_mode(tmp)
@@ -99,23 +105,19 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     except BaseException:
         _silent_unlink(tmp)
         raise
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write a tidy CSV (UTF-8, no index, NaN as ``NaN``) atomically: temp file then rename."""
+    with atomic_file(path, "w", encoding="utf-8", newline="") as fh:
+        _floats_as_text(df).to_csv(fh, index=False, na_rep="NaN", lineterminator="\n")
 
 
 def write_json(data: dict, path: str | os.PathLike) -> None:
     """Write JSON (UTF-8, indented) atomically."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(_jsonable(data), fh, indent=2, allow_nan=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish_mode(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        _silent_unlink(tmp)
-        raise
+    with atomic_file(path, "w", encoding="utf-8") as fh:
+        json.dump(_jsonable(data), fh, indent=2, allow_nan=True)
+        fh.write("\n")
 
 
 def _jsonable(x):

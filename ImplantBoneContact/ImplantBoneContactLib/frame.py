@@ -144,6 +144,19 @@ class StemFrame:
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the frame description is incomplete or malformed: {exc}") from None
 
+    def parameter_fields(self) -> dict:
+        """The ``AnalysisParameters`` fields that pin an analysis to this frame.
+
+        Axis from the proximal point to the tip, a medial point 10 mm from the
+        tip along ``medial``, and the resection plane; the side follows from them.
+        """
+        return {
+            "axis": (tuple(self.proximal_point), tuple(self.tip)),
+            "medial_point": tuple(self.tip + 10.0 * self.medial),
+            "resection_point": tuple(self.resection_point),
+            "resection_normal": tuple(self.resection_normal),
+        }
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 

@@ -44,7 +44,6 @@ import io
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +59,7 @@ from matplotlib.patheffects import withStroke
 from vtk.util import numpy_support as ns
 
 from .classes import METAL, NOT_SAMPLED, UNCLASSIFIED, parse_classes
-from .export import publish_mode
+from .export import atomic_file
 from .frame import ZONE_ORDER
 from .mesh import points as mesh_points
 from .mesh import triangles as mesh_triangles
@@ -1232,18 +1231,8 @@ def report_html(result, pictures: dict[str, bytes], notes: list[str] | None = No
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_file(path, "wb") as fh:
+        fh.write(data)
 
 
 def make_pictures(result) -> tuple[dict[str, bytes], list[str]]:

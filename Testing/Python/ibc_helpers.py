@@ -27,12 +27,7 @@ def shared_file(name: str) -> Path:
 
 def frame_parameters(frame) -> dict:
     """AnalysisParameters fields that pin the frame to a known one."""
-    return {
-        "axis": (tuple(frame.proximal_point), tuple(frame.tip)),
-        "medial_point": tuple(frame.tip + 10.0 * frame.medial),
-        "resection_point": tuple(frame.resection_point),
-        "resection_normal": tuple(frame.resection_normal),
-    }
+    return frame.parameter_fields()
 
 
 def rotation(axis: str, degrees: float) -> np.ndarray:

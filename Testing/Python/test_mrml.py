@@ -61,15 +61,6 @@ def _rigid(rx: float, rz: float, t) -> np.ndarray:
     return m
 
 
-def _frame_parameters(frame) -> dict:
-    return {
-        "axis": (tuple(frame.proximal_point), tuple(frame.tip)),
-        "medial_point": tuple(frame.tip + 10.0 * frame.medial),
-        "resection_point": tuple(frame.resection_point),
-        "resection_normal": tuple(frame.resection_normal),
-    }
-
-
 @pytest.fixture(scope="module")
 def femur():
     """Left femur phantom at 1 mm (CT, stem surface, truth)."""
@@ -400,7 +391,7 @@ def node_run(femur):
     model.SetAndObserveTransformNodeID(mrml.linear_transform_node(scene, t_model, "Registration").GetID())
     out_model = scene.AddNewNodeByClass("vtkMRMLModelNode", "Stem contact")
     out_table = scene.AddNewNodeByClass("vtkMRMLTableNode", "Stem zones")
-    params = AnalysisParameters(remesh="none", **_frame_parameters(phantom.true_frame()))
+    params = AnalysisParameters(remesh="none", **phantom.true_frame().parameter_fields())
     result = mrml.analyze_nodes(ct_node, model, params, out_model, out_table)
     model.model_local_points = mesh_points(model_local)
     return phantom, ct, stem, scene, model, out_model, out_table, params, result
