@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -110,7 +111,83 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iter
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a tidy CSV (UTF-8, no index, NaN as ``NaN``) atomically: temp file then rename."""
     with atomic_file(path, "w", encoding="utf-8", newline="") as fh:
-        _floats_as_text(df).to_csv(fh, index=False, na_rep="NaN", lineterminator="\n")
+        if not _write_plain_csv(df, fh):
+            _floats_as_text(df).to_csv(fh, index=False, na_rep="NaN", lineterminator="\n")
+
+
+# Text that the csv module writes as it is (QUOTE_MINIMAL quotes none of it).
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.+\-()/]+")
+
+#: Rows formatted per ``%`` call by :func:`_write_plain_csv`: bounds the text held in memory (about 1 MB).
+_CSV_CHUNK_ROWS = 10_000
+
+
+def _plain_column(values: np.ndarray) -> tuple[str, list] | None:
+    """``(%-conversion, Python values)`` that give a column's CSV text as ``to_csv`` writes it, or ``None``.
+
+    Floats as ``CSV_FLOAT_FORMAT`` (NaN as ``NaN``), integers in decimal,
+    booleans as ``True``/``False``, and strings only when every one of them
+    is plain text that needs no quoting.
+    """
+    kind = values.dtype.kind
+    if kind == "f":
+        as_float = values.astype(np.float64, copy=False)
+        nan = np.isnan(as_float)
+        if not nan.any():
+            return CSV_FLOAT_FORMAT, as_float.tolist()
+        text = [CSV_FLOAT_FORMAT % v for v in as_float.tolist()]
+        for i in np.flatnonzero(nan).tolist():
+            text[i] = "NaN"
+        return "%s", text
+    if kind in "iu":
+        return "%d", values.tolist()
+    if kind == "b":
+        return "%s", values.tolist()
+    if kind in "OUT":
+        items = values.tolist()
+        if all(isinstance(v, str) and _PLAIN_TEXT.fullmatch(v) for v in set(items)):
+            return "%s", items
+    return None
+
+
+def _write_plain_csv(df: pd.DataFrame, fh) -> bool:
+    """Write ``df`` to ``fh`` byte for byte as ``_floats_as_text(df).to_csv(...)`` would; False if it cannot.
+
+    pandas writes a row through its csv writer, value by value (0.4 s for the
+    vertex table at 100 000 points, after 0.4 s formatting the floats); here
+    each chunk of rows is one ``%`` call on a repeated row format, 3x faster.
+    Only plain tables take this path: numpy columns of floats, integers,
+    booleans, and strings that need no quoting, under plain column names.
+    Anything else (categories, nullable or date columns, missing strings,
+    text with commas or quotes) returns False before writing, for pandas to write.
+    """
+    names = list(df.columns)
+    if not names or not all(isinstance(n, str) and _PLAIN_TEXT.fullmatch(n) for n in names):
+        return False
+    specs: list[str] = []
+    columns: list[list] = []
+    for name in names:
+        column = df[name]
+        if not isinstance(column, pd.Series):
+            return False  # repeated column names
+        if not isinstance(column.dtype, (np.dtype, pd.StringDtype)):
+            return False  # categories, nullable numbers, dates with time zones...
+        plain = _plain_column(column.to_numpy())
+        if plain is None:
+            return False
+        specs.append(plain[0])
+        columns.append(plain[1])
+    n_cols, n_rows = len(names), len(df)
+    row_format = ",".join(specs) + "\n"
+    fh.write(",".join(names) + "\n")
+    for start in range(0, n_rows, _CSV_CHUNK_ROWS):
+        stop = min(start + _CSV_CHUNK_ROWS, n_rows)
+        # Row-major values of the chunk: column j fills every n_cols-th slot from j.
+        flat: list = [None] * ((stop - start) * n_cols)
+        for j, values in enumerate(columns):
+            flat[j::n_cols] = values[start:stop]
+        fh.write((row_format * (stop - start)) % tuple(flat))
+    return True
 
 
 def write_json(data: dict, path: str | os.PathLike) -> None:

