@@ -22,13 +22,23 @@ import vtk
 from vtk.util import numpy_support as ns
 
 from . import __version__
-from .classes import DEFAULT_METAL_HU, METAL, bands_to_json, class_names, classify, parse_classes
+from .classes import (
+    DEFAULT_METAL_HU,
+    METAL,
+    ContactBand,
+    bands_to_json,
+    class_labels,
+    class_names,
+    classify,
+    classify_codes,
+    parse_classes,
+)
 from .errors import InputError
 from .frame import ZONE_SCHEMES, FrameOptions, StemFrame, assign_zones, estimate_frame
 from .mesh import prepare_surface, read_model, read_transform, surface_geometry, transform_polydata
 from .remesh import REMESH_METHODS, remesh
 from .sampling import PROFILE_AGGREGATES, SAMPLING_METHODS, SurfaceSamples, parse_profile, sample_surface
-from .stats import zone_table
+from .stats import triangle_samples, zone_table
 from .volume import Volume, hu_range_warnings, read_volume
 
 ProgressCallback = Callable[[float, str], None]
@@ -422,7 +432,7 @@ def analyze(
         vertices["gruen_zone_ap"] = zones["gruen_zone_ap"]
         vertices["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
     vertices["contact_class"] = contact
-    table = zone_table(vertices, names, params.zone_scheme)
+    table = zone_statistics(frame, geom.points, geom.faces, vertices, bands, params)
     below = vertices["gruen_zone"].to_numpy() > 0
     if params.metal_hu is not None:
         sampled_below = below & np.isfinite(samples.hu)
@@ -465,6 +475,30 @@ def analyze(
         inputs=info,
         timings_s=timings,
     )
+
+
+def zone_statistics(
+    frame: StemFrame,
+    pts: np.ndarray,
+    faces: np.ndarray,
+    vertices: pd.DataFrame,
+    bands: tuple[ContactBand, ...],
+    params: AnalysisParameters,
+) -> pd.DataFrame:
+    """The zones table: the vertex HU field integrated over the triangles (see :mod:`.stats`), counts from the vertices."""
+    samples = triangle_samples(pts, faces, vertices["hu"].to_numpy())
+    zones = assign_zones(frame, samples.points, params.bands_axial)
+    labels = class_labels(bands, include_metal=params.metal_hu is not None)
+    table = {
+        "area_mm2": samples.area_mm2,
+        "hu": samples.hu,
+        "contact_class": pd.Categorical.from_codes(classify_codes(samples.hu, bands, params.metal_hu), categories=labels),
+        "gruen_zone": zones["gruen_zone"],
+    }
+    if params.zone_scheme == "projection":
+        table["gruen_zone_ap"] = zones["gruen_zone_ap"]
+        table["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
+    return zone_table(pd.DataFrame(table), class_names(bands, params.metal_hu is not None), params.zone_scheme, vertices)
 
 
 def topology_warnings(surface: vtk.vtkPolyData) -> list[str]:

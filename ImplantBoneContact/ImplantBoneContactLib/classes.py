@@ -152,20 +152,38 @@ def class_names(bands: tuple[ContactBand, ...], include_metal: bool = True) -> l
     return names + [METAL] if include_metal else names
 
 
+def classify_codes(hu: np.ndarray, bands: tuple[ContactBand, ...], metal_hu: float | None = DEFAULT_METAL_HU) -> np.ndarray:
+    """Class of each HU value as a small integer: an index into :func:`class_labels`.
+
+    ``0..len(bands)-1`` the bands in order, then ``metal`` (when ``metal_hu`` is
+    not ``None``), then ``unclassified``, then ``not_sampled``. Integer codes
+    let the statistics count millions of surface samples without string
+    comparisons.
+    """
+    hu = np.asarray(hu, dtype=float)
+    labels = class_labels(bands, metal_hu is not None)
+    out = np.full(hu.shape, labels.index(UNCLASSIFIED), dtype=np.int8)
+    for code, b in enumerate(bands):
+        out[(hu >= b.low_hu) & (hu < b.high_hu)] = code
+    if metal_hu is not None:
+        out[hu >= metal_hu] = labels.index(METAL)
+    out[~np.isfinite(hu)] = labels.index(NOT_SAMPLED)
+    return out
+
+
+def class_labels(bands: tuple[ContactBand, ...], include_metal: bool = True) -> list[str]:
+    """Every label :func:`classify` can give, in code order: the classes, ``unclassified``, ``not_sampled``."""
+    return class_names(bands, include_metal) + [UNCLASSIFIED, NOT_SAMPLED]
+
+
 def classify(hu: np.ndarray, bands: tuple[ContactBand, ...], metal_hu: float | None = DEFAULT_METAL_HU) -> np.ndarray:
     """Class name for each HU value (object array of str).
 
     NaN gives ``not_sampled``; a value in no band ``unclassified``; a value at
     or above ``metal_hu`` ``metal`` (``None`` turns the metal class off).
     """
-    hu = np.asarray(hu, dtype=float)
-    out = np.full(hu.shape, UNCLASSIFIED, dtype=object)
-    for b in bands:
-        out[(hu >= b.low_hu) & (hu < b.high_hu)] = b.name
-    if metal_hu is not None:
-        out[hu >= metal_hu] = METAL
-    out[~np.isfinite(hu)] = NOT_SAMPLED
-    return out
+    labels = np.array(class_labels(bands, metal_hu is not None), dtype=object)
+    return labels[classify_codes(hu, bands, metal_hu)]
 
 
 def bands_to_json(bands: tuple[ContactBand, ...]) -> list[dict]:

@@ -1,8 +1,16 @@
-"""Area-weighted statistics per Gruen zone.
+"""Area-weighted statistics per Gruen zone, integrated over the surface.
 
-Every vertex carries its share of the surface area (``area_mm2``), so the
-numbers describe the surface, not the triangulation: a region meshed twice as
-finely does not count twice as much.
+The numbers describe the surface, not the triangulation. The HU field on the
+stem is the piecewise-linear interpolation of the vertex values over each
+triangle (what a renderer shows). :func:`triangle_samples` splits every
+triangle into ``m * m`` equal sub-triangles (``m`` = 2) and puts one sample at the centre
+of each, carrying the sub-triangle's area (the midpoint rule). Zones and
+classes are decided per sample, so a triangle that straddles a zone border
+or a class border is shared between both sides in proportion to its area:
+the per-zone class fractions change much less from one mesh of the same
+surface to another than sums of per-vertex areas do (measured on the
+phantom stem at 30 000 points, fast vs pyacvd remesh: 0.48 against 1.31
+percentage points).
 
 * ``hu_mean`` is the area-weighted mean; ``hu_std`` the area-weighted
   population standard deviation ``sqrt(sum w (x - mean)^2 / sum w)``.
@@ -12,10 +20,13 @@ finely does not count twice as much.
   equals the ordinary inverted-CDF quantile; with integer areas it equals
   the quantile of the values repeated that many times.
 * ``frac_<class>`` is the fraction of the *sampled* area of the zone in that
-  class; vertices outside the CT are left out (``area_sampled_mm2``).
+  class. Triangles with a vertex outside the CT (or on NaN voxels) are left
+  out (``area_sampled_mm2`` is the rest).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -23,6 +34,81 @@ import pandas as pd
 from .frame import ZONE_ORDER, ZONE_REGIONS
 
 QUANTILES = {"hu_p05": 0.05, "hu_p25": 0.25, "hu_median": 0.5, "hu_p75": 0.75, "hu_p95": 0.95}
+
+#: Sub-triangles per side for the surface integration: 2 (4 samples a triangle) unless the mesh is so
+#: large that the samples would pass :data:`MAX_SURFACE_SAMPLES`; then 1 (the triangle's centroid).
+#: Measured on the phantom stem at 30 000 points (fast vs pyacvd remesh, largest class-fraction
+#: difference over the zones): 1.31 points summing vertex areas, 1.32 with m = 1, 0.48 with m = 2,
+#: 0.47 with m = 3, 0.42 with m = 4: a second level of samples is where the gain is.
+SUBDIVISIONS = (2, 1)
+#: About 100 MB of working arrays: meshes up to 625 000 triangles get 4 samples a triangle.
+MAX_SURFACE_SAMPLES = 2_500_000
+
+
+@dataclass
+class TriangleSamples:
+    """Midpoint-rule samples of a triangle mesh.
+
+    Attributes:
+        points: ``(S, 3)`` sample positions (mm), on the triangles.
+        hu: ``(S,)`` HU interpolated from the vertices (NaN where the triangle is mostly unsampled).
+        area_mm2: ``(S,)`` the area each sample stands for (mm^2); they add up to the mesh's area.
+        subdivisions: sub-triangles per triangle side (``m``; ``m * m`` samples a triangle).
+    """
+
+    points: np.ndarray
+    hu: np.ndarray
+    area_mm2: np.ndarray
+    subdivisions: int
+
+
+def _centre_weights(m: int) -> np.ndarray:
+    """Barycentric coordinates ``(m*m, 3)`` of the centres of the ``m * m`` equal sub-triangles of a triangle."""
+    centres = []
+    for i in range(m):
+        for j in range(m - i):
+            centres.append((i + 1 / 3, j + 1 / 3))  # sub-triangle pointing like the triangle
+            if i + j < m - 1:
+                centres.append((i + 2 / 3, j + 2 / 3))  # the upside-down one beside it
+    c = np.asarray(centres) / m
+    return np.column_stack([1.0 - c.sum(axis=1), c])
+
+
+def triangle_samples(
+    pts: np.ndarray, faces: np.ndarray, hu: np.ndarray, max_samples: int = MAX_SURFACE_SAMPLES
+) -> TriangleSamples:
+    """Samples of the piecewise-linear HU field for integrating it over the surface.
+
+    Args:
+        pts: ``(N, 3)`` vertices (mm).
+        faces: ``(F, 3)`` triangles.
+        hu: ``(N,)`` HU per vertex; NaN where the vertex was not sampled.
+        max_samples: upper bound on the number of samples (memory); the
+            first of :data:`SUBDIVISIONS` that stays below it is used.
+
+    The samples of a triangle with an unsampled vertex (outside the CT, or
+    on a NaN voxel) are NaN: no value is made up for them, and the
+    statistics leave the whole triangle out.
+    """
+    pts = np.asarray(pts, dtype=float)
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    hu = np.asarray(hu, dtype=float)
+    m = next((s for s in SUBDIVISIONS if s * s * faces.shape[0] <= max_samples), SUBDIVISIONS[-1])
+    bary = _centre_weights(m)
+    a = pts[faces[:, 0]]
+    area = 0.5 * np.linalg.norm(np.cross(pts[faces[:, 1]] - a, pts[faces[:, 2]] - a), axis=1)
+    corner_hu = hu[faces]
+    complete = np.isfinite(corner_hu).all(axis=1)
+    value = np.full((faces.shape[0], bary.shape[0]), np.nan)
+    value[complete] = corner_hu[complete] @ bary.T
+    # One (F, 3) x (3, m*m) product per coordinate: BLAS, several times faster than an einsum over (F, m*m, 3).
+    positions = np.stack([pts[faces, d] @ bary.T for d in range(3)], axis=-1)
+    return TriangleSamples(
+        points=positions.reshape(-1, 3),
+        hu=value.reshape(-1),
+        area_mm2=np.repeat(area / bary.shape[0], bary.shape[0]),
+        subdivisions=m,
+    )
 
 
 def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float]:
@@ -47,56 +133,81 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _zone_columns(table: pd.DataFrame, scheme: str) -> list[np.ndarray]:
+    if scheme == "projection":
+        return [table["gruen_zone_ap"].to_numpy(), table["gruen_zone_lateral"].to_numpy()]
+    return [table["gruen_zone"].to_numpy()]
+
+
+def _class_codes(column: pd.Series, class_names: list[str]) -> np.ndarray:
+    """Index of each entry's class in ``class_names`` (-1 for any other label), without comparing strings per zone."""
+    index = pd.Index(class_names)
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        lookup = np.append(index.get_indexer(column.cat.categories), -1)  # code -1 (missing) stays -1
+        return lookup[np.asarray(column.cat.codes)]
+    return index.get_indexer(column)
+
+
 def zone_table(
-    vertices: pd.DataFrame,
+    samples: pd.DataFrame,
     class_names: list[str],
     scheme: str = "sector",
+    vertices: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per Gruen zone (1-14) plus a row ``all``.
 
     Args:
-        vertices: per-vertex table with ``area_mm2``, ``hu``, ``contact_class``,
-            ``gruen_zone`` (and ``gruen_zone_ap``/``gruen_zone_lateral`` for
-            the projection scheme).
+        samples: what the statistics integrate, one row per sample, with
+            ``area_mm2``, ``hu``, ``contact_class``, ``gruen_zone`` (and
+            ``gruen_zone_ap``/``gruen_zone_lateral`` for the projection
+            scheme): the surface samples of :func:`triangle_samples`, or the
+            vertices themselves (each standing for its share of the area).
         class_names: the classes to report as ``frac_<name>`` columns.
-        scheme: ``"sector"`` (each vertex in one zone) or ``"projection"``
-            (each vertex in its AP-view zone and in its lateral-view zone).
+        scheme: ``"sector"`` (each sample in one zone) or ``"projection"``
+            (each sample in its AP-view zone and in its lateral-view zone).
+        vertices: the per-vertex table the ``n_vertices``/``n_sampled``
+            counts come from (``hu``, the zone columns); ``samples`` if ``None``.
 
-    Vertices in zone 0 (above the cut) are left out, also from ``all``.
+    Samples in zone 0 (above the cut) are left out, also from ``all``.
     """
-    if scheme == "projection":
-        membership = [("gruen_zone_ap", vertices["gruen_zone_ap"]), ("gruen_zone_lateral", vertices["gruen_zone_lateral"])]
-    else:
-        membership = [("gruen_zone", vertices["gruen_zone"])]
-    area = vertices["area_mm2"].to_numpy(dtype=float)
-    hu = vertices["hu"].to_numpy(dtype=float)
-    cls = vertices["contact_class"].to_numpy()
+    counted = samples if vertices is None else vertices
+    area = samples["area_mm2"].to_numpy(dtype=float)
+    hu = samples["hu"].to_numpy(dtype=float)
+    codes = _class_codes(samples["contact_class"], class_names)
     sampled = np.isfinite(hu)
+    counted_sampled = np.isfinite(counted["hu"].to_numpy(dtype=float))
     rows = []
 
-    def row(label, region, sel):
-        a_all = area[sel]
+    def row(label, region, sel, counted_sel):
         s = sel & sampled
         a_s = area[s]
         r = {
             "zone": label,
             "region": region,
-            "n_vertices": int(sel.sum()),
-            "n_sampled": int(s.sum()),
-            "area_mm2": float(a_all.sum()),
+            "n_vertices": int(counted_sel.sum()),
+            "n_sampled": int((counted_sel & counted_sampled).sum()),
+            "area_mm2": float(area[sel].sum()),
             "area_sampled_mm2": float(a_s.sum()),
         }
         r.update(weighted_stats(hu[s], a_s))
         total = a_s.sum()
-        for name in class_names:
-            r[f"frac_{name}"] = float(area[s & (cls == name)].sum() / total) if total > 0 else float("nan")
+        c = codes[s]
+        known = c >= 0
+        per_class = np.bincount(c[known], weights=a_s[known], minlength=len(class_names))
+        for name, class_area in zip(class_names, per_class):
+            r[f"frac_{name}"] = float(class_area / total) if total > 0 else float("nan")
         rows.append(r)
 
+    sample_zones = _zone_columns(samples, scheme)
+    counted_zones = _zone_columns(counted, scheme)
     for z in ZONE_ORDER:
-        sel = np.zeros(len(vertices), dtype=bool)
-        for _, col in membership:
-            sel |= col.to_numpy() == z
-        row(str(z), ZONE_REGIONS[z], sel)
-    below = vertices["gruen_zone"].to_numpy() > 0
-    row("all", "whole stem below the resection plane", below)
+        sel = np.logical_or.reduce([col == z for col in sample_zones])
+        counted_sel = np.logical_or.reduce([col == z for col in counted_zones])
+        row(str(z), ZONE_REGIONS[z], sel, counted_sel)
+    row(
+        "all",
+        "whole stem below the resection plane",
+        samples["gruen_zone"].to_numpy() > 0,
+        counted["gruen_zone"].to_numpy() > 0,
+    )
     return pd.DataFrame(rows)

@@ -162,3 +162,70 @@ def test_zone_statistics_do_not_depend_on_mesh_density(phantom, phantom_ct, phan
         assert abs(a.loc[z, "hu_mean"] / b.loc[z, "hu_mean"] - 1) < 0.04, z
     # The bound is informative: most of the surface is far from class boundaries.
     assert bound["all"] < 0.4
+
+
+def _strip(n_x: int, length_mm: float = 10.0, width_mm: float = 5.0):
+    """A flat strip 0..length along x, triangulated on a grid of ``n_x`` columns; HU = 100 * x (a linear field)."""
+    x = np.linspace(0.0, length_mm, n_x + 1)
+    y = np.linspace(0.0, width_mm, max(2, round(width_mm / (length_mm / n_x))) + 1)
+    gx, gy = np.meshgrid(x, y, indexing="ij")
+    pts = np.column_stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)])
+    ny = y.size
+    faces = []
+    for i in range(n_x):
+        for j in range(ny - 1):
+            a, b, c, d = i * ny + j, (i + 1) * ny + j, i * ny + j + 1, (i + 1) * ny + j + 1
+            faces += [(a, b, c), (b, d, c)]
+    return pts, np.array(faces), 100.0 * pts[:, 0]
+
+
+@pytest.mark.parametrize("n_x", [11, 13, 17])
+def test_class_fractions_integrate_the_surface_field(n_x):
+    """Known answer: on a strip with HU = 100 x (x in 0..10 mm), cortical (>= 700 HU) is exactly 30% of the area.
+
+    Integrating the linear field over the triangles (4 samples a triangle) is within a quarter of a column
+    of the truth; counting each vertex's area by the vertex's class is off by up to half a column.
+    """
+    from ImplantBoneContactLib.classes import classify as classify_hu
+    from ImplantBoneContactLib.mesh import vertex_areas
+    from ImplantBoneContactLib.stats import triangle_samples
+
+    pts, faces, hu = _strip(n_x)
+    bands = parse_classes("default")
+    names = ["no_bone", "cancellous", "cortical"]
+    column = 1.0 / n_x  # area fraction of one column of cells
+    samples = triangle_samples(pts, faces, hu)
+    assert samples.subdivisions == 2 and samples.area_mm2.sum() == pytest.approx(50.0)
+    integrated = zone_table(
+        pd.DataFrame({"area_mm2": samples.area_mm2, "hu": samples.hu,
+                      "contact_class": classify_hu(samples.hu, bands), "gruen_zone": 1}),
+        names,
+    ).set_index("zone")
+    lumped = zone_table(
+        pd.DataFrame({"area_mm2": vertex_areas(pts, faces), "hu": hu,
+                      "contact_class": classify_hu(hu, bands), "gruen_zone": 1}),
+        names,
+    ).set_index("zone")
+    err_integrated = abs(integrated.loc["1", "frac_cortical"] - 0.30)
+    err_lumped = abs(lumped.loc["1", "frac_cortical"] - 0.30)
+    assert err_integrated <= 0.25 * column, (err_integrated, column)
+    assert err_integrated < err_lumped
+    # The mean of a linear field is exact either way (the midpoint rule and vertex areas both integrate it).
+    assert integrated.loc["1", "hu_mean"] == pytest.approx(500.0, rel=1e-12)
+    assert lumped.loc["1", "hu_mean"] == pytest.approx(500.0, rel=1e-12)
+
+
+def test_triangles_with_an_unsampled_vertex_are_left_out():
+    """A NaN vertex removes its triangles, and only those, from the sampled area; nothing is extrapolated."""
+    from ImplantBoneContactLib.mesh import triangle_areas
+    from ImplantBoneContactLib.stats import triangle_samples
+
+    pts, faces, hu = _strip(11)
+    hu[40] = np.nan
+    samples = triangle_samples(pts, faces, hu)
+    touching = (faces == 40).any(axis=1)
+    per_triangle = samples.hu.reshape(faces.shape[0], -1)
+    assert np.isnan(per_triangle[touching]).all() and np.isfinite(per_triangle[~touching]).all()
+    assert np.nansum(np.where(np.isfinite(samples.hu), samples.area_mm2, 0)) == pytest.approx(
+        50.0 - triangle_areas(pts, faces[touching]).sum(), rel=1e-12
+    )
