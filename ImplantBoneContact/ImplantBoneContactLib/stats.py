@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .frame import ZONE_ORDER, ZONE_REGIONS
+from .mesh import triangle_areas
 
 QUANTILES = {"hu_p05": 0.05, "hu_p25": 0.25, "hu_median": 0.5, "hu_p75": 0.75, "hu_p95": 0.95}
 
@@ -95,8 +96,7 @@ def triangle_samples(
     hu = np.asarray(hu, dtype=float)
     m = next((s for s in SUBDIVISIONS if s * s * faces.shape[0] <= max_samples), SUBDIVISIONS[-1])
     bary = _centre_weights(m)
-    a = pts[faces[:, 0]]
-    area = 0.5 * np.linalg.norm(np.cross(pts[faces[:, 1]] - a, pts[faces[:, 2]] - a), axis=1)
+    area = triangle_areas(pts, faces)
     corner_hu = hu[faces]
     complete = np.isfinite(corner_hu).all(axis=1)
     value = np.full((faces.shape[0], bary.shape[0]), np.nan)
