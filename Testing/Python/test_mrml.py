@@ -73,20 +73,20 @@ def scene():
     return slicer.vtkMRMLScene()
 
 
-def _read_model_node(scene, path):
-    node = scene.AddNewNodeByClass("vtkMRMLModelNode")
-    storage = scene.AddNewNodeByClass("vtkMRMLModelStorageNode")
+def _read_node(scene, path, node_class: str, storage_class: str):
+    node = scene.AddNewNodeByClass(node_class)
+    storage = scene.AddNewNodeByClass(storage_class)
     storage.SetFileName(str(path))
-    assert storage.ReadData(node), f"vtkMRMLModelStorageNode could not read {path}"
+    assert storage.ReadData(node), f"{storage_class} could not read {path}"
     return node
+
+
+def _read_model_node(scene, path):
+    return _read_node(scene, path, "vtkMRMLModelNode", "vtkMRMLModelStorageNode")
 
 
 def _read_volume_node(scene, path):
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node), f"vtkMRMLVolumeArchetypeStorageNode could not read {path}"
-    return node
+    return _read_node(scene, path, "vtkMRMLScalarVolumeNode", "vtkMRMLVolumeArchetypeStorageNode")
 
 
 # ------------------------------------------------------------------------------------------------
