@@ -27,8 +27,9 @@ of the refined mesh:
    input triangle whose three vertices lie in three clusters, duplicates
    removed, wound like the input triangle; then (:func:`close_dual_mesh`)
    the few holes and non-manifold edges that this dual leaves where four
-   clusters meet are repaired with VTK's hole filling, so a closed input
-   gives a (nearly always) closed output, which pyacvd's does not.
+   clusters meet are repaired (ear clipping, wound like the neighbours), so
+   a closed input gives a closed, consistently wound output, which pyacvd's
+   is not (it turns triangles one by one to face outward).
 """
 
 from __future__ import annotations
@@ -352,49 +353,82 @@ def _dual_triangles(faces: np.ndarray, lab: np.ndarray, n_clus: int) -> np.ndarr
     return tri[np.sort(first)]
 
 
-def close_dual_mesh(pts: np.ndarray, faces: np.ndarray, max_rounds: int = 4) -> np.ndarray:
-    """Make the dual mesh a closed manifold where the clusters tile a closed surface.
+def close_dual_mesh(pts: np.ndarray, faces: np.ndarray, max_rounds: int = 6) -> np.ndarray:
+    """Make the dual mesh a closed, consistently wound manifold where the clusters tile a closed surface.
 
     Where four or more clusters meet, or three meet at a vertex of the fine
     mesh rather than inside a triangle, the dual of the cluster adjacency
-    gets a small hole or an edge shared by three triangles (pyacvd's
-    ``create_mesh`` leaves the same, about one edge in 200). Repair: drop the
-    triangles on edges shared by more than two, fill the holes
-    (``vtkFillHolesFilter``, triangulated), and where a hole's border runs
-    twice through one vertex (which the filter cannot fill) drop that
-    vertex's triangles and fill again. Returns the new triangles; a vertex
+    gets a small hole or an edge shared by three triangles, one of them
+    folded over its neighbours (pyacvd's ``create_mesh`` leaves the same,
+    about one edge in 200). Repair: drop the triangles on edges shared by
+    more than two and, where a hole's border runs twice through one vertex,
+    that vertex's triangles; then fill every hole (:func:`_fill_loop`),
+    wound like the triangles around it. Returns the new triangles; a vertex
     left in no triangle is removed later by the usual clean-up.
     """
     faces = np.asarray(faces, dtype=np.int64)
     n = np.int64(pts.shape[0])
-
-    def edge_use(f):
-        e = np.sort(np.stack([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], axis=1), axis=2).reshape(-1, 2)
-        _, inv, cnt = np.unique(e[:, 0] * n + e[:, 1], return_inverse=True, return_counts=True)
-        return e, cnt[inv].reshape(-1, 3)
-
-    def fill(f):
-        holes = vtk.vtkFillHolesFilter()
-        holes.SetInputData(polydata_from_arrays(pts, f))
-        holes.SetHoleSize(1e12)
-        tri = vtk.vtkTriangleFilter()
-        tri.SetInputConnection(holes.GetOutputPort())
-        tri.Update()
-        return mesh_triangles(tri.GetOutput())
-
-    _, use = edge_use(faces)
-    if np.all(use == 2):
-        return faces
-    faces = fill(faces[~(use > 2).any(axis=1)])
+    use, keys = _edge_use(faces, n)
     for _ in range(max_rounds):
-        e, use = edge_use(faces)
         if np.all(use == 2):
             break
-        border = e[use.reshape(-1) == 1]
-        pinched = np.bincount(border.ravel(), minlength=pts.shape[0]) > 2
-        bad = pinched[faces].any(axis=1) | (use > 2).any(axis=1)
-        faces = fill(faces[~bad])
+        open_edge = use == 1
+        # Border half-edges turned round: the triangle filling the hole runs along each one this way.
+        start = faces[:, [1, 2, 0]][open_edge]
+        end = faces[open_edge]
+        pinched = np.bincount(start, minlength=pts.shape[0]) > 1
+        bad = (use > 2).any(axis=1) | pinched[faces].any(axis=1)
+        if bad.any():
+            faces = faces[~bad]
+        elif start.size:
+            following = dict(zip(start.tolist(), end.tolist()))
+            new = []
+            while following:
+                loop = [next(iter(following))]
+                while True:
+                    v = following.pop(loop[-1])
+                    if v == loop[0]:
+                        break
+                    loop.append(v)
+                new += _fill_loop(pts, loop, keys, n)
+            faces = np.concatenate([faces, np.asarray(new, dtype=np.int64).reshape(-1, 3)])
+        use, keys = _edge_use(faces, n)
     return faces
+
+
+def _edge_use(faces: np.ndarray, n: np.int64) -> tuple[np.ndarray, np.ndarray]:
+    """Triangles using each edge of each triangle ``(F, 3)`` (edges v0v1, v1v2, v2v0), and the sorted keys ``lo * n + hi`` of all edges."""
+    a = faces
+    b = np.roll(faces, -1, axis=1)
+    keys, inv, cnt = np.unique((np.minimum(a, b) * n + np.maximum(a, b)).ravel(), return_inverse=True, return_counts=True)
+    return cnt[inv].reshape(-1, 3), keys
+
+
+def _fill_loop(pts: np.ndarray, loop: list[int], keys: np.ndarray, n: np.int64) -> list[tuple[int, int, int]]:
+    """Triangles closing one hole, given as its border loop turned round (so each triangle is wound like its neighbours).
+
+    Ear clipping: the ear cut off each time is the one with the shortest new
+    edge that is not an edge of the mesh already (a repeated edge would be
+    shared by three triangles); a 4-sided hole gets its shorter diagonal.
+    """
+    loop = list(loop)
+    out = []
+
+    def existing(u: int, v: int) -> bool:
+        k = min(u, v) * n + max(u, v)
+        i = np.searchsorted(keys, k)
+        return bool(i < keys.size and keys[i] == k)
+
+    while len(loop) > 3:
+        m = len(loop)
+        lengths = [float(np.sum((pts[loop[i - 1]] - pts[loop[(i + 1) % m]]) ** 2)) for i in range(m)]
+        order = sorted(range(m), key=lengths.__getitem__)
+        best = next((i for i in order if not existing(loop[i - 1], loop[(i + 1) % m])), order[0])
+        out.append((loop[best - 1], loop[best], loop[(best + 1) % m]))
+        del loop[best]
+    if len(loop) == 3:
+        out.append((loop[0], loop[1], loop[2]))
+    return out
 
 
 def remesh_fast(poly: vtk.vtkPolyData, points: int = 10000, subdivide: int = 0) -> vtk.vtkPolyData:
