@@ -433,7 +433,7 @@ def analyze(
         vertices["gruen_zone_ap"] = zones["gruen_zone_ap"]
         vertices["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
     vertices["contact_class"] = contact
-    table = zone_statistics(frame, geom.points, geom.faces, vertices, bands, params)
+    table = zone_statistics(frame, geom.points, geom.faces, vertices, bands, params, volume=volume, normals=geom.normals)
     below = vertices["gruen_zone"].to_numpy() > 0
     if params.metal_hu is not None:
         sampled_below = below & np.isfinite(samples.hu)
@@ -485,9 +485,25 @@ def zone_statistics(
     vertices: pd.DataFrame,
     bands: tuple[ContactBand, ...],
     params: AnalysisParameters,
+    volume: Volume | None = None,
+    normals: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """The zones table: the vertex HU field integrated over the triangles (see :mod:`.stats`), counts from the vertices."""
-    samples = triangle_samples(pts, faces, vertices["hu"].to_numpy())
+    """The zones table: the HU field integrated over the triangles (see :mod:`.stats`), counts from the vertices.
+
+    With ``volume`` (and the vertex ``normals``) the CT is sampled at the
+    integration points the way ``params`` samples the vertices; without, the
+    vertex HU is interpolated over each triangle. The CT is sampled by this
+    library even when the vertices were probed by another sampler (the Slicer
+    module's Probe Volume With Model, equal to it at the same points).
+    """
+    field = None
+    if volume is not None:
+        offsets = params.offsets()
+
+        def field(p: np.ndarray, n: np.ndarray) -> np.ndarray:
+            return sample_surface(volume, p, n, params.sampling, offsets, params.profile_aggregate).hu
+
+    samples = triangle_samples(pts, faces, vertices["hu"].to_numpy(), field=field, normals=normals)
     zones = assign_zones(frame, samples.points, params.bands_axial)
     labels = class_labels(bands, include_metal=params.metal_hu is not None)
     table = {

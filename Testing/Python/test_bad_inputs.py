@@ -257,13 +257,18 @@ def _check_patch(result, b: Baseline) -> None:
     assert (v["contact_class"][flagged] == "not_sampled").all()
     assert v["inside_ct"].all()
     np.testing.assert_array_equal(hu[~flagged], ref["hu"].to_numpy()[~flagged])
-    # The statistics leave out exactly the triangles that touch a flagged vertex (the patch is far below the cut).
+    # The statistics leave out the triangles that touch a flagged vertex (the patch is far below the cut), and
+    # the integration points whose own trilinear neighbours reach the patch: nothing further than that.
     faces = triangles(result.surface)
-    assert (v["gruen_zone"].to_numpy()[faces[flagged[faces].any(axis=1)]] > 0).all()
-    lost = triangle_areas(pts, faces[flagged[faces].any(axis=1)]).sum()
+    touching = flagged[faces].any(axis=1)
+    assert (v["gruen_zone"].to_numpy()[faces[touching]] > 0).all()
+    lost = triangle_areas(pts, faces[touching]).sum()
+    edge = np.linalg.norm(pts[faces[:, 0]] - pts[faces[:, 1]], axis=1).max()
+    near = np.linalg.norm(pts[faces].mean(axis=1) - _patch_centre(b), axis=1) <= PATCH_RADIUS_MM + np.sqrt(3) + edge
     all_row = result.zones.set_index("zone").loc["all"]
     ref_all = b.result.zones.set_index("zone").loc["all"]
-    assert all_row["area_sampled_mm2"] == pytest.approx(ref_all["area_sampled_mm2"] - lost, rel=1e-12)
+    missing = ref_all["area_sampled_mm2"] - all_row["area_sampled_mm2"]
+    assert lost - 1e-9 <= missing <= lost + triangle_areas(pts, faces[near & ~touching]).sum() + 1e-9
 
 
 def _ct_nan_around_model(tmp, b):
