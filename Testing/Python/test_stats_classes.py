@@ -13,6 +13,7 @@ from ImplantBoneContactLib import PRESETS, AnalysisParameters, ContactBand, Inpu
 from ImplantBoneContactLib.mesh import triangles
 from ImplantBoneContactLib.phantom import CANCELLOUS, CORTICAL
 from ImplantBoneContactLib.stats import weighted_stats, zone_table
+from ImplantBoneContactLib.volume import Volume
 
 
 def test_presets_and_custom_bands(tmp_path):
@@ -215,10 +216,8 @@ def test_class_fractions_integrate_the_surface_field(n_x):
     assert lumped.loc["1", "hu_mean"] == pytest.approx(500.0, rel=1e-12)
 
 
-def _step_ct(border_x_mm: float = 3.5) -> "Volume":
+def _step_ct(border_x_mm: float = 3.5) -> Volume:
     """A 1 mm CT over the strip: cortical (1500 HU) for x < border, cancellous (250 HU) beyond, and HU += 100 z."""
-    from ImplantBoneContactLib.volume import Volume
-
     i, j, k = np.arange(-3, 15), np.arange(-3, 9), np.arange(-4, 5)
     kk, jj, ii = np.meshgrid(k, j, i, indexing="ij")
     arr = np.where(ii < border_x_mm, 1500.0, 250.0) + 100.0 * kk
