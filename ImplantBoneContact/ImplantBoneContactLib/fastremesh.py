@@ -367,6 +367,8 @@ def close_dual_mesh(pts: np.ndarray, faces: np.ndarray, max_rounds: int = 6) -> 
     left in no triangle is removed later by the usual clean-up.
     """
     faces = np.asarray(faces, dtype=np.int64)
+    if faces.shape[0] == 0:
+        return faces
     n = np.int64(pts.shape[0])
     use, keys = _edge_use(faces, n)
     for _ in range(max_rounds):
@@ -398,10 +400,9 @@ def close_dual_mesh(pts: np.ndarray, faces: np.ndarray, max_rounds: int = 6) -> 
 
 def _edge_use(faces: np.ndarray, n: np.int64) -> tuple[np.ndarray, np.ndarray]:
     """Triangles using each edge of each triangle ``(F, 3)`` (edges v0v1, v1v2, v2v0), and the sorted keys ``lo * n + hi`` of all edges."""
-    a = faces
-    b = np.roll(faces, -1, axis=1)
-    keys, inv, cnt = np.unique((np.minimum(a, b) * n + np.maximum(a, b)).ravel(), return_inverse=True, return_counts=True)
-    return cnt[inv].reshape(-1, 3), keys
+    edges, face_edges = _unique_edges(faces)
+    # _unique_edges orders edges by (lo, hi), so the keys are sorted for any n above every vertex id.
+    return np.bincount(face_edges.ravel(), minlength=edges.shape[0])[face_edges], edges[:, 0] * n + edges[:, 1]
 
 
 def _fill_loop(pts: np.ndarray, loop: list[int], keys: np.ndarray, n: np.int64) -> list[tuple[int, int, int]]:

@@ -21,6 +21,7 @@ from ImplantBoneContactLib.mesh import (
     points,
     polydata_from_arrays,
     read_model,
+    signed_volume,
     transform_polydata,
     triangle_areas,
     triangles,
@@ -69,8 +70,14 @@ def _same_way_half_edges(faces: np.ndarray) -> int:
     return int((count > 1).sum())
 
 
-def _signed_volume(p: np.ndarray, f: np.ndarray) -> float:
-    return float(np.einsum("ij,ij->", p[f[:, 0]], np.cross(p[f[:, 1]], p[f[:, 2]])) / 6.0)
+def _sphere(theta: int, phi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Points (mm) and outward triangles of a closed VTK sphere of radius 10 mm."""
+    sphere = vtk.vtkSphereSource()
+    sphere.SetThetaResolution(theta)
+    sphere.SetPhiResolution(phi)
+    sphere.SetRadius(10.0)
+    sphere.Update()
+    return points(sphere.GetOutput()).astype(float), triangles(sphere.GetOutput())
 
 
 def _max_distance_to(surface: vtk.vtkPolyData, pts: np.ndarray) -> float:
@@ -146,7 +153,7 @@ def test_fast_mesh_is_even_closed_and_on_the_surface(which, request):
     assert b_fast <= 0.2 * (b_acvd + nm_acvd), ((b_fast, nm_fast), (b_acvd, nm_acvd))
     # Wound consistently, outward like the input (pyacvd's mesh is not: it flips triangles one by one).
     assert _same_way_half_edges(ffaces) == 0
-    assert _signed_volume(fpts, ffaces) > 0
+    assert signed_volume(fpts, ffaces) > 0
     # Same area: the surface is covered, not shrunk. Both remeshers fold a few triangles over their neighbours
     # where clusters meet awkwardly, which adds area (pyacvd +0.65%, fast +1.06% on the phantom stem, measured).
     area_src = triangle_areas(points(source), triangles(source)).sum()
@@ -160,12 +167,7 @@ def test_fast_mesh_is_even_closed_and_on_the_surface(which, request):
 
 def test_refinement_is_conforming_and_keeps_the_surface():
     """Adaptive refinement: no triangle over the limit, no hanging vertex (closed stays closed), same area and winding."""
-    sphere = vtk.vtkSphereSource()
-    sphere.SetThetaResolution(12)
-    sphere.SetPhiResolution(6)
-    sphere.SetRadius(10.0)
-    sphere.Update()
-    pts, faces = points(sphere.GetOutput()).astype(float), triangles(sphere.GetOutput())
+    pts, faces = _sphere(12, 6)
     # One very large triangle region: stretch one pole so that sizes differ a lot.
     pts[pts[:, 2] > 9, 2] *= 4
     limit = 0.5
@@ -174,10 +176,7 @@ def test_refinement_is_conforming_and_keeps_the_surface():
     assert triangle_areas(p2, f2).sum() == pytest.approx(triangle_areas(pts, faces).sum(), rel=1e-12)
     assert _edge_counts(f2) == (0, 0)
     # Winding kept: the signed volume is unchanged.
-    def volume(p, f):
-        return np.einsum("ij,ij->", p[f[:, 0]], np.cross(p[f[:, 1]], p[f[:, 2]])) / 6.0
-
-    assert volume(p2, f2) == pytest.approx(volume(pts, faces), rel=1e-12)
+    assert signed_volume(p2, f2) == pytest.approx(signed_volume(pts, faces), rel=1e-12)
     # Fewer points than uniform subdivision would need for the same largest triangle.
     k = int(np.ceil(np.log(triangle_areas(pts, faces).max() / limit) / np.log(4)))
     assert p2.shape[0] < 0.5 * (faces.shape[0] * 4**k) / 2
@@ -194,8 +193,7 @@ def test_mesh_from_clusters_on_a_known_partition():
     vp, vf = mesh_from_clusters(pts, f, clusters, np.ones(pts.shape[0]))
     assert vp.shape == (4, 3)
     assert vf.shape[0] == 4 and _edge_counts(vf) == (0, 0)
-    signed = np.einsum("ij,ij->", vp[vf[:, 0]], np.cross(vp[vf[:, 1]], vp[vf[:, 2]]))
-    assert signed > 0, "the output triangles must keep the input's outward winding"
+    assert signed_volume(vp, vf) > 0, "the output triangles must keep the input's outward winding"
     # Each output vertex is near its corner (the cluster's centroid projected onto the surface) and on the surface.
     assert np.all(np.linalg.norm(vp - tet, axis=1) < 0.5 * np.linalg.norm(tet[0] - tet[1]))
     dist = vtk.vtkImplicitPolyDataDistance()
@@ -205,13 +203,8 @@ def test_mesh_from_clusters_on_a_known_partition():
 
 def test_close_dual_mesh_fills_holes_and_folds_wound_like_their_neighbours():
     """Holes of 3, 4 and 7 sides and a triangle folded onto an edge (shared by three) are closed, wound outward."""
-    sphere = vtk.vtkSphereSource()
-    sphere.SetThetaResolution(24)
-    sphere.SetPhiResolution(12)
-    sphere.SetRadius(10.0)
-    sphere.Update()
-    pts, faces = points(sphere.GetOutput()).astype(float), triangles(sphere.GetOutput())
-    assert _edge_counts(faces) == (0, 0) and _signed_volume(pts, faces) > 0
+    pts, faces = _sphere(24, 12)
+    assert _edge_counts(faces) == (0, 0) and signed_volume(pts, faces) > 0
     # Holes: one triangle, two neighbours (a quad), and a vertex's whole fan (its ring of 6 + itself dropped).
     centre_vertex = 100
     fan = np.flatnonzero((faces == centre_vertex).any(axis=1))
@@ -229,7 +222,7 @@ def test_close_dual_mesh_fills_holes_and_folds_wound_like_their_neighbours():
     assert _edge_counts(closed) == (0, 0)
     assert _same_way_half_edges(closed) == 0
     # Outward and nearly the sphere's volume: the repair neither turned a patch inside out nor left a flap.
-    assert _signed_volume(pts, closed) == pytest.approx(_signed_volume(pts, faces), rel=0.02)
+    assert signed_volume(pts, closed) == pytest.approx(signed_volume(pts, faces), rel=0.02)
 
 
 def test_fast_remesh_refuses_bad_requests(phantom_stem):
