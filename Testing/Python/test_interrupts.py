@@ -115,7 +115,10 @@ sys.exit(main(sys.argv[1:]))
 
 def run_and_signal(cmd: list[str], trigger: str, signum: int) -> tuple[int, str, bool]:
     """Start ``cmd``, send ``signum`` when a stderr line contains ``trigger``; return (exit code, stderr, sent)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # As from an interactive shell: a job started in the background (``make test &``) inherits SIGINT ignored,
+    # and a Python started so rightly keeps ignoring Ctrl-C, which is not what these tests are about.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     sent = False
     timer = threading.Timer(RUN_TIMEOUT_S, proc.kill)
