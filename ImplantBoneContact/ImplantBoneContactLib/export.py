@@ -231,14 +231,14 @@ def write_result_folder(
     """
     out = check_output_folder(out_dir, overwrite)
     parent = out.resolve().parent
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-        publish_mode(tmp, is_dir=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
+    tmp = None
     committed = False
     try:
         try:
+            # A signal between creating the folder and knowing its name would leave it behind: hold it till then.
+            with _signals_held():
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+            publish_mode(tmp, is_dir=True)
             writer(tmp)
             # Ctrl-C or SIGTERM between the two renames would leave the earlier
             # result hidden in the .old folder: hold them until the swap is done.
@@ -265,7 +265,7 @@ def write_result_folder(
     except BaseException as exc:
         if committed:
             exc.result_written = str(out)  # whole and in place: only the interruption is left to report
-        else:
+        elif tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
