@@ -57,6 +57,15 @@ _PAIR_BLOCK = 1 << 18
 #: 2.1 and 1.8 s but CV 0.94-0.95; 6 was 2x slower than 4 for the same zone statistics.
 TRIANGLES_PER_CLUSTER = 4
 
+#: No refined edge is longer than MAX_EDGE_SPACINGS cluster spacings (the spacing is
+#: sqrt(surface area / points), mm). Measured on the phantom stem, whose decimated mesh has slivers
+#: up to 50 mm long, at 30 000 points, with the folds flipped afterwards: without the bound the
+#: slivers' strung-out clusters left 50 mm2 of folded triangles (zone 12 of the benchmark 2 points
+#: from pyacvd); 8 spacings split the few longest ones (150 more refined points of 147 000) and leave
+#: 16 mm2; 4 spacings leave 14 mm2 for 12 % more points; 2 spacings cost 80 % more points, 3x the
+#: clustering time.
+MAX_EDGE_SPACINGS = 8.0
+
 
 def _unique_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unique undirected edges ``(E, 2)`` and, per face, the ids of its edges v0v1, v1v2, v2v0 ``(F, 3)``."""
@@ -125,37 +134,62 @@ def _triangle_areas(pts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return 0.5 * np.sqrt(cx * cx + cy * cy + cz * cz)
 
 
-def refine_to_area(pts: np.ndarray, faces: np.ndarray, max_area_mm2: float, max_passes: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Split triangles (1-to-4, neighbours closed conformingly) until none is larger than ``max_area_mm2``.
+def refine_to_area(
+    pts: np.ndarray, faces: np.ndarray, max_area_mm2: float, max_edge_mm: float = np.inf, max_passes: int = 40
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split triangles until none is larger than ``max_area_mm2`` and no edge longer than ``max_edge_mm``.
 
-    Unlike ``k`` uniform subdivisions, which multiply every triangle by 4**k
-    to shrink the largest one, this refines only where triangles are large: a
+    Triangles too large are split 1-to-4, edges too long at their midpoint,
+    and the neighbours closed conformingly (:func:`split_edges`). Unlike ``k``
+    uniform subdivisions, which multiply every triangle by 4**k to shrink the
+    largest one, this refines only where triangles are large or long: a
     decimated CAD mesh with a few huge flat triangles and many small curved
     ones gets a few hundred thousand points instead of millions, and every
-    ACVD cluster still gets several of them. Each pass at least halves the
-    area of every triangle it touches, so it ends. A pass works only on the
-    triangles that share a vertex with a large one (no other triangle can
-    hold a split edge), so the last passes, which split a few triangles, are
-    cheap.
+    ACVD cluster still gets several of them. The edge bound matters for
+    slivers (a 50 mm long, 0.5 mm wide triangle is small by area): left long,
+    they give clusters strung out along them, whose dual triangles fold over
+    each other. Each pass at least halves every triangle or edge it touches,
+    so it ends. A pass works only on the triangles that share a vertex with
+    one to split (no other triangle can hold a split edge), so the last
+    passes, which split a few triangles, are cheap.
+
+    Args:
+        pts: ``(N, 3)`` vertices (mm).
+        faces: ``(F, 3)`` triangles.
+        max_area_mm2: largest triangle area left (mm^2).
+        max_edge_mm: longest edge left (mm); no bound by default.
+        max_passes: bound on the number of passes.
     """
     pts = np.asarray(pts, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
     area = _triangle_areas(pts, faces)
+    longest = _longest_edges(pts, faces)
     for _ in range(max_passes):
         big = area > max_area_mm2
-        if not big.any():
+        too_long = longest > max_edge_mm
+        if not (big.any() or too_long.any()):
             break
         touched = np.zeros(pts.shape[0], dtype=bool)
-        touched[faces[big].ravel()] = True
+        touched[faces[big | too_long].ravel()] = True
         active = touched[faces].any(axis=1)
         sub = faces[active]
         edges, face_edges = _unique_edges(sub)
         split = np.zeros(edges.shape[0], dtype=bool)
         split[face_edges[big[active]].ravel()] = True
+        if too_long.any():
+            d = pts[edges[:, 0]] - pts[edges[:, 1]]
+            split |= np.einsum("ij,ij->i", d, d) > max_edge_mm * max_edge_mm
         pts, new_faces = split_edges(pts, sub, edges, face_edges, split)
         faces = np.concatenate([faces[~active], new_faces])
         area = np.concatenate([area[~active], _triangle_areas(pts, new_faces)])
+        longest = np.concatenate([longest[~active], _longest_edges(pts, new_faces)])
     return pts, faces
+
+
+def _longest_edges(pts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Length of the longest edge of each triangle (mm)."""
+    sq = [np.sum((pts[faces[:, (i + 1) % 3]] - pts[faces[:, i]]) ** 2, axis=1) for i in range(3)]
+    return np.sqrt(np.maximum(np.maximum(sq[0], sq[1]), sq[2]))
 
 
 def _triangulated(poly: vtk.vtkPolyData) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +208,8 @@ def cluster_surface(pts: np.ndarray, faces: np.ndarray, points: int, subdivide: 
     The surface is refined (:func:`refine_to_area`) until no triangle is
     larger than 1/``TRIANGLES_PER_CLUSTER`` of a cluster's area, nor larger
     than the largest input triangle / 4**``subdivide`` (what ``subdivide``
-    uniform subdivisions would give), then clustered by pyacvd's compiled
+    uniform subdivisions would give), and no edge is longer than
+    ``MAX_EDGE_SPACINGS`` cluster spacings, then clustered by pyacvd's compiled
     ACVD (``Clustering.cluster``, the same energy and iterations as Surface
     Toolbox).
 
@@ -194,7 +229,7 @@ def cluster_surface(pts: np.ndarray, faces: np.ndarray, points: int, subdivide: 
 
     area = _triangle_areas(pts, faces)
     limit = min(area.sum() / (TRIANGLES_PER_CLUSTER * points), area.max() / 4 ** int(subdivide))
-    pts, faces = refine_to_area(pts, faces, limit)
+    pts, faces = refine_to_area(pts, faces, limit, MAX_EDGE_SPACINGS * np.sqrt(area.sum() / points))
     if points > pts.shape[0]:
         raise InputError(f"cannot remesh to {points} points: the refined surface has only {pts.shape[0]} points")
     with warnings.catch_warnings():
@@ -208,7 +243,7 @@ def cluster_surface(pts: np.ndarray, faces: np.ndarray, points: int, subdivide: 
 
 def mesh_from_clusters(
     pts: np.ndarray, faces: np.ndarray, clusters: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Build the remeshed surface from a clustering of a fine mesh.
 
     Args:
@@ -218,8 +253,10 @@ def mesh_from_clusters(
         weights: ``(N,)`` area weight of each vertex (mm^2).
 
     Returns:
-        ``(vertices, triangles)`` of the output mesh: one vertex per non-empty
-        cluster (on the fine surface, mm) and the dual triangles.
+        ``(vertices, triangles, normals)`` of the output mesh: one vertex per
+        non-empty cluster (on the fine surface, mm), the dual triangles, and
+        each vertex's cluster normal (unit, area-weighted mean of the
+        cluster's triangle normals; zero for a cluster without triangles).
     """
     pts = np.asarray(pts, dtype=np.float64)
     faces = np.asarray(faces, dtype=np.int64)
@@ -259,7 +296,7 @@ def mesh_from_clusters(
 
     out_pts = _project_centroids(xyz, corner, lab, cent, cnorm, has_normal)
     out_faces = _dual_triangles(faces, lab, n_clus)
-    return out_pts, out_faces
+    return out_pts, out_faces, np.stack(cnorm, axis=1)
 
 
 def _cross(a: list[np.ndarray], b: list[np.ndarray]) -> list[np.ndarray]:
@@ -432,6 +469,150 @@ def _fill_loop(pts: np.ndarray, loop: list[int], keys: np.ndarray, n: np.int64) 
     return out
 
 
+def _facing(pts: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Twice each triangle's area times the cosine to the sum of its vertices' surface normals: negative when it faces inward."""
+    a = pts[tris[:, 0]]
+    n = np.cross(pts[tris[:, 1]] - a, pts[tris[:, 2]] - a)
+    return np.einsum("ij,ij->i", n, normals[tris[:, 0]] + normals[tris[:, 1]] + normals[tris[:, 2]])
+
+
+def unfold_triangles(pts: np.ndarray, faces: np.ndarray, normals: np.ndarray, max_rounds: int = 8) -> np.ndarray:
+    """Flip edges so that triangles folded over their neighbours lie flat again.
+
+    Where three clusters meet awkwardly, the dual triangle of a consistently
+    wound mesh can face against the surface: it lies over its neighbours, and
+    the surface there counts three times in every area (the phantom stem at
+    30 000 points: 630 such triangles, 105 mm2). Both remeshers have them
+    (pyacvd turns each triangle to face outward, which hides the fold but
+    keeps the extra area). A folded triangle ``(a, b, c)`` and its neighbour
+    ``(b, a, d)`` form a quadrilateral whose other diagonal gives ``(a, d, c)``
+    and ``(d, b, c)``, which cover it once. Each round takes every such flip
+    whose two new triangles face the surface and whose new edge is not in the
+    mesh already (so a manifold stays manifold), one flip per triangle; the
+    next round looks only around the triangles it changed. Vertices do not
+    move. A fold no single flip undoes (about a quarter of them, mostly
+    where a cluster is strung out along a sliver of the input) is left.
+
+    Args:
+        pts: ``(N, 3)`` vertices (mm).
+        faces: ``(F, 3)`` consistently wound triangles.
+        normals: ``(N, 3)`` the surface normal at each vertex (here the
+            cluster normals), giving the side a triangle should face.
+        max_rounds: bound on the rounds of flips.
+
+    Returns:
+        The triangles: as many as before, on the same vertices.
+    """
+    faces = np.array(faces, dtype=np.int64, copy=True)
+    if faces.shape[0] == 0:
+        return faces
+    n = np.int64(pts.shape[0])
+    look = _facing(pts, faces, normals) <= 0
+    if not look.any():
+        return faces
+    for _ in range(max_rounds):
+        # The triangles around the ones to look at (s1), and every triangle touching a vertex of those
+        # (region). An edge c-d that a flip could make has c or d in a triangle of s1, so if it is in the
+        # mesh it is in the region.
+        near = np.zeros(pts.shape[0], dtype=bool)
+        near[faces[look].ravel()] = True
+        s1 = near[faces].any(axis=1)
+        near[faces[s1].ravel()] = True
+        region = np.flatnonzero(near[faces].any(axis=1))
+        sub = faces[region]
+        folded = _facing(pts, sub, normals) <= 0
+        if not folded.any():
+            break
+        sub_edges, face_edges = _unique_edges(sub)
+        # The two triangles of each edge used exactly twice, as (triangle, slot) pairs.
+        use = face_edges.ravel()
+        order = np.argsort(use, kind="stable")
+        first = np.flatnonzero(np.r_[True, use[order][1:] != use[order][:-1]])
+        twice = np.bincount(use, minlength=sub_edges.shape[0])[use[order][first]] == 2
+        f1, j1 = np.divmod(order[first[twice]], 3)
+        f2, j2 = np.divmod(order[first[twice] + 1], 3)
+        pick = (folded[f1] | folded[f2]) & (s1[region][f1] | s1[region][f2])
+        f1, j1, f2, j2 = f1[pick], j1[pick], f2[pick], j2[pick]
+        a, b, c = sub[f1, j1], sub[f1, (j1 + 1) % 3], sub[f1, (j1 + 2) % 3]
+        d = sub[f2, (j2 + 2) % 3]
+        new_key = np.minimum(c, d) * n + np.maximum(c, d)
+        t1 = np.stack([a, d, c], axis=1)
+        t2 = np.stack([d, b, c], axis=1)
+        cand = np.flatnonzero((sub[f2, j2] == b) & (c != d))
+        keys = sub_edges[:, 0] * n + sub_edges[:, 1]  # sorted: _unique_edges orders edges by (lo, hi)
+        at = np.minimum(np.searchsorted(keys, new_key[cand]), keys.size - 1)
+        cand = cand[keys[at] != new_key[cand]]
+        cand = cand[(_facing(pts, t1[cand], normals) > 0) & (_facing(pts, t2[cand], normals) > 0)]
+        if cand.size == 0:
+            break
+        # One flip per triangle and one per new edge: the first candidate wins.
+        pos = np.arange(cand.size)
+        owner = np.full(sub.shape[0], cand.size, dtype=np.int64)
+        np.minimum.at(owner, f1[cand], pos)
+        np.minimum.at(owner, f2[cand], pos)
+        cand = cand[(owner[f1[cand]] == pos) & (owner[f2[cand]] == pos)]
+        cand = cand[np.sort(np.unique(new_key[cand], return_index=True)[1])]
+        faces[region[f1[cand]]] = t1[cand]
+        faces[region[f2[cand]]] = t2[cand]
+        look = np.zeros(faces.shape[0], dtype=bool)
+        look[region[f1[cand]]] = True
+        look[region[f2[cand]]] = True
+    return faces
+
+
+def remove_folded_valence3(pts: np.ndarray, faces: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Replace each vertex of valence 3 that sits in a folded triangle, and its 3 triangles, by one triangle.
+
+    A vertex in only three triangles that has been placed outside the
+    triangle of its three neighbours folds one of its triangles over the
+    others, and no edge flip undoes that (each flip would make an edge that
+    exists already). Without the vertex, its neighbours' triangle covers the
+    same patch once. Done only where that triangle faces the surface and is
+    not in the mesh already, and for vertices that share no triangle. The
+    vertex is left in no triangle (removed by the usual clean-up).
+
+    Args:
+        pts: ``(N, 3)`` vertices (mm).
+        faces: ``(F, 3)`` consistently wound triangles.
+        normals: ``(N, 3)`` the surface normal at each vertex.
+    """
+    faces = np.asarray(faces, dtype=np.int64)
+    folded = _facing(pts, faces, normals) <= 0
+    valence = np.bincount(faces.ravel(), minlength=pts.shape[0])
+    is_cand = np.zeros(pts.shape[0], dtype=bool)
+    is_cand[faces[folded].ravel()] = True
+    is_cand &= valence == 3
+    f, j = np.nonzero(is_cand[faces])
+    if f.size == 0:
+        return faces
+    v = faces[f, j]
+    order = np.argsort(v, kind="stable")
+    f, j, v = f[order].reshape(-1, 3), j[order].reshape(-1, 3), v[order].reshape(-1, 3)[:, 0]
+    # The ring of each vertex, as the edges x -> y of its three triangles (x, y following it in each).
+    x = faces[f, (j + 1) % 3]
+    y = faces[f, (j + 2) % 3]
+    rows = np.arange(v.size)
+    k = np.argmax(x == y[:, [0]], axis=1)  # the edge that starts where the first one ends
+    third = 3 - k
+    ok = (k > 0) & (x[rows, k] == y[:, 0]) & (x[rows, third] == y[rows, k]) & (y[rows, third] == x[:, 0])
+    tri = np.stack([x[:, 0], y[:, 0], y[rows, k]], axis=1)
+    # A triangle of two candidates would be replaced twice: only candidates that share none.
+    ok &= (np.bincount(f.ravel(), minlength=faces.shape[0])[f] == 1).all(axis=1)
+    n = np.int64(pts.shape[0])
+    ring = np.zeros(pts.shape[0], dtype=bool)
+    ring[tri[:, 0]] = True
+    s = np.sort(faces[ring[faces].any(axis=1)], axis=1)  # every triangle that could equal a new one
+    existing = (s[:, 0] * n + s[:, 1]) * n + s[:, 2]
+    st = np.sort(tri, axis=1)
+    ok &= ~np.isin((st[:, 0] * n + st[:, 1]) * n + st[:, 2], existing)
+    ok &= _facing(pts, tri, normals) > 0
+    if not ok.any():
+        return faces
+    drop = np.zeros(faces.shape[0], dtype=bool)
+    drop[f[ok].ravel()] = True
+    return np.concatenate([faces[~drop], tri[ok]])
+
+
 def remesh_fast(poly: vtk.vtkPolyData, points: int = 10000, subdivide: int = 0) -> vtk.vtkPolyData:
     """Uniformly remesh a surface: ACVD clusters as Surface Toolbox, vectorised mesh construction.
 
@@ -456,9 +637,11 @@ def remesh_fast(poly: vtk.vtkPolyData, points: int = 10000, subdivide: int = 0) 
     # small input (0.4 s saved on the 450 000-point refined mesh at 100 000 clusters).
     closed = _edge_counts(faces) == (0, 0)
     pts, faces, clusters, weights = cluster_surface(pts, faces, points, subdivide)
-    out_pts, out_faces = mesh_from_clusters(pts, faces, clusters, weights)
+    out_pts, out_faces, out_normals = mesh_from_clusters(pts, faces, clusters, weights)
     if closed:
         out_faces = close_dual_mesh(out_pts, out_faces)
+    out_faces = unfold_triangles(out_pts, out_faces, out_normals)
+    out_faces = unfold_triangles(out_pts, remove_folded_valence3(out_pts, out_faces, out_normals), out_normals)
     return polydata_from_arrays(out_pts, out_faces)
 
 
