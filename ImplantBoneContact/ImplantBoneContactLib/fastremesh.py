@@ -14,9 +14,10 @@ This module keeps what defines the result, ACVD clustering (pyacvd's compiled
 and replaces the rest by array operations whose cost is linear in the size
 of the refined mesh:
 
-1. Refinement (:func:`refine_to_area`): triangles larger than a third of
-   a cluster's area are split 1-to-4 and their neighbours closed conformingly,
-   until none is; only the coarse parts of the surface get new points.
+1. Refinement (:func:`refine_to_area`): triangles larger than a quarter of
+   a cluster's area are split 1-to-4, and edges longer than 8 cluster
+   spacings in two, their neighbours closed conformingly, until none is;
+   only the coarse parts of the surface get new points.
 2. Output vertices (:func:`mesh_from_clusters`): the area-weighted centroid
    of each cluster, moved along the cluster's mean normal to the nearest
    point where that line crosses one of the cluster's own triangles
@@ -30,6 +31,10 @@ of the refined mesh:
    clusters meet are repaired (ear clipping, wound like the neighbours), so
    a closed input gives a closed, consistently wound output, which pyacvd's
    is not (it turns triangles one by one to face outward).
+4. Folds (:func:`unfold_triangles`, :func:`remove_folded_valence3`): dual
+   triangles that face against the surface, lying over their neighbours,
+   are laid flat by edge flips, or by removing the valence-3 vertex that
+   causes them, so the surface is covered once and its area is the input's.
 """
 
 from __future__ import annotations
