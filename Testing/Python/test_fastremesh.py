@@ -17,6 +17,7 @@ from ibc_helpers import frame_parameters, scanned_stem_in_phantom, shared_file
 from ImplantBoneContactLib import AnalysisParameters, analyze
 from ImplantBoneContactLib.fastremesh import (
     close_dual_mesh,
+    delaunay_flips,
     edge_length_cv,
     mesh_from_clusters,
     refine_to_area,
@@ -293,6 +294,51 @@ def test_a_folded_valence_3_vertex_no_flip_can_undo_is_removed():
     assert not (out == w).any(), "the folded vertex is left in no triangle"
     assert triangle_areas(pts, out).sum() == pytest.approx(36.0, rel=1e-12)
     assert _same_way_half_edges(out) == 0 and _edge_counts(out)[1] == 0
+
+
+def test_delaunay_flips_make_a_sheared_lattice_delaunay_and_keep_its_area():
+    """A sheared lattice cut along its long diagonals: flips give the Delaunay triangulation (every pair's
+    opposite angles add up to at most 180 degrees), the same flat area, and shorter edges."""
+    n = 8
+    j, i = np.divmod(np.arange(n * n), n)
+    pts = np.column_stack([i + 0.7 * j, 0.6 * j, np.zeros(n * n)])
+    v = (np.arange(n - 1)[:, None] * n + np.arange(n - 1)[None, :]).ravel()
+    long_cut = np.concatenate([np.stack([v, v + 1, v + n + 1], 1), np.stack([v, v + n + 1, v + n], 1)])
+    up = np.tile([0.0, 0.0, 1.0], (n * n, 1))
+    assert not _folded(pts, long_cut).any()
+
+    def worst_pair(faces):
+        """Largest sum of the two angles opposite an interior edge (degrees)."""
+        e = {}
+        for f in faces:
+            for k in range(3):
+                e.setdefault(tuple(sorted((f[k], f[(k + 1) % 3]))), []).append(f[(k + 2) % 3])
+        worst = 0.0
+        for (a, b), opp in e.items():
+            if len(opp) == 2:
+                ang = [np.degrees(np.arccos(np.dot(pts[a] - pts[o], pts[b] - pts[o])
+                                            / np.linalg.norm(pts[a] - pts[o]) / np.linalg.norm(pts[b] - pts[o]))) for o in opp]
+                worst = max(worst, sum(ang))
+        return worst
+
+    assert worst_pair(long_cut) > 190
+    out = delaunay_flips(pts, long_cut, up, rounds=20)
+    assert worst_pair(out) <= 180 + 1e-6
+    assert triangle_areas(pts, out).sum() == pytest.approx(triangle_areas(pts, long_cut).sum(), rel=1e-12)
+    assert not _folded(pts, out).any() and _same_way_half_edges(out) == 0 and out.shape == long_cut.shape
+    assert edge_length_cv(pts, out) < edge_length_cv(pts, long_cut)
+
+
+def test_delaunay_flips_do_not_cut_across_a_crease():
+    """The same thin pair is flipped when flat, kept when bent 90 degrees along the edge (the flip would cut the corner)."""
+    a, b, c = [0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [1.0, 0.3, 0.0]
+    faces = np.array([[0, 1, 2], [1, 0, 3]])
+    flat = np.array([a, b, c, [1.0, -0.3, 0.0]])
+    bent = np.array([a, b, c, [1.0, 0.0, -0.3]])
+    flipped = delaunay_flips(flat, faces, np.tile([0.0, 0.0, 1.0], (4, 1)))
+    assert {frozenset(f) for f in flipped.tolist()} == {frozenset((0, 3, 2)), frozenset((3, 1, 2))}
+    normals = np.tile([0.0, -np.sqrt(0.5), np.sqrt(0.5)], (4, 1))
+    assert np.array_equal(delaunay_flips(bent, faces, normals), faces)
 
 
 def test_fast_remesh_refuses_bad_requests(phantom_stem):
