@@ -151,9 +151,10 @@ def test_fast_mesh_is_even_closed_and_on_the_surface(which, request):
     assert 0.98 * POINTS <= fast.GetNumberOfPoints() <= POINTS
     fpts, ffaces = points(fast), triangles(fast)
     apts, afaces = points(acvd), triangles(acvd)
-    # Even: edge-length spread no worse than pyacvd's on the same surface.
+    # Even: edge-length spread smaller than pyacvd's on the same surface (measured at 30 000 points in the
+    # benchmark's placement: scanned stem 0.24 against 0.28, phantom stem 0.66 against 1.05).
     cv_fast, cv_acvd = edge_length_cv(fpts, ffaces), edge_length_cv(apts, afaces)
-    assert cv_fast <= 1.05 * cv_acvd + 0.02, (cv_fast, cv_acvd)
+    assert cv_fast < cv_acvd, (cv_fast, cv_acvd)
     # Closed input: no non-manifold edge, and at most a fifth of the open edges that pyacvd's mesh has.
     assert _edge_counts(triangles(source)) == (0, 0)
     b_fast, nm_fast = _edge_counts(ffaces)
