@@ -487,6 +487,39 @@ def _facing(pts: np.ndarray, tris: np.ndarray, normals: np.ndarray) -> np.ndarra
     return np.einsum("ij,ij->i", n, normals[tris[:, 0]] + normals[tris[:, 1]] + normals[tris[:, 2]])
 
 
+def _edge_pairs(faces: np.ndarray, n: np.int64):
+    """The edges used by exactly two triangles, as ``(keys, f1, j1, f2, j2)``.
+
+    ``keys`` are the sorted keys ``lo * n + hi`` of all edges; edge ``j1`` of
+    triangle ``f1`` (from corner ``j1`` to ``j1 + 1``) is edge ``j2`` of ``f2``.
+    """
+    edges, face_edges = _unique_edges(faces)
+    use = face_edges.ravel()
+    order = np.argsort(use, kind="stable")
+    first = np.flatnonzero(np.r_[True, use[order][1:] != use[order][:-1]])
+    twice = np.bincount(use, minlength=edges.shape[0])[use[order][first]] == 2
+    f1, j1 = np.divmod(order[first[twice]], 3)
+    f2, j2 = np.divmod(order[first[twice] + 1], 3)
+    # _unique_edges orders edges by (lo, hi), so the keys are sorted for any n above every vertex id.
+    return edges[:, 0] * n + edges[:, 1], f1, j1, f2, j2
+
+
+def _is_edge(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Whether each edge key is among ``sorted_keys``."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return sorted_keys[at] == keys
+
+
+def _one_per_triangle(n_faces: int, f1: np.ndarray, f2: np.ndarray, new_key: np.ndarray) -> np.ndarray:
+    """Which of the candidate flips (in order of preference) to take: one per triangle, one per new edge."""
+    pos = np.arange(f1.size)
+    owner = np.full(n_faces, f1.size, dtype=np.int64)
+    np.minimum.at(owner, f1, pos)
+    np.minimum.at(owner, f2, pos)
+    win = np.flatnonzero((owner[f1] == pos) & (owner[f2] == pos))
+    return win[np.sort(np.unique(new_key[win], return_index=True)[1])]
+
+
 def unfold_triangles(pts: np.ndarray, faces: np.ndarray, normals: np.ndarray, max_rounds: int = 8) -> np.ndarray:
     """Flip edges so that triangles folded over their neighbours lie flat again.
 
@@ -534,14 +567,7 @@ def unfold_triangles(pts: np.ndarray, faces: np.ndarray, normals: np.ndarray, ma
         folded = _facing(pts, sub, normals) <= 0
         if not folded.any():
             break
-        sub_edges, face_edges = _unique_edges(sub)
-        # The two triangles of each edge used exactly twice, as (triangle, slot) pairs.
-        use = face_edges.ravel()
-        order = np.argsort(use, kind="stable")
-        first = np.flatnonzero(np.r_[True, use[order][1:] != use[order][:-1]])
-        twice = np.bincount(use, minlength=sub_edges.shape[0])[use[order][first]] == 2
-        f1, j1 = np.divmod(order[first[twice]], 3)
-        f2, j2 = np.divmod(order[first[twice] + 1], 3)
+        keys, f1, j1, f2, j2 = _edge_pairs(sub, n)
         pick = (folded[f1] | folded[f2]) & (s1[region][f1] | s1[region][f2])
         f1, j1, f2, j2 = f1[pick], j1[pick], f2[pick], j2[pick]
         a, b, c = sub[f1, j1], sub[f1, (j1 + 1) % 3], sub[f1, (j1 + 2) % 3]
@@ -550,19 +576,11 @@ def unfold_triangles(pts: np.ndarray, faces: np.ndarray, normals: np.ndarray, ma
         t1 = np.stack([a, d, c], axis=1)
         t2 = np.stack([d, b, c], axis=1)
         cand = np.flatnonzero((sub[f2, j2] == b) & (c != d))
-        keys = sub_edges[:, 0] * n + sub_edges[:, 1]  # sorted: _unique_edges orders edges by (lo, hi)
-        at = np.minimum(np.searchsorted(keys, new_key[cand]), keys.size - 1)
-        cand = cand[keys[at] != new_key[cand]]
+        cand = cand[~_is_edge(new_key[cand], keys)]
         cand = cand[(_facing(pts, t1[cand], normals) > 0) & (_facing(pts, t2[cand], normals) > 0)]
         if cand.size == 0:
             break
-        # One flip per triangle and one per new edge: the first candidate wins.
-        pos = np.arange(cand.size)
-        owner = np.full(sub.shape[0], cand.size, dtype=np.int64)
-        np.minimum.at(owner, f1[cand], pos)
-        np.minimum.at(owner, f2[cand], pos)
-        cand = cand[(owner[f1[cand]] == pos) & (owner[f2[cand]] == pos)]
-        cand = cand[np.sort(np.unique(new_key[cand], return_index=True)[1])]
+        cand = cand[_one_per_triangle(sub.shape[0], f1[cand], f2[cand], new_key[cand])]
         faces[region[f1[cand]]] = t1[cand]
         faces[region[f2[cand]]] = t2[cand]
         look = np.zeros(faces.shape[0], dtype=bool)
@@ -613,14 +631,7 @@ def delaunay_flips(
     n = np.int64(pts.shape[0])
     min_cos = np.cos(np.radians(max_dihedral_deg))
     for _ in range(rounds):
-        edges, face_edges = _unique_edges(faces)
-        keys = edges[:, 0] * n + edges[:, 1]  # sorted: _unique_edges orders edges by (lo, hi)
-        use = face_edges.ravel()
-        order = np.argsort(use, kind="stable")
-        first = np.flatnonzero(np.r_[True, use[order][1:] != use[order][:-1]])
-        twice = np.bincount(use, minlength=edges.shape[0])[use[order][first]] == 2
-        f1, j1 = np.divmod(order[first[twice]], 3)
-        f2, j2 = np.divmod(order[first[twice] + 1], 3)
+        keys, f1, j1, f2, j2 = _edge_pairs(faces, n)
         a, b, c = faces[f1, j1], faces[f1, (j1 + 1) % 3], faces[f1, (j1 + 2) % 3]
         d = faces[f2, (j2 + 2) % 3]
         # cot(angle at c) + cot(angle at d) < 0  <=>  the two angles add up to more than 180 degrees.
@@ -630,9 +641,7 @@ def delaunay_flips(
         cot_sum = np.einsum("ij,ij->i", ca, cb) / np.maximum(lc, 1e-300) + np.einsum("ij,ij->i", da, db) / np.maximum(ld, 1e-300)
         cand = np.flatnonzero((cot_sum < -1e-9) & (faces[f2, j2] == b) & (c != d)
                               & (np.einsum("ij,ij->i", nc, nd) >= min_cos * lc * ld))
-        new_key = np.minimum(c[cand], d[cand]) * n + np.maximum(c[cand], d[cand])
-        at = np.minimum(np.searchsorted(keys, new_key), keys.size - 1)
-        cand = cand[keys[at] != new_key]
+        cand = cand[~_is_edge(np.minimum(c[cand], d[cand]) * n + np.maximum(c[cand], d[cand]), keys)]
         t1 = np.stack([a[cand], d[cand], c[cand]], axis=1)
         t2 = np.stack([d[cand], b[cand], c[cand]], axis=1)
         facing = (_facing(pts, t1, normals) > 0) & (_facing(pts, t2, normals) > 0)
@@ -641,16 +650,10 @@ def delaunay_flips(
             break
         worst = np.argsort(cot_sum[cand], kind="stable")
         cand, t1, t2 = cand[worst], t1[worst], t2[worst]
-        pos = np.arange(cand.size)
-        owner = np.full(faces.shape[0], cand.size, dtype=np.int64)
-        np.minimum.at(owner, f1[cand], pos)
-        np.minimum.at(owner, f2[cand], pos)
-        win = (owner[f1[cand]] == pos) & (owner[f2[cand]] == pos)
-        cand, t1, t2 = cand[win], t1[win], t2[win]
         new_key = np.minimum(t1[:, 2], t1[:, 1]) * n + np.maximum(t1[:, 2], t1[:, 1])
-        once = np.sort(np.unique(new_key, return_index=True)[1])
-        faces[f1[cand[once]]] = t1[once]
-        faces[f2[cand[once]]] = t2[once]
+        win = _one_per_triangle(faces.shape[0], f1[cand], f2[cand], new_key)
+        faces[f1[cand[win]]] = t1[win]
+        faces[f2[cand[win]]] = t2[win]
     return faces
 
 
