@@ -257,13 +257,26 @@ def fine(ct, stem, explicit_frame) -> AnalysisResult:
 def test_acvd_remesh_keeps_zone_statistics(ct, stem, fine, explicit_frame, points) -> None:
     """A uniform remesh samples other places of the same surface. Measured against the finely
     resolved surface at 3000-8000 points: a zone within 6.6 % (area), 3.9 % (mean HU), 0.031
-    (class fractions); the whole stem within 0.9 %. A zone boundary cuts through triangles, so a
-    zone gains or loses part of a row of vertices, and the HU beside the stem changes steeply
-    at the cortex. (The decimated input mesh itself, not remeshed, is off by up to 15 % in a
-    zone's area: its large triangles at the cut give their area to the vertices above it.)"""
+    (class fractions). A zone boundary cuts through triangles, so a zone gains or loses part of a
+    row of vertices, and the HU beside the stem changes steeply at the cortex. The whole stem's
+    area is 0.3-1.6 % too large (9 point counts from 3000 to 8000; 1.58 % at 3752): pyacvd turns
+    the triangles its mesh folds over their neighbours to face outward, so they count twice.
+    (The decimated input mesh itself, not remeshed, is off by up to 15 % in a zone's area: its
+    large triangles at the cut give their area to the vertices above it.)"""
     result = analyze(ct, stem, AnalysisParameters(remesh="acvd", points=points, **explicit_frame))
     assert len(result.vertices) <= points
-    assert_zone_statistics_close(result, fine, whole=0.015, zone=0.08)
+    assert_zone_statistics_close(result, fine, whole=0.02, zone=0.08)
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(points=st.integers(3000, 8000))
+def test_fast_remesh_keeps_zone_statistics(ct, stem, fine, explicit_frame, points) -> None:
+    """The fast remesh, whose folds are laid flat, covers the surface once. Measured against the
+    finely resolved surface at the same 9 point counts: whole-stem area -0.25 to +0.12 %, mean HU
+    within 0.86 %; a zone within 2.9 % (area), 2.7 % (mean HU), 0.028 (class fractions)."""
+    result = analyze(ct, stem, AnalysisParameters(remesh="fast", points=points, **explicit_frame))
+    assert len(result.vertices) <= points
+    assert_zone_statistics_close(result, fine, whole=0.012, zone=0.05)
 
 
 def centroid_split(stem: vtk.vtkPolyData, selected: np.ndarray) -> vtk.vtkPolyData:
