@@ -35,7 +35,7 @@ from .classes import (
     parse_classes,
 )
 from .errors import InputError
-from .frame import ZONE_SCHEMES, FrameOptions, StemFrame, assign_zones, estimate_frame
+from .frame import ZONE_REFERENCES, ZONE_SCHEMES, FrameOptions, StemFrame, assign_zones, estimate_frame
 from .mesh import prepare_surface, read_model, read_transform, surface_geometry, transform_polydata
 from .remesh import REMESH_METHODS, remesh
 from .sampling import PROFILE_AGGREGATES, SAMPLING_METHODS, SurfaceSamples, parse_profile, sample_surface
@@ -75,6 +75,10 @@ class AnalysisParameters:
         medial_point: a point on the medial side (RAS mm) or ``None``.
         resection_point, resection_normal: the neck-cut plane (RAS mm) or ``None``.
         side: ``"left"``/``"right"`` or ``None`` (from the neck).
+        zone_reference: ``"implant"`` (zones follow the stem's own neck plane, as on a
+            radiograph with the stem in profile) or ``"patient"`` (the patient's anterior).
+        frame_file: the ``frame.json`` the axis, medial point and resection plane were
+            taken from (``--frame``), named in messages about them; ``None`` if none.
         model_space: ``"RAS"``/``"LPS"`` to override the model file's header.
         series_uid: DICOM series to read from a folder with several.
     """
@@ -96,6 +100,8 @@ class AnalysisParameters:
     resection_point: tuple | None = None
     resection_normal: tuple | None = None
     side: str | None = None
+    zone_reference: str = "implant"
+    frame_file: str | None = None
     model_space: str | None = None
     series_uid: str | None = None
 
@@ -111,6 +117,8 @@ class AnalysisParameters:
             raise InputError(f"sampling must be one of {', '.join(SAMPLING_METHODS)}, got {self.sampling!r}")
         if self.profile_aggregate not in PROFILE_AGGREGATES:
             raise InputError(f"profile aggregate must be one of {', '.join(PROFILE_AGGREGATES)}, got {self.profile_aggregate!r}")
+        if self.zone_reference not in ZONE_REFERENCES:
+            raise InputError(f"zone reference must be one of {', '.join(ZONE_REFERENCES)}, got {self.zone_reference!r}")
         if self.zone_scheme not in ZONE_SCHEMES:
             raise InputError(f"zone scheme must be one of {', '.join(ZONE_SCHEMES)}, got {self.zone_scheme!r}")
         if not isinstance(self.points, int) or self.points < 4:
@@ -137,6 +145,11 @@ class AnalysisParameters:
             raise InputError(f"axial bands need three positive fractions that sum to 1, got {list(self.bands_axial)}")
 
     def frame_options(self) -> FrameOptions:
+        """The frame settings; messages name the frame file for the parts taken from it."""
+        sources = None
+        if self.frame_file:
+            name = f"the frame file {Path(self.frame_file).name} (--frame)"
+            sources = {"axis": name, "medial_point": name, "resection": name}
         return FrameOptions(
             axis_points=self.axis,
             medial_point=self.medial_point,
@@ -144,6 +157,8 @@ class AnalysisParameters:
             resection_normal=self.resection_normal,
             side=self.side,
             tip_length_mm=self.tip_length_mm,
+            zone_reference=self.zone_reference,
+            sources=sources,
         )
 
     def offsets(self) -> np.ndarray:
@@ -404,7 +419,9 @@ def analyze(
 
     t = time.perf_counter()
     step(0.7, "finding the stem frame and Gruen zones")
-    frame, frame_warnings = estimate_frame(geom.points, geom.faces, geom.areas, params.frame_options())
+    frame_options = params.frame_options()
+    frame_options.ct_bounds_ras = volume.bounds_ras()  # the model lies in a patient CT: check tip and side
+    frame, frame_warnings = estimate_frame(geom.points, geom.faces, geom.areas, frame_options)
     warnings.extend(frame_warnings)
     zones = assign_zones(frame, geom.points, params.bands_axial)
     timings["zones"] = time.perf_counter() - t

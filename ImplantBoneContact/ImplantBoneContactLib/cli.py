@@ -111,6 +111,9 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g.add_argument("--side", choices=("left", "right"), help="femur side (default: from where the neck points)")
     g.add_argument("--tip-length", type=float, default=10.0, metavar="MM", help="height of the tip zone above the tip (mm, default 10)")
     g.add_argument("--zone-scheme", choices=("sector", "projection"), default="sector", help="sector: one zone per vertex; projection: an AP-view and a lateral-view zone per vertex")
+    g.add_argument("--zone-reference", choices=("implant", "patient"), default="implant",
+                   help="what orients the zones around the axis: implant (default): the stem's own neck plane, as on "
+                   "a radiograph with the stem in profile; patient: the patient's anterior direction")
     g.add_argument("--bands-axial", metavar="P,M,D", help="proximal,middle,distal fractions of the cut-to-tip height (default thirds)")
     g.add_argument("--frame", metavar="FRAME.json", help="reuse a frame.json written by an earlier run (axis, medial, resection, side)")
 
@@ -134,6 +137,7 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
         classes=args.classes,
         metal_hu=None if args.no_metal_class else args.metal_hu,
         zone_scheme=args.zone_scheme,
+        zone_reference=args.zone_reference,
         tip_length_mm=args.tip_length,
         side=args.side,
         model_space=args.model_space,
@@ -148,9 +152,12 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
             frame = StemFrame.from_dict(json.loads(Path(args.frame).read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"cannot read the frame file {args.frame}: {exc}") from None
+        except InputError as exc:
+            raise InputError(f"cannot use the frame file {args.frame}: {exc}") from None
         for name, value in frame.parameter_fields().items():
             setattr(p, name, value)
         p.side = p.side or frame.side
+        p.frame_file = str(args.frame)
     if args.axis:
         p.axis = _pair(args.axis, "--axis")
     if args.medial_point:

@@ -3,8 +3,12 @@
 Conventions (patient RAS, millimetres):
 
 * ``axis`` is a unit vector pointing from proximal (the neck) to distal (the tip).
-* ``medial`` points to the side the neck points to; ``anterior`` to the
-  patient's anterior; both are perpendicular to the axis and to each other.
+* ``medial`` is the direction the neck points to (the plane of the stem
+  axis and the neck; with ``zone_reference="patient"`` the patient's
+  medial-lateral direction on the neck's side); ``anterior`` is perpendicular
+  to the axis and medial, toward the patient's anterior.
+* ``version_deg``: the neck's angle about the axis from the patient's
+  medial-lateral plane, anteversion positive, for both sides.
 * ``height_mm`` of a point is its distance above the tip along the axis.
 * ``azimuth_deg`` is the angle around the axis: 0 medial, 90 anterior,
   180 lateral, 270 posterior (the same for a left and a right femur).
@@ -31,8 +35,17 @@ from .errors import InputError
 
 ANTERIOR_RAS = np.array([0.0, 1.0, 0.0])
 RIGHT_RAS = np.array([1.0, 0.0, 0.0])
+SUPERIOR_RAS = np.array([0.0, 0.0, 1.0])
 
 ZONE_SCHEMES = ("sector", "projection")
+#: What orients the zones around the axis: the implant's own neck plane, or the patient's anterior.
+ZONE_REFERENCES = ("implant", "patient")
+VERSION_CONVENTION = (
+    "version_deg: angle about the stem axis from the patient's medial-lateral plane to the neck, degrees; "
+    "positive = anteversion (the neck points anteriorly), negative = retroversion, for a left and a right femur alike"
+)
+# How messages name each given part of the frame (the command-line option, or the frame file it came from).
+_DEFAULT_SOURCES = {"axis": "--axis", "medial_point": "--medial-point", "resection": "--resection-plane", "side": "--side"}
 
 #: Anatomical names of the zones, as in Gruen et al. 1979.
 ZONE_REGIONS: dict[int, str] = {
@@ -87,6 +100,12 @@ class StemFrame:
         side: ``"left"`` or ``"right"`` femur.
         tip_length_mm: height of the tip zone above the tip (mm).
         provenance: for each part, ``"automatic"`` or ``"given"``, and notes.
+        zone_reference: what ``medial`` follows: ``"implant"`` (the plane of the
+            stem axis and the neck), ``"patient"`` (the patient's anterior made
+            perpendicular to the axis) or ``"medial point"`` (given).
+        version_deg: the neck's angle about the axis from the patient's
+            medial-lateral plane (degrees, anteversion positive); ``None`` when
+            no neck was found or the axis runs along the patient's AP direction.
     """
 
     proximal_point: np.ndarray
@@ -99,6 +118,8 @@ class StemFrame:
     side: str
     tip_length_mm: float = 10.0
     provenance: dict = field(default_factory=dict)
+    zone_reference: str = "implant"
+    version_deg: float | None = None
 
     def height(self, pts: np.ndarray) -> np.ndarray:
         """Height above the tip along the axis (mm)."""
@@ -128,19 +149,37 @@ class StemFrame:
             if isinstance(v, np.ndarray):
                 d[k] = [float(x) for x in v]
         d["units"] = "RAS millimetres; axis points proximal to distal; resection_normal points proximally"
+        d["version_convention"] = VERSION_CONVENTION
         d["distal_point"] = [float(x) for x in self.tip]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> StemFrame:
-        """Inverse of :meth:`to_dict`: rebuild a frame (for example from ``frame.json``)."""
+        """Inverse of :meth:`to_dict`: rebuild a frame (for example from ``frame.json``).
+
+        Raises:
+            InputError: a part is missing, is not three finite numbers, or a direction has zero length.
+        """
+        if not isinstance(d, dict):
+            raise InputError(f"the frame description must be a JSON object (as frame.json), got {type(d).__name__}")
         keys = ("proximal_point", "axis", "medial", "anterior", "tip", "resection_point", "resection_normal")
+        missing = [k for k in keys + ("side",) if k not in d]
+        if missing:
+            raise InputError(f"the frame description has no {', '.join(repr(k) for k in missing)}")
+        kw = {k: _point3(d[k], f"the frame's {k!r}") for k in keys}
+        for k in ("axis", "medial", "anterior", "resection_normal"):
+            kw[k] = _unit(kw[k], f"frame's {k!r}")
+        if d["side"] not in ("left", "right"):
+            raise InputError(f"the frame's 'side' must be left or right, got {d['side']!r}")
         try:
-            kw = {k: np.asarray(d[k], dtype=float) for k in keys}
-            return cls(**kw, side=str(d["side"]), tip_length_mm=float(d.get("tip_length_mm", 10.0)),
-                       provenance=dict(d.get("provenance", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"the frame description is incomplete or malformed: {exc}") from None
+            tip_length = float(d.get("tip_length_mm", 10.0))
+            version = d.get("version_deg")
+            version = None if version is None else float(version)
+            provenance = dict(d.get("provenance", {}))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"the frame description is malformed: {exc}") from None
+        return cls(**kw, side=d["side"], tip_length_mm=tip_length, provenance=provenance,
+                   zone_reference=str(d.get("zone_reference", "patient")), version_deg=version)
 
     def parameter_fields(self) -> dict:
         """The ``AnalysisParameters`` fields that pin an analysis to this frame.
@@ -167,8 +206,19 @@ class FrameOptions:
         axis_points: ``((x, y, z), (x, y, z))`` proximal then distal point on the axis (RAS mm).
         medial_point: a point on the medial side of the stem (RAS mm).
         resection_point, resection_normal: the neck-cut plane (normal may point either way).
-        side: ``"left"`` or ``"right"``.
+        side: ``"left"`` or ``"right"``; when the model's neck clearly points the
+            other way the neck wins (with a warning), so the frame never puts the
+            calcar on the side away from the neck.
         tip_length_mm: tip zone height (mm).
+        zone_reference: ``"implant"`` (default): medial is the direction of the
+            stem's own neck, as on a radiograph with the stem in profile;
+            ``"patient"``: the patient's anterior made perpendicular to the axis.
+        ct_bounds_ras: ``[[xmin, ymin, zmin], [xmax, ymax, zmax]]`` of the CT the
+            model lies in (RAS mm), or ``None``. When set, the model is in patient
+            space: the automatic axis must point its tip inferior, and the side
+            is checked against where the implant lies in the CT.
+        sources: how messages name each given part (keys ``axis``,
+            ``medial_point``, ``resection``, ``side``), e.g. the frame file it came from.
     """
 
     axis_points: tuple | None = None
@@ -177,6 +227,9 @@ class FrameOptions:
     resection_normal: tuple | None = None
     side: str | None = None
     tip_length_mm: float = 10.0
+    zone_reference: str = "implant"
+    ct_bounds_ras: np.ndarray | None = None
+    sources: dict | None = None
 
 
 def _slice_profile(pts: np.ndarray, faces: np.ndarray, origin: np.ndarray, direction: np.ndarray, n_slices: int):
@@ -281,6 +334,62 @@ def _fit_line(points: np.ndarray, weights: np.ndarray | None = None) -> tuple[np
     return c, vt[0]
 
 
+def _point3(value, what: str) -> np.ndarray:
+    """A given point or vector as three finite floats, or an :class:`InputError` naming ``what``."""
+    try:
+        v = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be three numbers X,Y,Z (RAS), got {value!r}") from None
+    if v.shape != (3,) or not np.all(np.isfinite(v)):
+        raise InputError(f"{what} must be three finite numbers X,Y,Z (RAS), got {_short(value)}")
+    return v
+
+
+def _short(value) -> str:
+    try:
+        return str(np.asarray(value, dtype=float).round(3).tolist())
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _ras(p: np.ndarray) -> str:
+    return "(" + ", ".join(f"{x:.0f}" for x in p) + ")"
+
+
+def _end_reach(pts: np.ndarray, faces: np.ndarray, origin: np.ndarray, axis: np.ndarray) -> tuple[float, float]:
+    """How far the surface reaches from the axis line at its proximal and distal ends (mm).
+
+    The surface is cut by 40 planes across the axis; the farthest contour point
+    of each plane is averaged over the first and the last 20 % of the planes.
+    The neck and head of a stem make the proximal value several times the distal one.
+    """
+    n_slices = 40
+    _, _, mid, idx, _ = _slice_profile(pts, faces, origin, axis, n_slices)
+    if mid.shape[0] == 0:
+        return float("nan"), float("nan")
+    rel = mid - origin
+    r = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1)
+    r_max = np.zeros(n_slices)
+    np.maximum.at(r_max, idx, r)
+    k = max(2, int(0.2 * n_slices))
+    return float(r_max[:k].mean()), float(r_max[-k:].mean())
+
+
+def _side_from_position(pts: np.ndarray, w: np.ndarray, ct_bounds_ras) -> tuple[str | None, float]:
+    """The femur side read from where the implant lies in the CT, and its offset from the CT's centre (mm, + right).
+
+    Only when the CT is wide enough to hold both hips (300 mm or more from
+    right to left) and the implant lies at least 40 mm from its centre: a CT
+    cropped to one hip says nothing about the side.
+    """
+    lo, hi = np.asarray(ct_bounds_ras, dtype=float).reshape(2, 3)
+    centre = 0.5 * (lo[0] + hi[0])
+    offset = float((pts[:, 0] * w).sum() / w.sum() - centre)
+    if hi[0] - lo[0] < 300.0 or abs(offset) < 40.0:
+        return None, offset
+    return ("right" if offset > 0 else "left"), offset
+
+
 def estimate_frame(
     pts: np.ndarray,
     faces: np.ndarray,
@@ -300,10 +409,17 @@ def estimate_frame(
        60 % of the length from the tip, twice: the stem body only, so the
        neck does not tilt it.
     4. The neck direction is the area-weighted mean offset from the axis of
-       the surface in the proximal 30 % of its length. Anterior is the
-       patient's +A made perpendicular to the axis; medial is perpendicular
-       to both, on the side the neck points to. The side follows from
-       medial: pointing to the patient's right (+R) means a left femur.
+       the surface in the proximal 30 % of its length. With
+       ``zone_reference="implant"`` (default) medial is the neck direction: the
+       plane of the stem axis and the neck is the medial-lateral plane, as on a
+       radiograph taken with the stem in profile. With ``"patient"``, anterior
+       is the patient's +A made perpendicular to the axis and medial is
+       perpendicular to both, on the side the neck points to. Anterior is
+       perpendicular to the axis and medial, toward the patient's anterior.
+       The side follows from medial: pointing to the patient's right (+R)
+       means a left femur. The version (anteversion) angle is the neck's angle
+       about the axis from the patient's medial-lateral plane, positive when
+       the neck points anteriorly.
     5. The resection level is where the neck leaves the body: going up from
        mid-length, the first height at which the medial edge of the contours
        rises by more than 1 mm per mm of height (over 4 mm), i.e. turns from
@@ -311,25 +427,57 @@ def estimate_frame(
        across it at 125-140 degrees. The plane is perpendicular to the axis
        there, so the neck and head lie above it.
 
+    Checks: a given axis must pass through the model and run from the neck
+    end to the tip (a reversed one is turned round, with a warning); in a
+    patient CT (``options.ct_bounds_ras`` set) the automatic axis must point
+    its distal end inferior, and the side is compared with where the implant
+    lies in the CT.
+
     Returns:
         the frame, and a list of warnings.
 
     Raises:
-        InputError: when a part cannot be found and was not given.
+        InputError: when a part cannot be found and was not given, or a given
+            part contradicts the model.
     """
     opt = options or FrameOptions()
+    src = {**_DEFAULT_SOURCES, **(opt.sources or {})}
     warnings: list[str] = []
     prov: dict = {}
     pts = np.asarray(pts, dtype=float)
     w = np.asarray(areas, dtype=float)
     if opt.tip_length_mm is None or not np.isfinite(opt.tip_length_mm) or opt.tip_length_mm < 0:
         raise InputError(f"--tip-length must be a non-negative number of mm, got {opt.tip_length_mm}")
+    if opt.zone_reference not in ZONE_REFERENCES:
+        raise InputError(f"zone reference must be one of {', '.join(ZONE_REFERENCES)}, got {opt.zone_reference!r}")
+    if opt.side is not None and opt.side not in ("left", "right"):
+        raise InputError(f"--side must be left or right, got {opt.side!r}")
+    in_patient_ct = opt.ct_bounds_ras is not None
 
     if opt.axis_points is not None:
-        prox = np.asarray(opt.axis_points[0], dtype=float)
-        dist = np.asarray(opt.axis_points[1], dtype=float)
-        axis = _unit(dist - prox, "axis (proximal point to distal point)")
+        if len(opt.axis_points) != 2:
+            raise InputError(f"{src['axis']} needs two points, proximal then distal: X,Y,Z:X,Y,Z")
+        prox = _point3(opt.axis_points[0], f"the proximal axis point ({src['axis']})")
+        dist = _point3(opt.axis_points[1], f"the distal axis point ({src['axis']})")
+        axis = _unit(dist - prox, f"axis ({src['axis']}: proximal point to distal point)")
         prov["axis"] = "given"
+        _check_axis_meets_model(pts, w, prox, axis, src["axis"])
+        reach_prox, reach_dist = _end_reach(pts, faces, prox, axis)
+        if reach_dist > 1.5 * reach_prox and reach_dist - reach_prox > 5.0:
+            warnings.append(
+                f"the axis ({src['axis']}) runs from the tip to the neck: the surface reaches {reach_dist:.0f} mm "
+                f"from it at the given distal end and {reach_prox:.0f} mm at the proximal end (the neck and head "
+                "stick out at the proximal end); the axis was turned round (frame.json records the axis used): "
+                "give the proximal point first"
+            )
+            prox, axis = dist, -axis
+            prov["axis"] = "given, turned round (the given distal end is the neck end)"
+        elif in_patient_ct and axis @ SUPERIOR_RAS > 0.5:
+            warnings.append(
+                f"the axis ({src['axis']}) points its distal end superior "
+                f"({_degrees_from(axis, -SUPERIOR_RAS):.0f} degrees from the patient's inferior direction): "
+                "in a patient CT a femoral stem's tip points down; check that the proximal point comes first"
+            )
     else:
         axis, prox = _automatic_axis(pts, faces, w)
         prov["axis"] = "automatic"
@@ -341,73 +489,166 @@ def estimate_frame(
     if length <= 0:
         raise InputError("the model has no extent along the stem axis")
 
-    anterior_guess = ANTERIOR_RAS - (ANTERIOR_RAS @ axis) * axis
-    if np.linalg.norm(anterior_guess) < 0.3:
-        raise InputError(
-            "the stem axis runs almost along the patient's anterior-posterior direction, so anterior "
-            "cannot be defined: check the registration, or give --medial-point"
-        )
-    anterior_guess = _unit(anterior_guess)
+    if in_patient_ct and opt.axis_points is None:
+        from_inferior = _degrees_from(axis, -SUPERIOR_RAS)
+        if from_inferior > 90.0:
+            raise InputError(
+                f"the automatic stem axis puts the tip superior to the neck ({from_inferior:.0f} degrees from the "
+                f"patient's inferior direction; tip at RAS {_ras(tip)} mm): in a patient CT a femoral stem's tip "
+                "points down, so this model does not look like a femoral stem with a neck (a nail with a neck "
+                "screw? several implants?); give --axis PROXIMAL:DISTAL along the stem body, proximal point first "
+                "(and --medial-point or --side)"
+            )
+        if from_inferior > 45.0:
+            warnings.append(
+                f"the automatic stem axis is {from_inferior:.0f} degrees from the patient's inferior direction "
+                "(a femoral stem in a patient CT is within about 30 degrees of it): check the registration, "
+                "or give --axis"
+            )
 
-    neck_dir = None
+    anterior_p = ANTERIOR_RAS - (ANTERIOR_RAS @ axis) * axis
+    ap_ok = float(np.linalg.norm(anterior_p)) >= 0.3
+    lateral_axis = None
+    if ap_ok:
+        anterior_p = anterior_p / np.linalg.norm(anterior_p)
+        lateral_axis = np.cross(anterior_p, axis)
+    ap_error = (
+        f"the stem axis runs almost along the patient's anterior-posterior direction "
+        f"({_degrees_from(axis, ANTERIOR_RAS):.0f} degrees from it), so the patient's anterior cannot orient "
+        "the zones: check the registration, or give --medial-point (a point on the medial side of the stem) "
+        "and --side"
+    )
+    neck_dir, neck_strength = _neck_direction(pts, w, tip, axis, length)
+    patient_medial = None
+    version = None
+    if ap_ok and neck_dir is not None:
+        patient_medial = lateral_axis if lateral_axis @ neck_dir > 0 else -lateral_axis
+        version = float(np.degrees(np.arctan2(neck_dir @ anterior_p, neck_dir @ patient_medial)))
+
     if opt.medial_point is not None:
-        r = np.asarray(opt.medial_point, dtype=float) - tip
+        mp = _point3(opt.medial_point, f"the medial point ({src['medial_point']})")
+        r = mp - tip
         r = r - (r @ axis) * axis
-        medial = _unit(r, "medial point's offset from the axis (the point lies on the axis)")
-        anterior = np.cross(axis, medial)
-        if anterior @ ANTERIOR_RAS < 0:
-            anterior = -anterior
-        prov["medial"] = "given (medial point)"
-        prov["anterior"] = "perpendicular to axis and medial, toward patient anterior"
-    else:
-        anterior = anterior_guess
-        lateral_axis = np.cross(anterior, axis)
-        neck_dir = _neck_direction(pts, w, tip, axis, length)
-        if opt.side is not None:
-            side_sign = 1.0 if opt.side == "left" else -1.0
-            medial = lateral_axis if (lateral_axis @ RIGHT_RAS) * side_sign > 0 else -lateral_axis
-            prov["medial"] = f"from --side {opt.side}"
-            if neck_dir is not None and neck_dir @ medial < 0:
+        medial = _unit(r, f"medial point's offset from the axis ({src['medial_point']}: the point lies on the axis)")
+        prov["medial"] = f"given ({src['medial_point']})"
+        reference = "medial point"
+        along_r = medial @ RIGHT_RAS
+        if abs(along_r) >= 0.3:
+            side = "left" if along_r > 0 else "right"
+            if opt.side is not None and opt.side != side:
                 warnings.append(
-                    f"the neck points laterally for a {opt.side} femur: "
-                    "check --side or the registration (is the model mirrored?)"
+                    f"{src['side']} {opt.side} disagrees with the medial point ({src['medial_point']}), which makes "
+                    f"this a {side} femur: the frame follows the medial point (side {side}, as frame.json records)"
                 )
+        elif opt.side is not None:
+            side = opt.side
         else:
-            if neck_dir is None:
-                raise InputError(
-                    "cannot tell which side is medial: the model has no neck sticking out of its body; "
-                    "give --medial-point or --side"
+            raise InputError(
+                "the medial direction runs along the patient's anterior-posterior or superior-inferior direction, "
+                "so the side (left or right femur) cannot be read from it: give --side"
+            )
+        across = np.cross(axis, medial)
+        if abs(across @ ANTERIOR_RAS) >= 0.3:
+            anterior = across if across @ ANTERIOR_RAS > 0 else -across
+            prov["anterior"] = "perpendicular to axis and medial, toward patient anterior"
+        else:
+            # The model does not lie in a patient's orientation (a CAD frame): a left femur's
+            # (medial, anterior, proximal) is right-handed, a right femur's left-handed.
+            anterior = np.cross(medial, axis) if side == "left" else across
+            prov["anterior"] = f"perpendicular to axis and medial, by the handedness of a {side} femur"
+        if neck_dir is not None and neck_dir @ medial < 0:
+            warnings.append(
+                f"the medial point ({src['medial_point']}) lies on the side away from the neck "
+                f"({_degrees_from(neck_dir, medial):.0f} degrees from the direction the neck points): the zones put "
+                f"the calcar (zone 7) on the lateral side; check {src['medial_point']} (a frame of another stem, "
+                "or of the other side?)"
+            )
+    elif neck_dir is None:
+        if opt.side is None:
+            raise InputError(
+                "cannot tell which side is medial: the model has no neck sticking out of its body; "
+                "give --medial-point or --side"
+            )
+        if not ap_ok:
+            raise InputError(ap_error)
+        side = opt.side
+        medial = lateral_axis if (lateral_axis @ RIGHT_RAS) * (1.0 if side == "left" else -1.0) > 0 else -lateral_axis
+        anterior = anterior_p
+        reference = "patient"
+        prov["medial"] = f"from {src['side']} {side} (no neck found)"
+        prov["anterior"] = "patient anterior (+A) perpendicular to the axis"
+        if opt.zone_reference == "implant":
+            warnings.append(
+                "no neck sticks out of the stem body, so the implant's own neck plane is unknown: the zones follow "
+                f"the patient's anterior direction and {src['side']} {side}; give --medial-point to orient them"
+            )
+    else:
+        if not ap_ok:
+            raise InputError(ap_error)
+        neck_side = "left" if neck_dir @ RIGHT_RAS > 0 else "right"
+        toward = "right" if neck_side == "left" else "left"
+        if opt.side is not None and opt.side != neck_side and neck_strength < 0.3:
+            # A faint neck: the user's side decides, in the patient's plane.
+            side = opt.side
+            medial = -patient_medial
+            anterior = anterior_p
+            reference = "patient"
+            prov["medial"] = f"from {src['side']} {side} (the neck is faint)"
+            prov["anterior"] = "patient anterior (+A) perpendicular to the axis"
+            warnings.append(
+                f"the neck points laterally for a {side} femur ({src['side']} {side}), but sticks out only a little: "
+                f"the frame follows {src['side']}; check the registration (is the model mirrored?)"
+            )
+        else:
+            side = neck_side
+            if opt.side is not None and opt.side != neck_side:
+                warnings.append(
+                    f"{src['side']} {opt.side} disagrees with the model: its neck points to the patient's {toward}, "
+                    f"medial of a {neck_side} femur; the frame follows the neck (side {neck_side}, as frame.json "
+                    "records); to set medial yourself give --medial-point"
                 )
-            medial = lateral_axis if lateral_axis @ neck_dir > 0 else -lateral_axis
-            prov["medial"] = "automatic (side the neck points to)"
+            if opt.zone_reference == "implant":
+                medial = neck_dir
+                across = np.cross(axis, medial)
+                anterior = across if across @ ANTERIOR_RAS > 0 else -across
+                reference = "implant"
+                prov["medial"] = "automatic: the neck direction (the plane of the stem axis and the neck)"
+                prov["anterior"] = "perpendicular to the axis and the neck plane, toward patient anterior"
+            else:
+                medial = patient_medial
+                anterior = anterior_p
+                reference = "patient"
+                prov["medial"] = "automatic: the patient's medial-lateral direction, on the side the neck points to"
+                prov["anterior"] = "patient anterior (+A) perpendicular to the axis"
             if abs(lateral_axis @ neck_dir) < 0.5:
                 warnings.append(
-                    "the neck points mostly anteriorly or posteriorly (more than 60 degrees from the "
+                    f"the neck points mostly anteriorly or posteriorly ({version:.0f} degrees from the "
                     "medial-lateral plane): check the registration or give --medial-point"
                 )
-        prov["anterior"] = "patient anterior (+A) perpendicular to the axis"
-    side = "left" if medial @ RIGHT_RAS > 0 else "right"
-    if opt.side is not None:
-        if opt.side not in ("left", "right"):
-            raise InputError(f"--side must be left or right, got {opt.side!r}")
-        if opt.side != side and opt.medial_point is not None:
-            warnings.append(f"--side {opt.side} disagrees with the medial point, which makes this a {side} femur")
-        side = opt.side
-        prov["side"] = "given"
-    else:
-        prov["side"] = "automatic (medial toward patient right means left femur)"
+    prov["side"] = "given" if opt.side is not None and opt.side == side else "from the medial direction (toward patient right means left femur)"
+
+    if in_patient_ct:
+        where, offset = _side_from_position(pts, w, opt.ct_bounds_ras)
+        if where is not None and where != side:
+            warnings.append(
+                f"the implant lies {abs(offset):.0f} mm to the patient's {where} of the CT's centre, where a {where} "
+                f"femur is, but the frame makes it a {side} femur (medial toward the patient's "
+                f"{'right' if side == 'left' else 'left'}): is the model mirrored or read in the wrong space "
+                "(--model-space)? check the registration, or give --medial-point"
+            )
 
     if opt.resection_point is not None:
         if opt.resection_normal is None:
             raise InputError("a resection plane needs a point and a normal: --resection-plane X,Y,Z:NX,NY,NZ")
-        rp = np.asarray(opt.resection_point, dtype=float)
-        rn = _unit(opt.resection_normal, "resection plane normal")
+        rp = _point3(opt.resection_point, f"the resection point ({src['resection']})")
+        rn = _unit(_point3(opt.resection_normal, f"the resection normal ({src['resection']})"),
+                   f"resection plane normal ({src['resection']})")
         if rn @ axis > 0:
             rn = -rn
         if abs(rn @ axis) < 0.5:
             raise InputError(
-                "the resection plane is tilted more than 60 degrees from perpendicular to the stem axis: "
-                "check its normal"
+                f"the resection plane ({src['resection']}) is tilted more than 60 degrees from perpendicular to the "
+                "stem axis: check its normal"
             )
         prov["resection"] = "given"
     else:
@@ -425,17 +666,47 @@ def estimate_frame(
         side=side,
         tip_length_mm=float(opt.tip_length_mm),
         provenance=prov,
+        zone_reference=reference,
+        version_deg=version,
     )
+    check = src["resection"] if opt.resection_point is not None else "--resection-plane"
     below = ~frame.above_cut(pts)
     if not below.any():
-        raise InputError("the resection plane leaves no part of the stem below it: check --resection-plane")
+        raise InputError(f"the resection plane leaves no part of the stem below it: check {check}")
     cut_h = frame.cut_height(tip[None, :])[0]
     if cut_h <= frame.tip_length_mm:
         raise InputError(
             f"the resection plane is only {cut_h:.1f} mm above the tip, within the tip zone "
-            f"({frame.tip_length_mm} mm): check --resection-plane or --tip-length"
+            f"({frame.tip_length_mm} mm): check {check} or --tip-length"
         )
     return frame, warnings
+
+
+def _degrees_from(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between two unit vectors (degrees)."""
+    return float(np.degrees(np.arccos(np.clip(a @ b, -1.0, 1.0))))
+
+
+def _check_axis_meets_model(pts: np.ndarray, w: np.ndarray, prox: np.ndarray, axis: np.ndarray, source: str) -> None:
+    """Refuse a given axis that does not run through the model (a frame of another stem or registration).
+
+    A stem's surface lies within about 30 mm of its axis (body half-widths
+    10-20 mm, neck and head 30-50 mm out over a small part of the area): the
+    area-weighted median distance is the test.
+    """
+    rel = pts - prox
+    dist = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1)
+    order = np.argsort(dist)
+    cum = np.cumsum(w[order])
+    median = float(dist[order][np.searchsorted(cum, 0.5 * cum[-1])])
+    if median > 30.0:
+        centre = (pts * w[:, None]).sum(0) / w.sum()
+        raise InputError(
+            f"the stem axis from {source} does not run through this model: half of its surface lies more than "
+            f"{median:.0f} mm from the axis (a stem's surface lies within about 30 mm of its axis; the model's "
+            f"centre is at RAS {_ras(centre)} mm): is {source} from another stem, another side or another "
+            f"registration? give the axis of this stem, or leave {source} out"
+        )
 
 
 def _automatic_axis(pts: np.ndarray, faces: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -482,18 +753,26 @@ def _automatic_axis(pts: np.ndarray, faces: np.ndarray, w: np.ndarray) -> tuple[
     return axis, prox
 
 
-def _neck_direction(pts, w, tip, axis, length) -> np.ndarray | None:
+def _neck_direction(pts, w, tip, axis, length) -> tuple[np.ndarray | None, float]:
+    """Where the neck points, perpendicular to the axis, and how clearly.
+
+    The area-weighted mean offset from the axis of the surface in the proximal
+    30 % of the length, as a unit vector, and its length over the mean
+    distance from the axis (0: no neck, 1: everything on one side; 0.6 on the
+    phantom, 0.94 on the scanned stem with its head). ``None`` below 0.15.
+    """
     h = (tip - pts) @ axis
     sel = h > 0.7 * length
     if not sel.any():
-        return None
+        return None, 0.0
     r = pts[sel] - tip
     r = r - np.outer(r @ axis, axis)
     mean = (r * w[sel, None]).sum(0) / w[sel].sum()
     typical = (np.linalg.norm(r, axis=1) * w[sel]).sum() / w[sel].sum()
-    if np.linalg.norm(mean) < 0.15 * typical:
-        return None
-    return mean / np.linalg.norm(mean)
+    strength = float(np.linalg.norm(mean) / typical) if typical > 0 else 0.0
+    if strength < 0.15:
+        return None, strength
+    return mean / np.linalg.norm(mean), strength
 
 
 def _automatic_resection(pts, faces, tip, axis, medial, length, warnings):
