@@ -533,25 +533,27 @@ def estimate_frame(
         prov["medial"] = f"given ({src['medial_point']})"
         reference = "medial point"
         along_r = medial @ RIGHT_RAS
-        if abs(along_r) >= 0.3:
-            side = "left" if along_r > 0 else "right"
-            if opt.side is not None and opt.side != side:
+        clear = abs(along_r) >= 0.3  # medial within 73 degrees of the patient's right or left
+        side = "left" if along_r > 0 else "right"
+        if opt.side is not None and opt.side != side:
+            if clear:
                 warnings.append(
                     f"{src['side']} {opt.side} disagrees with the medial point ({src['medial_point']}), which makes "
                     f"this a {side} femur: the frame follows the medial point (side {side}, as frame.json records)"
                 )
-        elif opt.side is not None:
-            side = opt.side
-        else:
-            raise InputError(
-                "the medial direction runs along the patient's anterior-posterior or superior-inferior direction, "
-                "so the side (left or right femur) cannot be read from it: give --side"
-            )
+            else:
+                side = opt.side
         across = np.cross(axis, medial)
         if abs(across @ ANTERIOR_RAS) >= 0.3:
             anterior = across if across @ ANTERIOR_RAS > 0 else -across
             prov["anterior"] = "perpendicular to axis and medial, toward patient anterior"
         else:
+            if not clear and opt.side is None:
+                raise InputError(
+                    "the stem does not lie in a patient's orientation (its axis runs along the patient's "
+                    "anterior-posterior direction and its medial direction does not point to the patient's right "
+                    "or left), so neither anterior nor the side can be read from the patient's axes: give --side"
+                )
             # The model does not lie in a patient's orientation (a CAD frame): a left femur's
             # (medial, anterior, proximal) is right-handed, a right femur's left-handed.
             anterior = np.cross(medial, axis) if side == "left" else across
@@ -698,7 +700,7 @@ def _check_axis_meets_model(pts: np.ndarray, w: np.ndarray, prox: np.ndarray, ax
     dist = np.linalg.norm(rel - np.outer(rel @ axis, axis), axis=1)
     order = np.argsort(dist)
     cum = np.cumsum(w[order])
-    median = float(dist[order][np.searchsorted(cum, 0.5 * cum[-1])])
+    median = float(dist[order][min(int(np.searchsorted(cum, 0.5 * cum[-1])), len(order) - 1)])
     if median > 30.0:
         centre = (pts * w[:, None]).sum(0) / w.sum()
         raise InputError(

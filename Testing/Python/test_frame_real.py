@@ -36,8 +36,6 @@ from ImplantBoneContactLib.cli import build_parser, main, parameters_from_args
 from ImplantBoneContactLib.mesh import write_polydata
 from vtk.util import numpy_support as ns
 
-LEFT_OF_RAS = np.array([-1.0, 0.0, 0.0])
-
 
 # ------------------------------------------------------------------------------------------------
 # helpers
