@@ -706,8 +706,8 @@ def _check_axis_meets_model(pts: np.ndarray, w: np.ndarray, prox: np.ndarray, ax
         raise InputError(
             f"the stem axis from {source} does not run through this model: half of its surface lies more than "
             f"{median:.0f} mm from the axis (a stem's surface lies within about 30 mm of its axis; the model's "
-            f"centre is at RAS {_ras(centre)} mm): is {source} from another stem, another side or another "
-            f"registration? give the axis of this stem, or leave {source} out"
+            f"centre is at RAS {_ras(centre)} mm): is it from another stem, another side or another "
+            "registration? give the axis of this stem, or leave it out"
         )
 
 
