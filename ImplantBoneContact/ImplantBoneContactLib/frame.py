@@ -616,6 +616,13 @@ def estimate_frame(
                 reference = "implant"
                 prov["medial"] = "automatic: the neck direction (the plane of the stem axis and the neck)"
                 prov["anterior"] = "perpendicular to the axis and the neck plane, toward patient anterior"
+                if neck_strength < 0.3:
+                    warnings.append(
+                        f"the neck sticks out only a little (its mean offset is {100 * neck_strength:.0f}% of the "
+                        f"proximal surface's distance from the axis), yet its direction orients the zones (version "
+                        f"{version:.0f} degrees): check it in the zone picture, or use --zone-reference patient or "
+                        "--medial-point"
+                    )
             else:
                 medial = patient_medial
                 anterior = anterior_p

@@ -382,3 +382,45 @@ def test_given_axis_with_two_numbers_is_an_input_error(left_stem):
     geom = surface_geometry(left_stem)
     with pytest.raises(InputError, match="three"):
         estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(axis_points=((0, 0), (0, 0, -100))))
+
+
+def _rod_with_small_bump(bump_radius_mm: float = 8.0):
+    """A rod (radius 10 mm, 150 mm long, along -S) with a ball of ``bump_radius_mm`` stuck on its
+    upper end toward +R: a 'neck' that sticks out only a little."""
+    rod = vtk.vtkCylinderSource()
+    rod.SetRadius(10.0)
+    rod.SetHeight(150.0)
+    rod.SetResolution(60)
+    turn = vtk.vtkTransform()
+    turn.Translate(0, 0, -75)
+    turn.RotateX(90)
+    placed = vtk.vtkTransformPolyDataFilter()
+    placed.SetTransform(turn)
+    placed.SetInputConnection(rod.GetOutputPort())
+    ball = vtk.vtkSphereSource()
+    ball.SetRadius(bump_radius_mm)
+    ball.SetCenter(10.0, 0.0, -10.0)
+    ball.SetThetaResolution(30)
+    ball.SetPhiResolution(30)
+    both = vtk.vtkAppendPolyData()
+    both.AddInputConnection(placed.GetOutputPort())
+    both.AddInputConnection(ball.GetOutputPort())
+    triangles = vtk.vtkTriangleFilter()
+    triangles.SetInputConnection(both.GetOutputPort())
+    finer = vtk.vtkLinearSubdivisionFilter()
+    finer.SetInputConnection(triangles.GetOutputPort())
+    finer.SetNumberOfSubdivisions(2)
+    finer.Update()
+    return finer.GetOutput()
+
+
+def test_faint_neck_orients_the_zones_only_with_a_warning():
+    """A bump 8 mm across on a 10 mm rod: its direction (+R) is used, and said to be uncertain; against
+    --side the faint bump does not win: the side given is used, and that is said too."""
+    geom = surface_geometry(_rod_with_small_bump())
+    frame, warnings = estimate_frame(geom.points, geom.faces, geom.areas)
+    assert frame.medial[0] > 0.99 and frame.side == "left"
+    assert any("sticks out only a little" in w and "--zone-reference patient" in w for w in warnings)
+    frame, warnings = estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(side="right"))
+    assert frame.side == "right" and frame.medial[0] < -0.99 and frame.zone_reference == "patient"
+    assert any("sticks out only a little" in w and "follows --side" in w for w in warnings)
