@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from ImplantBoneContactLib import FemurPhantom, PhantomSpec
 from ImplantBoneContactLib.mesh import transform_polydata, write_polydata
-from ImplantBoneContactLib.phantom import CANCELLOUS
+from ImplantBoneContactLib.phantom import CANCELLOUS  # noqa: F401 - re-exported for the tests
 
 #: Height of the cut above the stem tip in the phantom (mm): the tip is 130 mm below the cut.
 CUT_HEIGHT_MM = 130.0
@@ -44,34 +44,55 @@ class CalcarLossPhantom(FemurPhantom):
         return hu
 
 
-def write_pair(folder: Path, loss_hu: float = 150.0, baseline_voxel: float = 1.0, followup_voxel: float = 1.2,
-               baseline_noise: float = 10.0, followup_noise: float = 25.0) -> dict:
-    """Write ``baseline_ct.nrrd``, ``followup_ct.nrrd``, the CAD stem ``stem.stl`` and one registration per CT.
+#: The follow-up of the examples: 150 HU less cancellous bone in the calcar zone, more noise, coarser
+#: voxels, the femur (and stem) turned and shifted in the scanner.
+FOLLOWUP = {"loss_hu": 150.0, "voxel_mm": 1.2, "noise_hu": 25.0, "seed": 2, "tilt_deg": (2.0, 9.0), "shift_mm": (6.0, -9.0, 14.0),
+            "hu_map": (1.0, 0.0)}
+
+
+def write_pair(folder: Path, followups: dict | None = None, baseline_voxel: float = 1.0, baseline_noise: float = 10.0) -> dict:
+    """Write ``baseline_ct.nrrd``, one ``<name>_ct.nrrd`` per follow-up, the CAD stem ``stem.stl`` and one registration per CT.
+
+    Args:
+        folder: where to write.
+        followups: name -> settings overriding :data:`FOLLOWUP` (``loss_hu``, ``voxel_mm``,
+            ``noise_hu``, ``seed``, ``tilt_deg``, ``shift_mm``, ``hu_map``). ``hu_map``
+            ``(scale, offset)`` gives that scanner another calibration: its HU are
+            ``scale * HU + offset`` of the baseline scanner's.
+        baseline_voxel, baseline_noise: the baseline CT's voxel size (mm) and noise (HU).
 
     The stem model is in its own (CAD) coordinates; ``baseline_registration.txt``
-    and ``followup_registration.txt`` move it into each CT (4x4 RAS matrices).
+    and ``<name>_registration.txt`` move it into each CT (4x4 RAS matrices).
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = CalcarLossPhantom(PhantomSpec(voxel_mm=baseline_voxel, noise_hu=baseline_noise, seed=1))
-    follow = CalcarLossPhantom(PhantomSpec(voxel_mm=followup_voxel, noise_hu=followup_noise, seed=2, tilt_deg=(2.0, 9.0)),
-                               loss_hu=loss_hu, shift_mm=(6.0, -9.0, 14.0))
     from ImplantBoneContactLib.volume import write_volume
 
-    paths = {
-        "baseline_ct": folder / "baseline_ct.nrrd",
-        "followup_ct": folder / "followup_ct.nrrd",
-        "model": folder / "stem.stl",
-        "baseline_transform": folder / "baseline_registration.txt",
-        "followup_transform": folder / "followup_registration.txt",
-    }
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    followups = {"followup": {}} if followups is None else followups
+    base = CalcarLossPhantom(PhantomSpec(voxel_mm=baseline_voxel, noise_hu=baseline_noise, seed=1))
+    paths = {"baseline_ct": folder / "baseline_ct.nrrd", "model": folder / "stem.stl",
+             "baseline_transform": folder / "baseline_registration.txt"}
     write_volume(base.make_ct(), paths["baseline_ct"])
-    write_volume(follow.make_ct(), paths["followup_ct"])
     cad = transform_polydata(base.make_stem_surface(), base.ras_to_local)
     write_polydata(cad, paths["model"], space="RAS")
     np.savetxt(paths["baseline_transform"], base.local_to_ras)
-    np.savetxt(paths["followup_transform"], follow.local_to_ras)
-    return {"paths": paths, "baseline": base, "followup": follow}
+    phantoms = {"baseline": base}
+    for name, overrides in followups.items():
+        cfg = {**FOLLOWUP, **overrides}
+        follow = CalcarLossPhantom(
+            PhantomSpec(voxel_mm=cfg["voxel_mm"], noise_hu=cfg["noise_hu"], seed=cfg["seed"], tilt_deg=tuple(cfg["tilt_deg"])),
+            loss_hu=cfg["loss_hu"], shift_mm=cfg["shift_mm"],
+        )
+        ct = follow.make_ct()
+        scale, offset = cfg["hu_map"]
+        if (scale, offset) != (1.0, 0.0):
+            ct.array = np.rint(ct.array * scale + offset).astype(np.int16)
+        paths[f"{name}_ct"] = folder / f"{name}_ct.nrrd"
+        paths[f"{name}_transform"] = folder / f"{name}_registration.txt"
+        write_volume(ct, paths[f"{name}_ct"])
+        np.savetxt(paths[f"{name}_transform"], follow.local_to_ras)
+        phantoms[name] = follow
+    return {"paths": paths, "phantoms": phantoms}
 
 
 if __name__ == "__main__":

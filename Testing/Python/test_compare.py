@@ -1,0 +1,208 @@
+"""Follow-up comparison on phantom CTs with a known change (calcar bone loss) and no change elsewhere.
+
+The baseline and follow-up CTs are made by the test (followup_phantoms.py):
+the follow-up has 150 HU less cancellous bone in Gruen zone 7, 2.5x the
+noise, coarser voxels (1.2 vs 1.0 mm), and the femur with its stem turned by
+several degrees and shifted by 18 mm in the scanner, with its own
+registration. Truth for the zone means comes from the phantom's analytic
+tissue model at the vertices, not from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from followup_phantoms import CANCELLOUS, in_calcar_zone
+from ibc_helpers import frame_parameters
+from ImplantBoneContactLib import AnalysisParameters, InputError, analyze_files, save_result
+from ImplantBoneContactLib.cli import main
+from ImplantBoneContactLib.compare import analyze_followup_files, compare, save_comparison
+from ImplantBoneContactLib.compare_plots import change_to_rgb
+
+LOSS_HU = 150.0
+#: Tolerance (HU) on zone 7's change against the phantom truth. Measured: 2.4 HU off (truth -146.1, found -143.7).
+ZONE7_TOLERANCE_HU = 10.0
+#: Largest change (HU) in a zone without planted change. Measured: 11.2 HU (zone 11, tip, at the cortex edge).
+OTHER_ZONES_TOLERANCE_HU = 25.0
+SLOPE_B, INTERCEPT_B = 1.2, -5.0
+#: The follow-up scanner of the "scanner" case reads HU_f = 1.1 * HU + 20: its calibration is that map of the baseline's.
+SCALE_F, OFFSET_F = 1.1, 20.0
+
+FOLLOWUPS = {
+    "loss": {},
+    "same": {"loss_hu": 0.0, "seed": 3},
+    "scanner": {"seed": 4, "hu_map": (SCALE_F, OFFSET_F)},
+}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from followup_phantoms import write_pair
+
+    root = tmp_path_factory.mktemp("followup")
+    pair = write_pair(root / "data", FOLLOWUPS)
+    p = pair["paths"]
+    cal_b = root / "cal_baseline.json"
+    cal_b.write_text(json.dumps({"material": "K2HPO4", "slope_hu_per_mg_cm3": SLOPE_B, "intercept_hu": INTERCEPT_B}))
+    cal_f = root / "cal_scanner.json"
+    # Rods of the follow-up scanner: the baseline's relation mapped by that scanner's HU map.
+    cal_f.write_text(json.dumps({"material": "K2HPO4", "rods": [
+        {"density_mg_cm3": d, "hu": SCALE_F * (INTERCEPT_B + SLOPE_B * d) + OFFSET_F} for d in (0.0, 75.0, 150.0, 300.0)]}))
+    params = AnalysisParameters(points=3000, remesh="fast", calibration=str(cal_b),
+                                **frame_parameters(pair["phantoms"]["baseline"].true_frame()))
+    base = analyze_files(p["baseline_ct"], p["model"], params, transform=p["baseline_transform"])
+    save_result(base, root / "baseline", pictures=False)
+    results = {"baseline": base}
+    for name in FOLLOWUPS:
+        fu_params = AnalysisParameters(calibration=str(cal_f if name == "scanner" else cal_b))
+        r = analyze_followup_files(p[f"{name}_ct"], p["model"], root / "baseline", fu_params, transform=p[f"{name}_transform"])
+        save_result(r, root / name, pictures=False)
+        results[name] = r
+    return {"root": root, "pair": pair, "results": results}
+
+
+def _truth_zone_change(study, zone: int) -> float:
+    """Area-weighted mean of the planted change over a zone's vertices, from the phantom's tissue model."""
+    base = study["results"]["baseline"]
+    ph = study["pair"]["phantoms"]["baseline"]
+    v = base.vertices
+    sel = v["gruen_zone"].to_numpy() == zone
+    pts = v[["x_mm", "y_mm", "z_mm"]].to_numpy()[sel]
+    local = pts @ ph.ras_to_local[:3, :3].T + ph.ras_to_local[:3, 3]
+    lost = (ph.tissue_at(pts) == CANCELLOUS) & in_calcar_zone(local)
+    return float(np.average(-LOSS_HU * lost, weights=v["area_mm2"].to_numpy()[sel]))
+
+
+def test_followup_vertices_are_the_baseline_vertices_moved_by_the_true_motion(study):
+    base = study["results"]["baseline"]
+    fu = study["results"]["loss"]
+    phs = study["pair"]["phantoms"]
+    motion = phs["loss"].local_to_ras @ phs["baseline"].ras_to_local
+    pb = base.vertices[["x_mm", "y_mm", "z_mm"]].to_numpy()
+    pf = fu.vertices[["x_mm", "y_mm", "z_mm"]].to_numpy()
+    assert len(pb) == len(pf)
+    assert np.abs(pb @ motion[:3, :3].T + motion[:3, 3] - pf).max() < 1e-6
+    assert np.array_equal(base.vertices["gruen_zone"].to_numpy(), fu.vertices["gruen_zone"].to_numpy())
+    assert fu.parameters.remesh == "none"
+    assert fu.inputs["baseline"]["registration_rms_mm"] < 1e-6
+
+
+def test_scan_noise_is_measured_in_each_ct(study):
+    noise_b = study["results"]["baseline"].inputs["ct"]["noise"]["noise_sd_hu"]
+    noise_f = study["results"]["loss"].inputs["ct"]["noise"]["noise_sd_hu"]
+    assert noise_b == pytest.approx(10.0, rel=0.05)
+    assert noise_f == pytest.approx(25.0, rel=0.05)
+
+
+def test_calcar_loss_found_in_zone_7_only(study):
+    c = compare(study["root"] / "baseline", study["root"] / "loss")
+    z = c.zones.set_index("zone")
+    truth = _truth_zone_change(study, 7)
+    assert truth < -0.9 * LOSS_HU  # the planted loss covers zone 7 (but for its cortical contact)
+    assert z.loc["7", "delta_hu_mean"] == pytest.approx(truth, abs=ZONE7_TOLERANCE_HU)
+    assert bool(z.loc["7", "significant"])
+    others = [str(k) for k in range(1, 15) if k != 7]
+    assert not z.loc[others, "significant"].any(), z.loc[others, ["delta_hu_mean", "se_hu", "z_hu"]]
+    assert z.loc[others, "delta_hu_mean"].abs().max() < OTHER_ZONES_TOLERANCE_HU
+    for k in others:
+        assert _truth_zone_change(study, int(k)) == 0.0
+    # Cancellous bone at 150 HU less: part of zone 7 (proximal bone of 325 HU and less) drops to no bone.
+    assert z.loc["7", "delta_frac_no_bone"] > 0.1
+    assert z.loc["7", "area_changed_class_mm2"] > 0
+    v = c.vertices
+    moved = v[(v["gruen_zone"] == 7) & v["changed_class"]]
+    assert set(moved["class_transition"]) <= {"cancellous_to_no_bone"}
+    assert (v.loc[~v["changed_class"], "class_transition"] == "unchanged").all()
+
+
+def test_no_change_no_significant_zone(study):
+    c = compare(study["root"] / "baseline", study["root"] / "same")
+    z = c.zones
+    assert not z["significant"].any(), z[["zone", "delta_hu_mean", "se_hu", "z_hu"]]
+    assert not z["significant_density"].any()
+    assert z["delta_hu_mean"].abs().max() < OTHER_ZONES_TOLERANCE_HU
+
+
+def test_density_change_survives_another_scanner_calibration(study):
+    """The follow-up scanner reads 1.1 x HU + 20: HU change everywhere, density change only in the calcar."""
+    c = compare(study["root"] / "baseline", study["root"] / "scanner")
+    z = c.zones.set_index("zone")
+    truth = _truth_zone_change(study, 7) / SLOPE_B
+    assert z.loc["7", "delta_density_mean_mg_cm3"] == pytest.approx(truth, abs=ZONE7_TOLERANCE_HU / SLOPE_B)
+    assert bool(z.loc["7", "significant_density"])
+    others = [str(k) for k in range(1, 15) if k != 7]
+    assert not z.loc[others, "significant_density"].any(), z.loc[others, ["delta_density_mean_mg_cm3", "se_density_mg_cm3"]]
+    # In HU the cortical zones "change" by about 10 % of 1700 HU: the scanner, not the bone.
+    assert z.loc["3", "delta_hu_mean"] > 100
+
+
+def test_different_stem_is_refused(study, tmp_path):
+    p = study["pair"]["paths"]
+    # Another analysis of the same CT with another remesh: another surface.
+    other = analyze_files(p["baseline_ct"], p["model"], AnalysisParameters(points=1500, remesh="fast"), transform=p["baseline_transform"])
+    save_result(other, tmp_path / "other", pictures=False)
+    with pytest.raises(InputError, match="different stems"):
+        compare(study["root"] / "baseline", tmp_path / "other")
+    # A bigger stem model registered into the follow-up: not one rigid stem.
+    from ImplantBoneContactLib.mesh import read_model, transform_polydata, write_polydata
+
+    model, _ = read_model(p["model"])
+    big = np.diag([1.05, 1.05, 1.05, 1.0])
+    write_polydata(transform_polydata(model, big), tmp_path / "bigger.stl", space="LPS")
+    with pytest.raises(InputError, match="do not place one rigid stem"):
+        analyze_followup_files(p["loss_ct"], tmp_path / "bigger.stl", study["root"] / "baseline", transform=p["loss_transform"])
+
+
+def test_differently_sampled_results_are_refused(study, tmp_path):
+    import shutil
+
+    shutil.copytree(study["root"] / "loss", tmp_path / "fu")
+    meta = json.loads((tmp_path / "fu" / "parameters.json").read_text())
+    meta["parameters"]["offset_mm"] = 1.5
+    (tmp_path / "fu" / "parameters.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="sampled differently"):
+        compare(study["root"] / "baseline", tmp_path / "fu")
+
+
+def test_cli_compare_writes_tables_and_vtp(study, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", str(study["root"] / "baseline"), str(study["root"] / "loss"), "--out", str(out), "--quiet", "--no-pictures"])
+    assert code == 0
+    for name in ("vertices_change.csv", "zones_change.csv", "change.vtp", "comparison.json"):
+        assert (out / name).is_file(), name
+    v = pd.read_csv(out / "vertices_change.csv")
+    assert {"vertex_id", "delta_hu", "delta_density_mg_cm3", "class_transition"} <= set(v.columns)
+    z = pd.read_csv(out / "zones_change.csv", dtype={"zone": str})
+    assert list(z["zone"]) == [str(k) for k in range(1, 15)] + ["all"]
+    assert {"delta_hu_mean", "delta_hu_mean_pct", "delta_frac_cortical", "area_changed_class_mm2", "significant"} <= set(z.columns)
+    # The per-vertex change is the difference of the two vertex tables, row by row.
+    vb = pd.read_csv(study["root"] / "baseline" / "vertices.csv")
+    vf = pd.read_csv(study["root"] / "loss" / "vertices.csv")
+    assert np.allclose(v["delta_hu"], vf["hu"] - vb["hu"], equal_nan=True, atol=1e-3)
+    # Two results of different stems: one line, exit 2, nothing written.
+    bad = tmp_path / "bad"
+    code = main(["compare", str(study["root"] / "baseline"), str(tmp_path / "missing"), "--out", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not found" in err[0]
+    assert not bad.exists()
+
+
+def test_change_colours_are_centred_and_diverging():
+    rgb = change_to_rgb(np.array([-300.0, 0.0, 300.0, np.nan]), 300.0)
+    assert np.all(rgb[1] > 0.9)  # no change: white
+    assert rgb[0, 0] > rgb[0, 2]  # loss: red
+    assert rgb[2, 2] > rgb[2, 0]  # gain: blue
+    assert np.allclose(rgb[3], rgb[3, 0])  # not sampled: grey
+
+
+def test_save_comparison_pictures(study, tmp_path):
+    c = compare(study["root"] / "baseline", study["root"] / "loss")
+    save_comparison(c, tmp_path / "pics")
+    from matplotlib.image import imread
+
+    img = imread(tmp_path / "pics" / "unrolled_change.png")
+    assert img.shape[0] > 400 and img.shape[1] > 800
+    assert (tmp_path / "pics" / "zone_change.png").stat().st_size > 10_000
