@@ -23,9 +23,10 @@ from ImplantBoneContactLib.compare import analyze_followup_files, compare, save_
 from ImplantBoneContactLib.compare_plots import change_to_rgb
 
 LOSS_HU = 150.0
-#: Tolerance (HU) on zone 7's change against the phantom truth. Measured: 2.4 HU off (truth -146.1, found -143.7).
+#: Tolerance (HU) on zone 7's change against the phantom truth. Measured: 6.3 HU off (truth -150.0, found -143.7;
+#: in density -119.8 for -125.0 mg/cm3 with another scanner calibration), from the blur across the zone border.
 ZONE7_TOLERANCE_HU = 10.0
-#: Largest change (HU) in a zone without planted change. Measured: 11.2 HU (zone 11, tip, at the cortex edge).
+#: Largest change (HU) in a zone without planted change. Measured: 11.6 HU (largest |z| 1.4), at cortex edges.
 OTHER_ZONES_TOLERANCE_HU = 25.0
 SLOPE_B, INTERCEPT_B = 1.2, -5.0
 #: The follow-up scanner of the "scanner" case reads HU_f = 1.1 * HU + 20: its calibration is that map of the baseline's.
@@ -101,7 +102,7 @@ def test_calcar_loss_found_in_zone_7_only(study):
     c = compare(study["root"] / "baseline", study["root"] / "loss")
     z = c.zones.set_index("zone")
     truth = _truth_zone_change(study, 7)
-    assert truth < -0.9 * LOSS_HU  # the planted loss covers zone 7 (but for its cortical contact)
+    assert truth < -0.9 * LOSS_HU  # the planted loss covers zone 7
     assert z.loc["7", "delta_hu_mean"] == pytest.approx(truth, abs=ZONE7_TOLERANCE_HU)
     assert bool(z.loc["7", "significant"])
     others = [str(k) for k in range(1, 15) if k != 7]
