@@ -25,13 +25,15 @@ differences of registration and voxel grid, which move the sample points
 across steep HU edges. For each zone the standard error of the change in
 mean HU is the larger of
 
-* the spread estimate: the zone's surface is cut into patches of
-  :data:`PATCH_MM` x :data:`PATCH_MM` mm (height x arc length around the
-  axis), the area-weighted mean change of each patch is taken, and
-  ``SE = sd(patch means) / sqrt(n_patches)``. Patches larger than the noise
-  correlation length are nearly independent, so this measures the scatter
-  that noise, interpolation and registration put into the change, whatever
-  its source;
+* the spread estimate: the zone's surface is cut into square patches of
+  :data:`PATCH_MM` mm or 3 voxels of the coarser CT, whichever is larger
+  (height x arc length around the axis), the area-weighted mean change of
+  each patch is taken, and ``SE = sd(patch means) / sqrt(n_patches)``
+  (the effective number of area-weighted patches). Patches larger than the
+  noise correlation length are nearly independent, so this measures the
+  scatter that noise, interpolation and registration put into the change,
+  whatever its source. A zone of fewer than 3 patches counts as one
+  independent sample: SE is the spread of the change over its vertices;
 * the noise floor: ``sqrt(sd_b^2 + sd_f^2) * voxel / sqrt(area)``, with
   each scan's noise ``sd`` measured in soft tissue away from the implant
   (:mod:`.scan_noise`) and ``area / voxel^2`` independent voxels at most.
@@ -66,8 +68,11 @@ from .mesh import points as mesh_points
 from .mesh import read_model, transform_polydata, triangle_areas
 from .mesh import triangles as mesh_triangles
 
-#: Patch size (mm) of the spread estimate of the standard error.
+#: Patch size (mm) of the spread estimate of the standard error (at least :data:`PATCH_VOXELS` voxels).
 PATCH_MM = 5.0
+PATCH_VOXELS = 3.0
+#: Voxels coarser than this (mm) get a warning: grid-phase errors at edges are coherent over whole zones.
+COARSE_VOXEL_MM = 1.5
 #: A zone change is significant beyond this many standard errors.
 Z_THRESHOLD = 3.0
 #: Smallest change in zone mean HU called significant (HU).
@@ -406,7 +411,10 @@ def _spread_se(delta: np.ndarray, area: np.ndarray, patch: np.ndarray) -> tuple[
     # Patches with little area (zone borders) carry little: weight by area, effective count by Kish.
     n_eff = w.sum() ** 2 / (w**2).sum()
     if labels.size < 3 or n_eff < 2:
-        return float("nan"), int(labels.size)
+        # Too few independent patches to measure the scatter of their means: the zone counts as one
+        # independent sample, and its standard error is the spread of the change over its vertices.
+        d, a = delta[ok], area[ok]
+        return float(np.sqrt(np.average((d - np.average(d, weights=a)) ** 2, weights=a))), int(labels.size)
     mean = np.average(means, weights=w)
     var = np.average((means - mean) ** 2, weights=w) * labels.size / (labels.size - 1)
     return float(np.sqrt(var / n_eff)), int(labels.size)
@@ -485,8 +493,16 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
     vertices["class_transition"] = transition
 
     names = [c[len("frac_"):] for c in b.zones.columns if c.startswith("frac_")]
-    patch = _patch_labels(vb, b.frame, patch_mm)
     voxel = np.nanmax([b.voxel_mm, f.voxel_mm]) if np.isfinite([b.voxel_mm, f.voxel_mm]).any() else float("nan")
+    # Patches narrower than 3 voxels share voxels (and partial-volume errors) with their neighbours: not independent.
+    patch_used = max(patch_mm, PATCH_VOXELS * voxel) if math.isfinite(voxel) else patch_mm
+    patch = _patch_labels(vb, b.frame, patch_used)
+    if math.isfinite(voxel) and voxel > COARSE_VOXEL_MM:
+        warnings.append(
+            f"CT voxels of {voxel:.1f} mm: where the surface meets a steep edge (metal bloom, cortex) the HU depends on "
+            "where the voxel grid falls, and that shifts whole zones alike between two scans, which the standard error "
+            "does not see; read zone changes of less than about 100 HU as unconfirmed (see --min-change)"
+        )
     zb = b.zones.set_index(b.zones["zone"].astype(str))
     zf = f.zones.set_index(f.zones["zone"].astype(str))
     rows = []
@@ -548,7 +564,7 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
         "significance": {
             "z_threshold": Z_THRESHOLD,
             "min_change_hu": float(min_change_hu),
-            "patch_mm": float(patch_mm),
+            "patch_mm": float(patch_used),
             "method": "se_hu = max(sd of area-weighted patch means of the per-vertex change / sqrt(effective patch count), "
                       "sqrt(noise_baseline^2 + noise_followup^2) * voxel / sqrt(zone area)); significant when "
                       "|delta_hu_mean| > z_threshold * se_hu and |delta_hu_mean| >= min_change_hu",
