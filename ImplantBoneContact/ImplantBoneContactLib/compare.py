@@ -36,7 +36,14 @@ mean HU is the larger of
   independent sample: SE is the spread of the change over its vertices;
 * the noise floor: ``sqrt(sd_b^2 + sd_f^2) * voxel / sqrt(area)``, with
   each scan's noise ``sd`` measured in soft tissue away from the implant
-  (:mod:`.scan_noise`) and ``area / voxel^2`` independent voxels at most.
+  (:mod:`.scan_noise`) and ``area / voxel^2`` independent voxels at most;
+
+combined (in quadrature) with the registration term: the zone's
+sensitivity to the stem's placement (HU per mm, measured in the follow-up CT
+by :func:`registration_sensitivity`) times the registration uncertainty
+(``registration_sd_mm``, default a quarter of the coarser voxel). A
+misregistration, or the voxel grid falling elsewhere, moves a whole zone
+alike, so this term does not shrink with the zone's size.
 
 A change is ``significant`` when ``|delta| > Z_THRESHOLD * SE`` (3: a
 two-sided p below 0.003, which keeps the chance of one false call among the
@@ -71,6 +78,8 @@ from .mesh import triangles as mesh_triangles
 #: Patch size (mm) of the spread estimate of the standard error (at least :data:`PATCH_VOXELS` voxels).
 PATCH_MM = 5.0
 PATCH_VOXELS = 3.0
+#: Default uncertainty of the stem's placement in each CT, in voxels of the coarser CT.
+REGISTRATION_SD_VOXELS = 0.25
 #: Voxels coarser than this (mm) get a warning: grid-phase errors at edges are coherent over whole zones.
 COARSE_VOXEL_MM = 1.5
 #: A zone change is significant beyond this many standard errors.
@@ -263,7 +272,51 @@ def followup_setup(baseline: StoredResult, matrix: np.ndarray, parameters=None):
     return surface, params, frame
 
 
-def analyze_followup_files(ct, model, baseline_dir, parameters=None, transform=None, progress=None):
+def registration_sensitivity(volume, vertices: pd.DataFrame, parameters, shift_mm: float) -> dict:
+    """How much each zone's mean HU moves when the stem is placed ``shift_mm`` off, in the CT given.
+
+    The vertices are sampled as the analysis sampled them (same interpolation,
+    offsets, profile aggregate) after a shift of ``shift_mm`` along each of
+    the six world directions; for each shift the area-weighted mean change of
+    each zone's vertices is taken, and a zone's sensitivity is the RMS over
+    the six. A zone on a steep edge (cortex, metal bloom) moves a lot; one in
+    even bone hardly. Shifts in the same direction move a zone alike, so this
+    does not shrink with the zone's size, unlike noise.
+
+    Returns:
+        ``{"shift_mm": shift, "hu_per_mm": {zone label: HU per mm}}`` (the RMS divided by the
+        shift) for zones ``"1"``..``"14"`` and ``"all"``.
+    """
+    from .sampling import sample_surface
+
+    pts = vertices[["x_mm", "y_mm", "z_mm"]].to_numpy(dtype=float)
+    nrm = vertices[["nx", "ny", "nz"]].to_numpy(dtype=float)
+    area = vertices["area_mm2"].to_numpy(dtype=float)
+    zone = vertices["gruen_zone"].to_numpy()
+    hu = vertices["hu"].to_numpy(dtype=float)
+    offsets = parameters.offsets()
+    diffs = []
+    for axis in range(3):
+        for sign in (-1.0, 1.0):
+            q = pts.copy()
+            q[:, axis] += sign * shift_mm
+            diffs.append(sample_surface(volume, q, nrm, parameters.sampling, offsets, parameters.profile_aggregate).hu - hu)
+    out = {}
+    for label in [str(z) for z in ZONE_ORDER] + ["all"]:
+        sel = (zone == int(label)) if label != "all" else (zone > 0)
+        means = []
+        for d in diffs:
+            ok = sel & np.isfinite(d) & (area > 0)
+            if ok.any():
+                means.append(float(np.average(d[ok], weights=area[ok])))
+        out[label] = float(np.sqrt(np.mean(np.square(means)))) / shift_mm if means and shift_mm > 0 else float("nan")
+    return {"shift_mm": float(shift_mm), "hu_per_mm": out,
+            "method": "RMS over shifts of +-shift_mm along R, A, S of the area-weighted mean HU change of the zone's vertices, "
+                      "divided by shift_mm"}
+
+
+def analyze_followup_files(ct, model, baseline_dir, parameters=None, transform=None, progress=None,
+                           registration_sd_mm: float | None = None):
     """Analyse a follow-up CT on the baseline result's surface and frame.
 
     Args:
@@ -274,6 +327,9 @@ def analyze_followup_files(ct, model, baseline_dir, parameters=None, transform=N
             ``calibration``, ``series_uid`` and ``model_space`` are used (see :func:`followup_setup`).
         transform: the follow-up registration (moves the model into the follow-up CT).
         progress: ``progress(fraction, message)``.
+        registration_sd_mm: the shift (mm) at which the registration sensitivity is measured, and
+            the default registration uncertainty of :func:`compare`; ``None``: a quarter of the
+            coarser CT's voxel (:data:`REGISTRATION_SD_VOXELS`), which also covers where the voxel grid falls.
 
     Returns:
         an :class:`~ImplantBoneContactLib.analysis.AnalysisResult` with the baseline's
@@ -302,6 +358,17 @@ def analyze_followup_files(ct, model, baseline_dir, parameters=None, transform=N
             f"the baseline surface changed while being moved ({len(baseline.vertices)} to {len(result.vertices)} vertices): "
             "the baseline result is damaged; run the baseline analysis again"
         )
+    if registration_sd_mm is None:
+        voxel = max(float(np.mean(volume.spacing_mm)), baseline.voxel_mm if math.isfinite(baseline.voxel_mm) else 0.0)
+        registration_sd_mm = REGISTRATION_SD_VOXELS * voxel
+    if not (math.isfinite(registration_sd_mm) and registration_sd_mm >= 0):
+        raise InputError(f"the registration uncertainty must be a non-negative number of mm, got {registration_sd_mm}")
+    if registration_sd_mm > 0:
+        sensitivity = registration_sensitivity(volume, result.vertices, params, registration_sd_mm)
+    else:
+        sensitivity = {"shift_mm": 0.0, "hu_per_mm": {}}
+    sensitivity["default_registration_sd_mm"] = float(registration_sd_mm)
+    result.inputs["baseline"]["registration_sensitivity"] = sensitivity
     return result
 
 
@@ -420,7 +487,8 @@ def _spread_se(delta: np.ndarray, area: np.ndarray, patch: np.ndarray) -> tuple[
     return float(np.sqrt(var / n_eff)), int(labels.size)
 
 
-def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, patch_mm: float = PATCH_MM) -> Comparison:
+def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, patch_mm: float = PATCH_MM,
+            registration_sd_mm: float | None = None) -> Comparison:
     """Change from a baseline to a follow-up analysis of the same stem surface.
 
     Args:
@@ -428,6 +496,8 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
             ``--baseline`` (same vertices, same zones).
         min_change_hu: smallest change of a zone's mean HU called significant (HU).
         patch_mm: patch size of the standard-error estimate (mm).
+        registration_sd_mm: uncertainty (mm) of the stem's placement in the two CTs; ``None``: the
+            follow-up's default (a quarter of the coarser voxel); 0 leaves misregistration out.
 
     Returns:
         a :class:`Comparison`. ``vertices``: ``vertex_id``, ``gruen_zone``,
@@ -444,6 +514,8 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
     """
     if not (math.isfinite(min_change_hu) and min_change_hu >= 0):
         raise InputError(f"the minimum change must be a non-negative number of HU, got {min_change_hu}")
+    if registration_sd_mm is not None and not (math.isfinite(registration_sd_mm) and registration_sd_mm >= 0):
+        raise InputError(f"the registration uncertainty must be a non-negative number of mm, got {registration_sd_mm}")
     if not (math.isfinite(patch_mm) and patch_mm > 0):
         raise InputError(f"the patch size must be a positive number of mm, got {patch_mm}")
     b = load_result(baseline_dir)
@@ -503,6 +575,14 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
             "where the voxel grid falls, and that shifts whole zones alike between two scans, which the standard error "
             "does not see; read zone changes of less than about 100 HU as unconfirmed (see --min-change)"
         )
+    reg_info = f.metadata.get("inputs", {}).get("baseline", {}).get("registration_sensitivity", {})
+    sensitivity = reg_info.get("hu_per_mm", {}) if isinstance(reg_info, dict) else {}
+    if registration_sd_mm is None:
+        registration_sd_mm = float(reg_info.get("default_registration_sd_mm", 0.0)) if isinstance(reg_info, dict) else 0.0
+    reg_sd = float(registration_sd_mm)
+    if not sensitivity and reg_sd > 0:
+        warnings.append("the follow-up result does not record its registration sensitivity (not analysed with --baseline): "
+                        "misregistration is not allowed for in the significance")
     zb = b.zones.set_index(b.zones["zone"].astype(str))
     zf = f.zones.set_index(f.zones["zone"].astype(str))
     rows = []
@@ -524,9 +604,13 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
         spread, n_patches = _spread_se(delta[sel], area[sel], patch[sel])
         floor = combined * voxel / math.sqrt(area_s) if math.isfinite(combined) and area_s > 0 and math.isfinite(voxel) else float("nan")
         se = float(np.nanmax([spread, floor])) if np.isfinite([spread, floor]).any() else float("nan")
+        reg = float(sensitivity.get(label, float("nan"))) * reg_sd
+        if math.isfinite(reg) and math.isfinite(se):
+            se = math.hypot(se, reg)
         r["n_patches"] = n_patches
         r["se_spread_hu"] = spread
         r["se_noise_hu"] = floor
+        r["se_registration_hu"] = reg
         r["se_hu"] = se
         r["z_hu"] = d / se if math.isfinite(se) and se > 0 else float("nan")
         r["significant"] = bool(math.isfinite(r["z_hu"]) and abs(r["z_hu"]) > Z_THRESHOLD and abs(d) >= min_change_hu)
@@ -543,6 +627,8 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
             floor_d = (math.hypot(sd_b / s_b, sd_f / s_f) * voxel / math.sqrt(area_s)
                        if math.isfinite(combined) and area_s > 0 and math.isfinite(voxel) else float("nan"))
             se_d = float(np.nanmax([spread_d, floor_d])) if np.isfinite([spread_d, floor_d]).any() else float("nan")
+            if math.isfinite(reg) and math.isfinite(se_d):
+                se_d = math.hypot(se_d, reg / s_f)
             min_d = min_change_hu / max(s_b, s_f)
             r["se_density_mg_cm3"] = se_d
             r["significant_density"] = bool(math.isfinite(se_d) and se_d > 0 and abs(df - db) > Z_THRESHOLD * se_d
@@ -560,13 +646,16 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
         "followup": str(f.path.resolve()),
         "checks": checks,
         "noise_sd_hu": {"baseline": sd_b, "followup": sd_f, "combined": combined},
+        "registration_sensitivity": reg_info,
+        "registration_sd_mm": reg_sd,
         "voxel_mm": {"baseline": b.voxel_mm, "followup": f.voxel_mm},
         "significance": {
             "z_threshold": Z_THRESHOLD,
             "min_change_hu": float(min_change_hu),
             "patch_mm": float(patch_used),
-            "method": "se_hu = max(sd of area-weighted patch means of the per-vertex change / sqrt(effective patch count), "
-                      "sqrt(noise_baseline^2 + noise_followup^2) * voxel / sqrt(zone area)); significant when "
+            "method": "se_hu = hypot(max(sd of area-weighted patch means of the per-vertex change / sqrt(effective patch count), "
+                      "sqrt(noise_baseline^2 + noise_followup^2) * voxel / sqrt(zone area)), registration sensitivity of the zone); "
+                      "significant when "
                       "|delta_hu_mean| > z_threshold * se_hu and |delta_hu_mean| >= min_change_hu",
         },
         "calibration": {"baseline": cal_b, "followup": cal_f},
@@ -627,6 +716,9 @@ def add_compare_parser(sub) -> None:
     c.add_argument("--out", required=True, help="folder for the change tables and pictures")
     c.add_argument("--min-change", type=float, default=MIN_CHANGE_HU, metavar="HU",
                    help=f"smallest change of a zone's mean HU called significant (default {MIN_CHANGE_HU:g})")
+    c.add_argument("--registration-sd", type=float, default=None, metavar="MM",
+                   help="uncertainty of the stem's placement in the two CTs allowed for in the significance "
+                   "(default a quarter of the coarser voxel; 0 leaves it out)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing result")
     c.add_argument("--no-pictures", action="store_true", help="tables only")
     c.add_argument("--quiet", action="store_true", help="no summary table")
@@ -639,7 +731,7 @@ def run_compare(args) -> int:
     from .export import check_output_folder
 
     check_output_folder(args.out, args.overwrite)
-    comparison = compare(args.baseline, args.followup, min_change_hu=args.min_change)
+    comparison = compare(args.baseline, args.followup, min_change_hu=args.min_change, registration_sd_mm=args.registration_sd)
     for w in comparison.warnings:
         print(f"warning: {w}", file=sys.stderr)
     save_comparison(comparison, args.out, overwrite=args.overwrite, pictures=not args.no_pictures)
