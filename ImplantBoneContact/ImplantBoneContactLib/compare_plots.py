@@ -210,7 +210,7 @@ def zone_change_figure(comparison: Comparison) -> Figure:
     zones = comparison.zones.set_index("zone")
     fig = Figure(figsize=(10.5, 4.6), dpi=_DPI, facecolor="white")
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0.08, 0.16, 0.9, 0.66))
+    ax = fig.add_axes((0.08, 0.14, 0.9, 0.64))
     xs = np.array([z if z <= 7 else z + 1 for z in ZONE_ORDER], dtype=float)
     values = np.array([float(zones.loc[str(z), zcol]) for z in ZONE_ORDER])
     se = np.array([float(zones.loc[str(z), se_col]) for z in ZONE_ORDER])
@@ -231,10 +231,10 @@ def zone_change_figure(comparison: Comparison) -> Figure:
     ax.set_axisbelow(True)
     ax.legend(handles=[Patch(facecolor=to_rgb("#d6604d"), edgecolor="#333333", label="significant change"),
                        Patch(facecolor="white", edgecolor="#333333", hatch="///", label="within noise")],
-              loc="lower right", fontsize=9, frameon=False)
+              loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=9, frameon=False)
     fig.text(0.5, 0.97, "Change of mean per Gruen zone, follow-up minus baseline", ha="center", va="top", fontsize=14,
              weight="bold")
-    fig.text(0.5, 0.905, f"{_title(comparison)}; error bars \u00b1{Z_THRESHOLD:g} standard errors (noise and spread of the change)",
+    fig.text(0.5, 0.905, f"{_title(comparison)}; error bars \u00b1{Z_THRESHOLD:g} standard errors (noise, spread, registration)",
              ha="center", va="top", fontsize=9.5, color="#333333")
     return fig
 
