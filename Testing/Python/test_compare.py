@@ -285,3 +285,26 @@ def test_real_ct_moved_twice_shows_no_significant_change(shared_data, tmp_path):
     # Without the registration term, the grid falling elsewhere at 3 mm voxels looks like change in some zones.
     c0 = compare(tmp_path / "base", tmp_path / "fu", registration_sd_mm=0.0)
     assert c0.zones["significant"].any()
+
+
+def test_cli_analyze_with_baseline(study, tmp_path, capsys):
+    p = study["pair"]["paths"]
+    out = tmp_path / "fu"
+    code = main(["analyze", "--ct", str(p["same_ct"]), "--model", str(p["model"]), "--transform", str(p["same_transform"]),
+                 "--baseline", str(study["root"] / "baseline"), "--out", str(out), "--no-pictures", "--quiet"])
+    assert code == 0
+    meta = json.loads((out / "parameters.json").read_text())
+    assert meta["parameters"]["remesh"] == "none"
+    assert meta["inputs"]["baseline"]["n_vertices"] == len(study["results"]["baseline"].vertices)
+    assert len(pd.read_csv(out / "vertices.csv")) == len(study["results"]["baseline"].vertices)
+    # The registration of another CT (the follow-up's placement applied to the baseline's model file scaled): refused.
+    from ImplantBoneContactLib.mesh import read_model, transform_polydata, write_polydata
+
+    model, _ = read_model(p["model"])
+    write_polydata(transform_polydata(model, np.diag([0.9, 0.9, 0.9, 1.0])), tmp_path / "smaller.stl", space="RAS")
+    bad = tmp_path / "bad"
+    code = main(["analyze", "--ct", str(p["same_ct"]), "--model", str(tmp_path / "smaller.stl"), "--transform",
+                 str(p["same_transform"]), "--baseline", str(study["root"] / "baseline"), "--out", str(bad)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "rigid stem" in err[0]
+    assert not bad.exists()
