@@ -369,7 +369,24 @@ def analyze_followup_files(ct, model, baseline_dir, parameters=None, transform=N
         sensitivity = {"shift_mm": 0.0, "hu_per_mm": {}}
     sensitivity["default_registration_sd_mm"] = float(registration_sd_mm)
     result.inputs["baseline"]["registration_sensitivity"] = sensitivity
+    result.warnings.extend(_ignored_settings(parameters, params))
     return result
+
+
+def _ignored_settings(given, used) -> list[str]:
+    """Warnings for settings the user gave that the follow-up replaced by the baseline's."""
+    from .analysis import AnalysisParameters
+
+    if given is None:
+        return []
+    default = AnalysisParameters()
+    out = []
+    for key in (*SAMPLING_PARAMETERS, "remesh", "points", "axis", "medial_point", "resection_point", "side"):
+        value = getattr(given, key, None)
+        if _norm(value) != _norm(getattr(default, key)) and _norm(value) != _norm(getattr(used, key)):
+            out.append(f"{key} {value!r} is not used: a follow-up is analysed with the baseline's settings "
+                       f"({key} {getattr(used, key)!r}) so that a change cannot come from a setting")
+    return out
 
 
 # --------------------------------------------------------------------------- comparison

@@ -308,3 +308,13 @@ def test_cli_analyze_with_baseline(study, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "rigid stem" in err[0]
     assert not bad.exists()
+
+
+def test_followup_settings_come_from_the_baseline(study):
+    p = study["pair"]["paths"]
+    given = AnalysisParameters(profile="0.5:3:0.5", points=500)
+    r = analyze_followup_files(p["same_ct"], p["model"], study["root"] / "baseline", given, transform=p["same_transform"])
+    assert r.parameters.profile is None
+    assert len(r.vertices) == len(study["results"]["baseline"].vertices)
+    assert any(w.startswith("profile '0.5:3:0.5' is not used") for w in r.warnings)
+    assert any(w.startswith("points 500 is not used") for w in r.warnings)
