@@ -301,9 +301,15 @@ def registration_sensitivity(volume, vertices: pd.DataFrame, parameters, shift_m
             q = pts.copy()
             q[:, axis] += sign * shift_mm
             diffs.append(sample_surface(volume, q, nrm, parameters.sampling, offsets, parameters.profile_aggregate).hu - hu)
+    projection = parameters.zone_scheme == "projection" and {"gruen_zone_ap", "gruen_zone_lateral"} <= set(vertices.columns)
     out = {}
     for label in [str(z) for z in ZONE_ORDER] + ["all"]:
-        sel = (zone == int(label)) if label != "all" else (zone > 0)
+        if label == "all":
+            sel = zone > 0
+        elif projection:
+            sel = (vertices["gruen_zone_ap"].to_numpy() == int(label)) | (vertices["gruen_zone_lateral"].to_numpy() == int(label))
+        else:
+            sel = zone == int(label)
         means = []
         for d in diffs:
             ok = sel & np.isfinite(d) & (area > 0)
@@ -600,11 +606,18 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
     if not sensitivity and reg_sd > 0:
         warnings.append("the follow-up result does not record its registration sensitivity (not analysed with --baseline): "
                         "misregistration is not allowed for in the significance")
+    # With the projection scheme a vertex counts in its AP-view zone and in its lateral-view zone, as in zones.csv.
+    projection = b.parameters.get("zone_scheme") == "projection" and {"gruen_zone_ap", "gruen_zone_lateral"} <= set(vb.columns)
     zb = b.zones.set_index(b.zones["zone"].astype(str))
     zf = f.zones.set_index(f.zones["zone"].astype(str))
     rows = []
     for label in [str(z) for z in ZONE_ORDER] + ["all"]:
-        sel = (zone == int(label)) if label != "all" else (zone > 0)
+        if label == "all":
+            sel = zone > 0
+        elif projection:
+            sel = (vb["gruen_zone_ap"].to_numpy() == int(label)) | (vb["gruen_zone_lateral"].to_numpy() == int(label))
+        else:
+            sel = zone == int(label)
         rb, rf = zb.loc[label], zf.loc[label]
         area_s = float(min(rb["area_sampled_mm2"], rf["area_sampled_mm2"]))
         r = {

@@ -318,3 +318,21 @@ def test_followup_settings_come_from_the_baseline(study):
     assert len(r.vertices) == len(study["results"]["baseline"].vertices)
     assert any(w.startswith("profile '0.5:3:0.5' is not used") for w in r.warnings)
     assert any(w.startswith("points 500 is not used") for w in r.warnings)
+
+
+def test_projection_scheme_zones_count_each_vertex_in_both_views(study, tmp_path):
+    p = study["pair"]["paths"]
+    params = AnalysisParameters(points=1500, remesh="fast", zone_scheme="projection",
+                                **frame_parameters(study["pair"]["phantoms"]["baseline"].true_frame()))
+    save_result(analyze_files(p["baseline_ct"], p["model"], params, transform=p["baseline_transform"]), tmp_path / "b", pictures=False)
+    save_result(analyze_followup_files(p["loss_ct"], p["model"], tmp_path / "b", transform=p["loss_transform"]), tmp_path / "f",
+                pictures=False)
+    c = compare(tmp_path / "b", tmp_path / "f")
+    z = c.zones.set_index("zone")
+    v = c.vertices.merge(pd.read_csv(tmp_path / "b" / "vertices.csv")[["vertex_id", "gruen_zone_ap", "gruen_zone_lateral"]])
+    # Zone 7 of the AP view is the whole medial half of the proximal third: the loss covers its medial sector only.
+    in7 = v["gruen_zone_ap"] == 7
+    expected = np.average(v.loc[in7, "delta_hu"], weights=v.loc[in7, "area_mm2"])
+    assert z.loc["7", "delta_hu_mean"] == pytest.approx(expected, abs=10.0)
+    assert bool(z.loc["7", "significant"])
+    assert not z.loc[["1", "2", "3", "4", "5", "6"], "significant"].any()
