@@ -39,6 +39,7 @@ from .frame import ZONE_REFERENCES, ZONE_SCHEMES, FrameOptions, StemFrame, assig
 from .mesh import prepare_surface, read_model, read_transform, surface_geometry, transform_polydata
 from .remesh import REMESH_METHODS, remesh
 from .sampling import PROFILE_AGGREGATES, SAMPLING_METHODS, SurfaceSamples, parse_profile, sample_surface
+from .scan_noise import scan_noise
 from .stats import triangle_samples, zone_table
 from .volume import Volume, hu_range_warnings, read_volume
 
@@ -81,6 +82,8 @@ class AnalysisParameters:
             taken from (``--frame``), named in messages about them; ``None`` if none.
         model_space: ``"RAS"``/``"LPS"`` to override the model file's header.
         series_uid: DICOM series to read from a folder with several.
+        calibration: JSON file of a density calibration (see :mod:`.calibration`) or ``None``:
+            adds ``density_mg_cm3`` to the vertices and density statistics to the zones.
     """
 
     remesh: str = "acvd"
@@ -104,6 +107,7 @@ class AnalysisParameters:
     frame_file: str | None = None
     model_space: str | None = None
     series_uid: str | None = None
+    calibration: str | None = None
 
     def validate(self) -> None:
         """Check every value before any work starts.
@@ -143,6 +147,10 @@ class AnalysisParameters:
         b = np.asarray(self.bands_axial, dtype=float)
         if b.shape != (3,) or np.any(~np.isfinite(b)) or np.any(b <= 0) or abs(b.sum() - 1) > 1e-6:
             raise InputError(f"axial bands need three positive fractions that sum to 1, got {list(self.bands_axial)}")
+        if self.calibration is not None:
+            from .calibration import read_calibration
+
+            read_calibration(self.calibration)
 
     def frame_options(self) -> FrameOptions:
         """The frame settings; messages name the frame file for the parts taken from it."""
@@ -461,9 +469,15 @@ def analyze(
                 f"(>= {params.metal_hu:g} HU): the model seems to sit in a post-operative CT; sample outside "
                 "the metal with --offset 1.5 or --profile 0.5:3:0.5"
             )
+    info = dict(inputs or {})
+    if params.calibration is not None:
+        from .calibration import add_density, read_calibration
+
+        calibration = read_calibration(params.calibration)
+        add_density(vertices, table, calibration)
+        info["calibration"] = {**describe_file(params.calibration), **calibration.to_dict()}
     timings["statistics"] = time.perf_counter() - t
     surface_out = build_output_surface(geom.points, geom.faces, vertices, names)
-    info = dict(inputs or {})
     info.setdefault("ct", {})
     info["ct"].update(
         {
@@ -471,6 +485,7 @@ def analyze(
             "spacing_mm": [float(x) for x in volume.spacing_mm],
             "ijk_to_ras": volume.ijk_to_ras.tolist(),
             "dtype": str(volume.array.dtype),
+            "noise": scan_noise(volume, geom.points),
         }
     )
     info["surface"] = {

@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="result folder (created; replaced only with --overwrite)")
     _add_analysis_options(a)
 
+    from .compare import add_compare_parser
+
+    add_compare_parser(sub)
+
     d = sub.add_parser("demo", help="write the built-in femur phantom (NRRD + STL) and analyse it")
     d.add_argument("--out", required=True, help="folder for the phantom and its results")
     d.add_argument("--metal", action="store_true", help="make a post-operative phantom: metal stem voxels that bloom")
@@ -85,6 +89,8 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g.add_argument("--transform", help="registration moving the model into the CT: 4x4 RAS matrix text file, or ITK .tfm/.txt/.h5")
     g.add_argument("--model-space", choices=("RAS", "LPS"), type=str.upper, help="override the model file's coordinate system (default: its SPACE= header, else LPS)")
     g.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
+    g.add_argument("--calibration", metavar="FILE.json", help="density calibration (linear relation or phantom rods): adds density in mg/cm3")
+    g.add_argument("--baseline", metavar="RESULT", help="follow-up: analyse on this baseline result's surface and frame, moved by the two registrations")
 
     g = a.add_argument_group("remeshing")
     g.add_argument("--remesh", choices=("acvd", "fast", "none"), default="acvd",
@@ -142,6 +148,7 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
         side=args.side,
         model_space=args.model_space,
         series_uid=args.series_uid,
+        calibration=getattr(args, "calibration", None),
     )
     if args.frame:
         import json
@@ -200,7 +207,12 @@ def run_analysis(args: argparse.Namespace) -> int:
     params = parameters_from_args(args)
     check_output_folder(args.out, args.overwrite)
     progress = _Progress(args.quiet, args.progress)
-    result = analyze_files(args.ct, args.model, params, transform=args.transform, progress=progress)
+    if args.baseline:
+        from .compare import analyze_followup_files
+
+        result = analyze_followup_files(args.ct, args.model, args.baseline, params, transform=args.transform, progress=progress)
+    else:
+        result = analyze_files(args.ct, args.model, params, transform=args.transform, progress=progress)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     progress(1.0, f"writing results to {args.out}")
@@ -249,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return run_analysis(args)
+        if args.command == "compare":
+            from .compare import run_compare
+
+            return run_compare(args)
         return run_demo(args)
     except (InputError, OutputError) as exc:
         print(f"implant-bone-contact: error: {exc}", file=sys.stderr)
