@@ -634,7 +634,9 @@ def compare(baseline_dir, followup_dir, min_change_hu: float = MIN_CHANGE_HU, pa
         spread, n_patches = _spread_se(delta[sel], area[sel], patch[sel])
         floor = combined * voxel / math.sqrt(area_s) if math.isfinite(combined) and area_s > 0 and math.isfinite(voxel) else float("nan")
         se = float(np.nanmax([spread, floor])) if np.isfinite([spread, floor]).any() else float("nan")
-        reg = float(sensitivity.get(label, float("nan"))) * reg_sd
+        # A zone with no sampled vertex has no sensitivity (NaN, written to JSON as null).
+        zone_sensitivity = sensitivity.get(label)
+        reg = (float("nan") if zone_sensitivity is None else float(zone_sensitivity)) * reg_sd
         if math.isfinite(reg) and math.isfinite(se):
             se = math.hypot(se, reg)
         r["n_patches"] = n_patches
