@@ -328,6 +328,56 @@ def signed_volume(pts: np.ndarray, faces: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
+#: An open part is oriented only when its area-weighted normals point clearly away from (or toward) its
+#: axis: the mean of ``n . r`` (``r`` the unit direction from the part's long axis) beyond this.
+MIN_OPEN_ORIENTATION_SCORE = 0.2
+
+
+def outward_sign(pts: np.ndarray, faces: np.ndarray) -> int:
+    """+1 if the consistently oriented triangles of one connected part face outward, -1 if inward.
+
+    Closed part: the sign of its signed volume (the same about any origin).
+    Open part (holes, a cut-off neck, a scan patch): the signed volume is
+    taken about the part's own area centroid, so a surface far from the
+    world origin is judged as near it, and it must agree with the area-
+    weighted mean of ``n . r``, where ``r`` is the unit direction from the
+    part's long (principal) axis to each triangle: outward normals of an
+    elongated implant point away from its axis.
+
+    Raises:
+        InputError: an open part where the two tests disagree or the axis test
+            is too weak to decide (a flat or saddle-shaped patch).
+    """
+    a, b, c = pts[faces[:, 0]], pts[faces[:, 1]], pts[faces[:, 2]]
+    cross = np.cross(b - a, c - a)
+    area2 = np.linalg.norm(cross, axis=1)
+    total = area2.sum()
+    if total <= 0:
+        return 1
+    tri_centres = (a + b + c) / 3.0
+    centre = (tri_centres * area2[:, None]).sum(0) / total
+    n_boundary, _ = _edge_counts(faces)
+    volume = float(np.einsum("ij,ij->i", a - centre, np.cross(b - centre, c - centre)).sum() / 6.0)
+    if n_boundary == 0:
+        return 1 if volume >= 0 else -1
+    # Open: the long axis through the area centroid, from the area-weighted second moments.
+    d = tri_centres - centre
+    moments = (d * area2[:, None]).T @ d / total
+    axis = np.linalg.eigh(moments)[1][:, -1]
+    radial = d - np.outer(d @ axis, axis)
+    length = np.linalg.norm(radial, axis=1)
+    ok = length > 1e-9 * max(float(np.sqrt(np.trace(moments))), 1e-12)
+    unit_n = cross[ok] / np.maximum(area2[ok], 1e-300)[:, None]
+    score = float((np.einsum("ij,ij->i", unit_n, radial[ok] / length[ok, None]) * area2[ok]).sum() / total)
+    if abs(score) < MIN_OPEN_ORIENTATION_SCORE or (volume != 0 and np.sign(volume) != np.sign(score)):
+        raise InputError(
+            f"cannot tell the outside of the model from its inside: the surface is open ({n_boundary} boundary edges) "
+            f"and its triangles face its axis and away from it about equally (score {score:+.2f}; signed volume about "
+            f"its centre {volume:.3g} mm3): close the surface (fill its holes) or export the whole implant"
+        )
+    return 1 if score > 0 else -1
+
+
 @dataclass
 class SurfaceGeometry:
     """Outward normals and areas of a triangle mesh."""
@@ -345,16 +395,22 @@ class SurfaceGeometry:
 def surface_geometry(poly: vtk.vtkPolyData) -> SurfaceGeometry:
     """Consistent outward unit normals per vertex, per-vertex areas, and topology facts.
 
-    Triangle orientation is made consistent by ``vtkPolyDataNormals``; then the
-    whole surface is flipped if its signed volume is negative, which works on
-    the raw CAD mesh too (it needs no closed surface, only a mostly closed
-    one). Vertex normals are the area-weighted mean of the adjacent triangle
-    normals.
+    Triangle orientation is made consistent over edge-adjacent triangles by
+    ``vtkPolyDataNormals`` (with cell normals on: with point and cell normals
+    both off, VTK 9.6 returns the mesh unchanged and its consistency step
+    does not run). Then each connected part is turned outward by
+    :func:`outward_sign`, which does not depend on where the part lies (a
+    surface in scanner table coordinates, 1000 mm from the origin, is judged
+    as at the origin). Vertex normals are the area-weighted mean of the
+    adjacent triangle normals.
+
+    Raises:
+        InputError: an open part whose outside cannot be told from its inside.
     """
     normals_filter = vtk.vtkPolyDataNormals()
     normals_filter.SetInputData(poly)
     normals_filter.ComputePointNormalsOff()
-    normals_filter.ComputeCellNormalsOff()
+    normals_filter.ComputeCellNormalsOn()
     normals_filter.SplittingOff()
     normals_filter.ConsistencyOn()
     normals_filter.AutoOrientNormalsOff()
@@ -368,12 +424,12 @@ def surface_geometry(poly: vtk.vtkPolyData) -> SurfaceGeometry:
         if faces_oriented.shape[0] == faces.shape[0]:
             faces = faces_oriented
     flipped = False
-    # Consistency is per connected component: orient each one by its own signed volume.
+    # Consistency is per connected component: orient each one on its own.
     labels, n_components = _component_labels(pts.shape[0], faces)
     face_label = labels[faces[:, 0]]
     for comp in range(n_components):
         sel = face_label == comp
-        if signed_volume(pts, faces[sel]) < 0:
+        if outward_sign(pts, faces[sel]) < 0:
             faces[sel] = faces[sel][:, ::-1]
             flipped = True
     a = pts[faces[:, 0]]
@@ -475,6 +531,10 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.exists():
         raise InputError(f"transform file not found: {p}")
+    if p.is_dir():
+        raise InputError(
+            f"the transform path is a folder, not a file: {p}; give a 4x4 matrix text file or an ITK transform (.tfm/.txt/.h5)"
+        )
     if p.stat().st_size == 0:
         raise InputError(f"the transform file is empty: {p}")
     suffix = "".join(p.suffixes[-1:]).lower()
@@ -485,19 +545,43 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
     if is_itk:
         matrix = _read_itk_transform(p)
     else:
-        try:
-            values = np.loadtxt(p, dtype=float, ndmin=2)
-        except ValueError:
-            raise InputError(
-                f"cannot read {p} as a 4x4 matrix of numbers or as an ITK transform file (.tfm/.txt/.h5)"
-            ) from None
-        if values.shape == (3, 4):
-            values = np.vstack([values, [0, 0, 0, 1]])
-        if values.shape != (4, 4):
-            raise InputError(f"the matrix in {p} has shape {values.shape}: a 4x4 matrix is needed")
-        matrix = values
+        matrix = _read_matrix_text(p)
     check_registration_matrix(matrix, f"transform {p}")
     return matrix
+
+
+_MATRIX_FORMAT = (
+    "expected 4 rows of 4 numbers (RAS, the matrix that moves the model into the CT), separated by spaces, "
+    "tabs or commas, e.g. '1 0 0 10' on each line (a 3x4 matrix gets the row 0 0 0 1), or an ITK transform file (.tfm/.txt/.h5)"
+)
+
+
+def _read_matrix_text(p: Path) -> np.ndarray:
+    """A 4x4 (or 3x4) matrix from a text file; numbers separated by spaces, tabs, commas or semicolons."""
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError):
+        raise InputError(f"cannot read {p} as a 4x4 matrix of numbers: {_MATRIX_FORMAT}") from None
+    rows = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        items = [v for v in line.replace(",", " ").replace(";", " ").replace("[", " ").replace("]", " ").split()]
+        try:
+            rows.append([float(v) for v in items])
+        except ValueError:
+            raise InputError(f"cannot read {p} as a 4x4 matrix of numbers ({line[:60]!r} is not numbers): {_MATRIX_FORMAT}") from None
+    if len({len(r) for r in rows}) != 1:
+        raise InputError(f"the matrix in {p} has rows of {sorted({len(r) for r in rows})} numbers: {_MATRIX_FORMAT}")
+    values = np.array(rows, dtype=float)
+    if values.shape == (1, 16):
+        values = values.reshape(4, 4)
+    if values.shape == (3, 4):
+        values = np.vstack([values, [0, 0, 0, 1]])
+    if values.shape != (4, 4):
+        raise InputError(f"the matrix in {p} has shape {values.shape}: {_MATRIX_FORMAT}")
+    return values
 
 
 def _read_itk_transform(p: Path) -> np.ndarray:
@@ -540,11 +624,17 @@ def _flatten_itk(tx, p: Path):
     return tx
 
 
-def check_registration_matrix(matrix: np.ndarray, source: str = "transform") -> None:
-    """Refuse a registration matrix that is singular, non-finite, non-affine or that mirrors or scales.
+#: Largest departure of a rigid matrix's singular values from 1 (0.1 %: a 4-decimal matrix rounds well inside it).
+RIGID_TOLERANCE = 1e-3
 
-    A femoral-stem registration is rigid; a scale is accepted only if it is
-    uniform and within 0.5..2 (CAD units slip), and is reported by the caller.
+
+def check_registration_matrix(matrix: np.ndarray, source: str = "transform") -> None:
+    """Refuse a registration matrix that is singular, non-finite, non-affine or that mirrors, scales or shears.
+
+    A femoral-stem registration is rigid: the 3x3 part must be a rotation,
+    orthonormal within :data:`RIGID_TOLERANCE` (every singular value within
+    0.1 % of 1). A scaled CAD model (units) is a separate mistake, named by
+    the model-size checks; a registration must not hide it.
     """
     m = np.asarray(matrix, dtype=float)
     if m.shape != (4, 4) or not np.all(np.isfinite(m)):
@@ -558,10 +648,14 @@ def check_registration_matrix(matrix: np.ndarray, source: str = "transform") -> 
     if det < 0:
         raise InputError(f"the {source} mirrors the model (negative determinant): a registration must be a rotation and translation")
     sv = np.linalg.svd(r, compute_uv=False)
-    if sv.max() / sv.min() > 1.01:
+    if np.max(np.abs(sv - 1.0)) > RIGID_TOLERANCE:
+        if sv.max() / sv.min() <= 1.0 + RIGID_TOLERANCE:
+            what = f"it scales the model by {float(np.mean(sv)):.4g} in every direction"
+        else:
+            what = f"it shears or scales unevenly: singular values {np.round(sv, 4).tolist()}"
         raise InputError(
-            f"the {source} is not rigid (it shears or scales unevenly: singular values {np.round(sv, 4).tolist()}): "
-            "a registration must be a rotation and translation"
+            f"the {source} is not rigid ({what}): only rigid transforms (rotation and translation) are accepted; "
+            "if the model's units are wrong, re-export it in mm"
         )
 
 
