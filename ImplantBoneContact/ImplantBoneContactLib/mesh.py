@@ -551,7 +551,7 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
 
 
 _MATRIX_FORMAT = (
-    "expected 4 rows of 4 numbers (RAS, the matrix that moves the model into the CT), separated by spaces, "
+    "expected a 4x4 matrix: 4 rows of 4 numbers (RAS, the matrix that moves the model into the CT), separated by spaces, "
     "tabs or commas, e.g. '1 0 0 10' on each line (a 3x4 matrix gets the row 0 0 0 1), or an ITK transform file (.tfm/.txt/.h5)"
 )
 

@@ -125,7 +125,7 @@ def test_comma_separated_matrix_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["1 0 0\n0 1 0\n0 0 1\n", "one two three four\n", "1 0 0 0\n0 1 0 0\n0 0 1\n0 0 0 1\n"])
 def test_unreadable_matrix_names_the_expected_format(tmp_path: Path, text: str) -> None:
     (tmp_path / "t.txt").write_text(text)
-    with pytest.raises(InputError, match="expected 4 rows of 4 numbers.*spaces, tabs or commas"):
+    with pytest.raises(InputError, match="expected a 4x4 matrix: 4 rows of 4 numbers.*spaces, tabs or commas"):
         read_transform(tmp_path / "t.txt")
 
 
