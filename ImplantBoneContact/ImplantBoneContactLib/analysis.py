@@ -389,7 +389,7 @@ def analyze(
         method = "ACVD as Slicer's Surface Toolbox" if params.remesh == "acvd" else "fast ACVD"
         step(0.05, f"remeshing to {params.points} points ({method}, subdivide {k})")
         if remesher is None:
-            surface = remesh(surface, params.remesh, params.points, k)
+            surface = remesh(surface, params.remesh, params.points, k, progress=lambda message: step(0.05, message))
         else:
             surface = prepare_surface(remesher(surface, params.points, k), "remeshed surface")
         params_used_subdivide = k

@@ -587,3 +587,13 @@ def test_negative_spacing_is_read_as_the_mirror_it_states(tmp_path: Path) -> Non
     lps_j1 = (v.ijk_to_ras @ [0, 1, 0, 1])[:3] * [-1, -1, 1]
     np.testing.assert_allclose(lps_j1, [0.0, -1.0, 0.0])
     write_volume(v, tmp_path / "b.nrrd")
+
+
+def test_acvd_remesh_reports_each_step(phantom_stem) -> None:
+    """A long remesh says what it is doing: subdividing, clustering, then building the mesh (the slow part)."""
+    from ImplantBoneContactLib.remesh import remesh
+
+    messages: list[str] = []
+    out = remesh(phantom_stem, "acvd", 300, 0, progress=messages.append)
+    assert [m.split(" ")[1] for m in messages] == ["subdividing", "clustering", "building"]
+    assert abs(out.GetNumberOfPoints() - 300) <= 10
