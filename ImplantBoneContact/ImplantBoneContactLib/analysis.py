@@ -587,13 +587,20 @@ def outside_ct_warnings(inside_ct: np.ndarray, below_cut: np.ndarray, areas: np.
     the cut does.
     """
     out_below = below_cut & ~inside_ct
+    n_out_above = int((~below_cut & ~inside_ct).sum())
     if not out_below.any():
+        if n_out_above:
+            return [
+                f"{n_out_above} vertices above the resection plane (not analysed) lie outside the CT; "
+                "all of the analysed surface below it is inside"
+            ]
         return []
     area_below = areas[below_cut].sum()
     frac = areas[out_below].sum() / area_below if area_below > 0 else 1.0
+    above = f" (and {n_out_above} above the plane, not analysed)" if n_out_above else ""
     return [
         f"{int(out_below.sum())} of {int(below_cut.sum())} vertices below the resection plane "
-        f"({100 * frac:.1f}% of the analysed area) lie outside the CT: their HU is NaN (inside_ct = False) "
+        f"({100 * frac:.1f}% of the analysed area) lie outside the CT{above}: their HU is NaN (inside_ct = False) "
         "and they are left out of the statistics (area_sampled_mm2)"
     ]
 

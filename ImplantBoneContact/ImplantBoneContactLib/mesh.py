@@ -333,49 +333,66 @@ def signed_volume(pts: np.ndarray, faces: np.ndarray) -> float:
 MIN_OPEN_ORIENTATION_SCORE = 0.2
 
 
-def outward_sign(pts: np.ndarray, faces: np.ndarray) -> int:
-    """+1 if the consistently oriented triangles of one connected part face outward, -1 if inward.
+def _area_centre_and_axis(pts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Area centroid (mm) and long (principal) axis (unit) of a triangle set."""
+    a, b, c = pts[faces[:, 0]], pts[faces[:, 1]], pts[faces[:, 2]]
+    area2 = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    total = max(float(area2.sum()), 1e-300)
+    centres = (a + b + c) / 3.0
+    centre = (centres * area2[:, None]).sum(0) / total
+    d = centres - centre
+    moments = (d * area2[:, None]).T @ d / total
+    return centre, np.linalg.eigh(moments)[1][:, -1]
+
+
+def outward_sign(
+    pts: np.ndarray, faces: np.ndarray, centre: np.ndarray | None = None, axis: np.ndarray | None = None
+) -> tuple[int, str]:
+    """+1 if the consistently oriented triangles of one connected part face outward, -1 if inward, 0 if undecided.
 
     Closed part: the sign of its signed volume (the same about any origin).
     Open part (holes, a cut-off neck, a scan patch): the signed volume is
-    taken about the part's own area centroid, so a surface far from the
-    world origin is judged as near it, and it must agree with the area-
-    weighted mean of ``n . r``, where ``r`` is the unit direction from the
-    part's long (principal) axis to each triangle: outward normals of an
-    elongated implant point away from its axis.
+    taken about the part's own area centroid (or ``centre``), so a surface
+    far from the world origin is judged as near it, and it must agree with
+    the area-weighted mean of ``n . r``, where ``r`` is the unit direction
+    from the part's long (principal) axis (or ``axis`` through ``centre``) to
+    each triangle: outward normals of an elongated implant point away from
+    its axis. Undecided (0) when the two disagree or the axis test is weak
+    (mean below :data:`MIN_OPEN_ORIENTATION_SCORE`: a flat or saddle patch).
 
-    Raises:
-        InputError: an open part where the two tests disagree or the axis test
-            is too weak to decide (a flat or saddle-shaped patch).
+    Returns:
+        ``(sign, why)``: ``why`` describes an undecided part for a message.
     """
     a, b, c = pts[faces[:, 0]], pts[faces[:, 1]], pts[faces[:, 2]]
     cross = np.cross(b - a, c - a)
     area2 = np.linalg.norm(cross, axis=1)
     total = area2.sum()
     if total <= 0:
-        return 1
-    tri_centres = (a + b + c) / 3.0
-    centre = (tri_centres * area2[:, None]).sum(0) / total
+        return 1, ""
+    own_centre, own_axis = _area_centre_and_axis(pts, faces)
+    centre = own_centre if centre is None else np.asarray(centre, dtype=float)
+    axis = own_axis if axis is None else np.asarray(axis, dtype=float)
     n_boundary, _ = _edge_counts(faces)
     volume = float(np.einsum("ij,ij->i", a - centre, np.cross(b - centre, c - centre)).sum() / 6.0)
     if n_boundary == 0:
-        return 1 if volume >= 0 else -1
-    # Open: the long axis through the area centroid, from the area-weighted second moments.
-    d = tri_centres - centre
-    moments = (d * area2[:, None]).T @ d / total
-    axis = np.linalg.eigh(moments)[1][:, -1]
+        return (1 if volume >= 0 else -1), ""
+    d = (a + b + c) / 3.0 - centre
     radial = d - np.outer(d @ axis, axis)
     length = np.linalg.norm(radial, axis=1)
-    ok = length > 1e-9 * max(float(np.sqrt(np.trace(moments))), 1e-12)
+    ok = length > 1e-9 * max(float(np.abs(d).max()), 1e-12)
     unit_n = cross[ok] / np.maximum(area2[ok], 1e-300)[:, None]
     score = float((np.einsum("ij,ij->i", unit_n, radial[ok] / length[ok, None]) * area2[ok]).sum() / total)
     if abs(score) < MIN_OPEN_ORIENTATION_SCORE or (volume != 0 and np.sign(volume) != np.sign(score)):
-        raise InputError(
-            f"cannot tell the outside of the model from its inside: the surface is open ({n_boundary} boundary edges) "
-            f"and its triangles face its axis and away from it about equally (score {score:+.2f}; signed volume about "
-            f"its centre {volume:.3g} mm3): close the surface (fill its holes) or export the whole implant"
+        return 0, (
+            f"{n_boundary} boundary edges; its triangles face its axis and away from it about equally "
+            f"(score {score:+.2f}; signed volume about its centre {volume:.3g} mm3)"
         )
-    return 1 if score > 0 else -1
+    return (1 if score > 0 else -1), ""
+
+
+#: Undecided parts (see :func:`outward_sign`) may hold at most this fraction of the area: small stray
+#: pieces (a lone triangle a remesh left behind) are oriented against the whole surface's axis instead.
+MAX_UNDECIDED_AREA_FRACTION = 0.05
 
 
 @dataclass
@@ -427,11 +444,29 @@ def surface_geometry(poly: vtk.vtkPolyData) -> SurfaceGeometry:
     # Consistency is per connected component: orient each one on its own.
     labels, n_components = _component_labels(pts.shape[0], faces)
     face_label = labels[faces[:, 0]]
+    tri_area = triangle_areas(pts, faces)
+    undecided: list[tuple[np.ndarray, str]] = []
     for comp in range(n_components):
         sel = face_label == comp
-        if outward_sign(pts, faces[sel]) < 0:
+        sign, why = outward_sign(pts, faces[sel])
+        if sign == 0:
+            undecided.append((sel, why))
+        elif sign < 0:
             faces[sel] = faces[sel][:, ::-1]
             flipped = True
+    if undecided:
+        undecided_area = sum(float(tri_area[sel].sum()) for sel, _ in undecided)
+        if undecided_area > MAX_UNDECIDED_AREA_FRACTION * float(tri_area.sum()):
+            raise InputError(
+                "cannot tell the outside of the model from its inside: the surface is open "
+                f"({undecided[0][1]}): close the surface (fill its holes) or export the whole implant"
+            )
+        # Small stray pieces: judged against the whole surface's centre and axis.
+        centre, axis = _area_centre_and_axis(pts, faces)
+        for sel, _ in undecided:
+            if outward_sign(pts, faces[sel], centre, axis)[0] < 0:
+                faces[sel] = faces[sel][:, ::-1]
+                flipped = True
     a = pts[faces[:, 0]]
     face_n = np.cross(pts[faces[:, 1]] - a, pts[faces[:, 2]] - a)  # length = 2 * area: area weighting
     vn = np.column_stack([_corner_sums(faces, face_n[:, d], pts.shape[0]) for d in range(3)])

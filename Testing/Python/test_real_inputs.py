@@ -241,6 +241,26 @@ def test_open_surface_in_scanner_coordinates_samples_as_at_the_origin(phantom, p
     np.testing.assert_allclose(there.vertices[["nx", "ny", "nz"]], here.vertices[["nx", "ny", "nz"]], atol=1e-9)
 
 
+def test_a_small_stray_piece_does_not_stop_the_analysis(phantom_stem) -> None:
+    """A lone flat triangle beside the stem (what a remesh may leave) is oriented against the whole stem's axis."""
+    pts, faces = points(phantom_stem), triangles(phantom_stem)
+    truth = true_outward_vertex_normals(pts, faces)
+    centre = pts.mean(0)
+    far = pts[np.argmax(pts[:, 0])]  # the most lateral/medial point: a triangle just outside it, facing away
+    radial = far - centre
+    radial[2] = 0.0
+    radial /= np.linalg.norm(radial)
+    side = np.cross(radial, [0.0, 0.0, 1.0])
+    tri = far + 2 * radial + np.array([[0, 0, 0], [0, 0, 1.0], side])
+    for order in ([0, 1, 2], [0, 2, 1]):
+        all_pts = np.vstack([pts, tri])
+        all_faces = np.vstack([faces, np.array(order) + len(pts)])
+        geom = surface_geometry(polydata_from_arrays(all_pts, all_faces))
+        np.testing.assert_allclose(geom.normals[: len(pts)], truth, atol=1e-9)
+        assert np.all(geom.normals[len(pts):] @ radial > 0.5)
+    assert geom.n_components == 2
+
+
 def test_flat_open_patch_orientation_cannot_be_decided() -> None:
     """A flat square: no side is outside. Refused rather than guessed."""
     g = np.linspace(0.0, 50.0, 11)
@@ -357,7 +377,7 @@ def test_outside_ct_warning_counts_the_analysed_part(phantom, phantom_ct, phanto
     assert f"{int((below & ~v['inside_ct']).sum())} of {int(below.sum())} vertices below the resection plane" in message
 
 
-def test_a_ct_that_misses_only_the_part_above_the_cut_gives_no_outside_warning(phantom, phantom_ct, phantom_stem, small_result) -> None:
+def test_a_ct_that_misses_only_the_part_above_the_cut_says_the_analysed_part_is_inside(phantom, phantom_ct, phantom_stem, small_result) -> None:
     v = small_result.vertices
     k = _k_of(phantom_ct, v[["x_mm", "y_mm", "z_mm"]].to_numpy())
     below = v["gruen_zone"].to_numpy() > 0
@@ -370,7 +390,9 @@ def test_a_ct_that_misses_only_the_part_above_the_cut_gives_no_outside_warning(p
     v = result.vertices
     assert (~v.loc[v["gruen_zone"] == 0, "inside_ct"]).any()  # some of the neck is outside
     assert v.loc[v["gruen_zone"] > 0, "inside_ct"].all()
-    assert not any("outside the CT" in w for w in result.warnings)
+    outside = [w for w in result.warnings if "outside the CT" in w]
+    assert len(outside) == 1 and "above the resection plane (not analysed)" in outside[0]
+    assert "all of the analysed surface below it is inside" in outside[0]
 
 
 def test_console_summary_is_plain_numbers_in_percent(small_result) -> None:
