@@ -24,9 +24,11 @@ from vtk.util import numpy_support as ns
 
 from . import __version__
 from .classes import (
+    ABOVE_RESECTION,
     DEFAULT_METAL_HU,
     METAL,
     ContactBand,
+    band_gaps,
     bands_to_json,
     class_labels,
     class_names,
@@ -41,7 +43,7 @@ from .remesh import REMESH_METHODS, remesh
 from .sampling import PROFILE_AGGREGATES, SAMPLING_METHODS, SurfaceSamples, parse_profile, sample_surface
 from .scan_noise import scan_noise
 from .stats import triangle_samples, zone_table
-from .volume import Volume, hu_range_warnings, read_volume
+from .volume import Volume, geometry_warnings, hu_range_warnings, read_volume
 
 ProgressCallback = Callable[[float, str], None]
 #: ``remesher(surface, points, subdivide) -> surface``: replaces the built-in ACVD remesh
@@ -299,8 +301,16 @@ def auto_subdivide(surface: vtk.vtkPolyData, target: int, max_triangles: int = 8
     return k
 
 
-def check_overlap(volume: Volume, surface: vtk.vtkPolyData) -> None:
+def check_overlap(volume: Volume, surface: vtk.vtkPolyData, other_space_points: np.ndarray | None = None) -> None:
     """Refuse a model whose bounding box misses the CT, with a hint at the likely cause.
+
+    Args:
+        volume: the CT.
+        surface: the model in RAS mm, registration transform applied.
+        other_space_points: the model's points (RAS mm) as they would be had its
+            file been read in the other space (LPS/RAS), with the transform
+            applied after: a model read in the wrong space and then moved by
+            its registration is not just mirrored in x and y.
 
     Raises:
         InputError: naming the likely cause (LPS/RAS, metres, inches, registration).
@@ -322,7 +332,16 @@ def check_overlap(volume: Volume, surface: vtk.vtkPolyData) -> None:
     ct_size = float(np.linalg.norm(ct_hi - ct_lo))
     hints = []
     flipped_lo, flipped_hi = np.minimum(-lo[:2], -hi[:2]), np.maximum(-lo[:2], -hi[:2])
-    if np.all(flipped_hi >= ct_lo[:2]) and np.all(flipped_lo <= ct_hi[:2]) and hi[2] >= ct_lo[2] and lo[2] <= ct_hi[2]:
+    other_overlaps = False
+    if other_space_points is not None and len(other_space_points):
+        o_lo, o_hi = other_space_points.min(0), other_space_points.max(0)
+        other_overlaps = bool(np.all(o_hi >= ct_lo) and np.all(o_lo <= ct_hi))
+    if other_overlaps:
+        hints.append(
+            "read in the other space (x and y negated before the registration transform) it would overlap: "
+            "the model file is probably RAS read as LPS (or the reverse); try --model-space RAS or LPS"
+        )
+    elif np.all(flipped_hi >= ct_lo[:2]) and np.all(flipped_lo <= ct_hi[:2]) and hi[2] >= ct_lo[2] and lo[2] <= ct_hi[2]:
         hints.append("with x and y negated it would overlap: the model file is probably RAS read as LPS (or the reverse); try --model-space RAS or LPS")
     ratio = ct_size / max(model_size, 1e-12)
     if ratio > 300:
@@ -332,7 +351,10 @@ def check_overlap(volume: Volume, surface: vtk.vtkPolyData) -> None:
     elif model_size > 5 * ct_size:
         hints.append("the model is much larger than the CT: are its units micrometres?")
     if not hints:
-        hints.append("check the registration transform (--transform) and that the model belongs to this CT")
+        hints.append(
+            "check the registration transform (--transform), that the model belongs to this CT, "
+            "and the model's coordinate system (--model-space RAS or LPS)"
+        )
     raise InputError(
         "the model does not overlap the CT "
         f"(model RAS bounds {np.round(lo, 1).tolist()}..{np.round(hi, 1).tolist()} mm, "
@@ -381,19 +403,24 @@ def analyze(
     surface = prepare_surface(surface, "surface")
     check_overlap(volume, surface)
     warnings.extend(hu_range_warnings(volume))
+    warnings.extend(geometry_warnings(volume))
+    warnings.extend(band_gap_warnings(bands, params.metal_hu))
     warnings.extend(topology_warnings(surface))
     t = time.perf_counter()
     if params.remesh in ("acvd", "fast"):
         k = params.subdivide if params.subdivide is not None else auto_subdivide(surface, params.points)
-        step(0.05, f"remeshing to {params.points} points ({params.remesh} ACVD, subdivide {k})")
+        method = "ACVD as Slicer's Surface Toolbox" if params.remesh == "acvd" else "fast ACVD"
+        step(0.05, f"remeshing to {params.points} points ({method}, subdivide {k})")
         if remesher is None:
-            surface = remesh(surface, params.remesh, params.points, k)
+            surface = remesh(surface, params.remesh, params.points, k, progress=lambda message: step(0.05, message))
         else:
             surface = prepare_surface(remesher(surface, params.points, k), "remeshed surface")
         params_used_subdivide = k
     else:
         params_used_subdivide = None
     timings["remesh"] = time.perf_counter() - t
+    if params_used_subdivide is not None:
+        step(0.4, f"remeshed: {surface.GetNumberOfPoints()} points, {surface.GetNumberOfPolys()} triangles ({timings['remesh']:.1f} s)")
 
     t = time.perf_counter()
     step(0.45, "computing normals and vertex areas")
@@ -411,12 +438,6 @@ def analyze(
         raise InputError(
             "no point of the model lies inside the CT after sampling: check the registration and the model space (LPS/RAS)"
         )
-    if n_out:
-        frac_area = geom.areas[~samples.inside_ct].sum() / geom.areas.sum()
-        warnings.append(
-            f"{n_out} of {geom.points.shape[0]} vertices ({100 * frac_area:.1f}% of the area) lie outside the CT: "
-            "their HU is NaN (inside_ct = False) and they are left out of the statistics"
-        )
     if not np.isfinite(samples.hu).any():
         raise InputError("no vertex got a finite HU: the CT is NaN or infinite wherever the model lies")
     nonfinite = samples.inside_ct & ~np.isfinite(samples.hu)
@@ -433,6 +454,9 @@ def analyze(
     warnings.extend(frame_warnings)
     zones = assign_zones(frame, geom.points, params.bands_axial)
     timings["zones"] = time.perf_counter() - t
+    below_cut = np.asarray(zones["gruen_zone"]) > 0
+    warnings.extend(outside_ct_warnings(samples.inside_ct, below_cut, geom.areas))
+    warnings.extend(model_size_warnings(geom.points, volume))
 
     t = time.perf_counter()
     step(0.85, "classifying contact and computing statistics")
@@ -457,7 +481,8 @@ def analyze(
     if params.zone_scheme == "projection":
         vertices["gruen_zone_ap"] = zones["gruen_zone_ap"]
         vertices["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
-    vertices["contact_class"] = contact
+    # Above the cut is not analysed: no contact class there, so counting classes counts the analysed surface only.
+    vertices["contact_class"] = np.where(np.asarray(zones["gruen_zone"]) > 0, contact, ABOVE_RESECTION)
     table = zone_statistics(frame, geom.points, geom.faces, vertices, bands, params, volume=volume, normals=geom.normals)
     below = vertices["gruen_zone"].to_numpy() > 0
     if params.metal_hu is not None:
@@ -477,7 +502,7 @@ def analyze(
         add_density(vertices, table, calibration)
         info["calibration"] = {**describe_file(params.calibration), **calibration.to_dict()}
     timings["statistics"] = time.perf_counter() - t
-    surface_out = build_output_surface(geom.points, geom.faces, vertices, names)
+    surface_out = build_output_surface(geom.points, geom.faces, vertices, names, hu_classes=contact)
     info.setdefault("ct", {})
     info["ct"].update(
         {
@@ -496,7 +521,7 @@ def analyze(
         "boundary_edges": geom.n_boundary_edges,
         "components": geom.n_components,
     }
-    step(1.0, "done")
+    step(1.0, "analysis complete")
     return AnalysisResult(
         vertices=vertices,
         zones=table,
@@ -547,7 +572,81 @@ def zone_statistics(
     if params.zone_scheme == "projection":
         table["gruen_zone_ap"] = zones["gruen_zone_ap"]
         table["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
-    return zone_table(pd.DataFrame(table), class_names(bands, params.metal_hu is not None), params.zone_scheme, vertices)
+    return zone_table(
+        pd.DataFrame(table),
+        class_names(bands, params.metal_hu is not None),
+        params.zone_scheme,
+        vertices,
+        unclassified_column=bool(band_gaps(bands, params.metal_hu)),
+    )
+
+
+#: Length (mm, along the longest side of the bounding box) of the femoral stems this tool is for: the shortest
+#: neck-sparing stems are about 80 mm, long revision stems up to about 350 mm.
+STEM_LENGTH_RANGE_MM = (60.0, 400.0)
+
+
+def model_size_warnings(pts: np.ndarray, volume: Volume) -> list[str]:
+    """Warn when the model is far shorter or longer than a femoral stem: its units are probably wrong.
+
+    A model 10x too small (centimetres read as mm) still overlaps the CT and
+    gives numbers for a few voxels; a model in metres is refused earlier
+    (:func:`check_overlap`).
+    """
+    length = float(np.max(pts.max(0) - pts.min(0)))
+    ct_lo, ct_hi = volume.bounds_ras()
+    ct_length = float(np.max(ct_hi - ct_lo))
+    lo, hi = STEM_LENGTH_RANGE_MM
+    if length < lo:
+        factor = "10 (centimetres read as mm?)" if length * 10 >= lo else "25.4 (inches?)" if length * 25.4 >= lo else "1000 (metres?)"
+        return [
+            f"the model is only {length:.3g} mm long (CT {ct_length:.0f} mm) while a femoral stem is {lo:.0f}-{hi:.0f} mm: "
+            f"units? its coordinates may need scaling by {factor}; the numbers describe a {length:.3g} mm object"
+        ]
+    if length > hi:
+        return [
+            f"the model is {length:.4g} mm long (CT {ct_length:.0f} mm) while a femoral stem is {lo:.0f}-{hi:.0f} mm: "
+            "units? (micrometres, or 0.1 mm?) or a model of more than the stem"
+        ]
+    return []
+
+
+def outside_ct_warnings(inside_ct: np.ndarray, below_cut: np.ndarray, areas: np.ndarray) -> list[str]:
+    """Warn about vertices outside the CT, counted on the analysed surface (below the resection plane).
+
+    The part above the cut is not analysed, so a CT that stops at the neck
+    says nothing about the result; a CT that misses part of the stem below
+    the cut does.
+    """
+    out_below = below_cut & ~inside_ct
+    n_out_above = int((~below_cut & ~inside_ct).sum())
+    if not out_below.any():
+        if n_out_above:
+            return [
+                f"{n_out_above} vertices above the resection plane (not analysed) lie outside the CT; "
+                "all of the analysed surface below it is inside"
+            ]
+        return []
+    area_below = areas[below_cut].sum()
+    frac = areas[out_below].sum() / area_below if area_below > 0 else 1.0
+    above = f" (and {n_out_above} above the plane, not analysed)" if n_out_above else ""
+    return [
+        f"{int(out_below.sum())} of {int(below_cut.sum())} vertices below the resection plane "
+        f"({100 * frac:.1f}% of the analysed area) lie outside the CT{above}: their HU is NaN (inside_ct = False) "
+        "and they are left out of the statistics (area_sampled_mm2)"
+    ]
+
+
+def band_gap_warnings(bands: tuple[ContactBand, ...], metal_hu: float | None) -> list[str]:
+    """Warn when the contact classes leave HU ranges uncovered: samples there are ``unclassified``."""
+    gaps = band_gaps(bands, metal_hu)
+    if not gaps:
+        return []
+    text = ", ".join(f"[{lo:g}, {hi:g}) HU" for lo, hi in gaps)
+    return [
+        f"the contact classes leave {text} uncovered: samples there are 'unclassified', reported in "
+        "zones.csv as frac_unclassified so that the fractions of a zone add up to 1"
+    ]
 
 
 def topology_warnings(surface: vtk.vtkPolyData) -> list[str]:
@@ -572,18 +671,24 @@ def topology_warnings(surface: vtk.vtkPolyData) -> list[str]:
 
 
 def class_ids(contact: np.ndarray, names: list[str]) -> np.ndarray:
-    """Integer code of each class: index in ``names``; -1 not sampled, -2 unclassified."""
+    """Integer code of each class: index in ``names``; -1 not sampled, -2 unclassified (or above the cut)."""
     lut = {n: i for i, n in enumerate(names)}
     lut["not_sampled"] = -1
     lut["unclassified"] = -2
+    lut[ABOVE_RESECTION] = -2
     return np.array([lut[c] for c in contact], dtype=np.int16)
 
 
-def build_output_surface(pts: np.ndarray, faces: np.ndarray, vertices: pd.DataFrame, names: list[str]) -> vtk.vtkPolyData:
+def build_output_surface(
+    pts: np.ndarray, faces: np.ndarray, vertices: pd.DataFrame, names: list[str], hu_classes: np.ndarray | None = None
+) -> vtk.vtkPolyData:
     """The analysed surface with every numeric per-vertex column as a point array.
 
     ``contact_class`` is stored as ``contact_class_id`` (index into the field
-    data string array ``contact_class_names``; -1 not sampled).
+    data string array ``contact_class_names``; -1 not sampled). ``hu_classes``
+    (the class of each vertex's HU, also above the cut) gives the ids when
+    given, so a view coloured by class still shows the part above the cut;
+    otherwise the ``contact_class`` column does (above the cut: -2).
     """
     from .mesh import polydata_from_arrays
 
@@ -601,7 +706,8 @@ def build_output_surface(pts: np.ndarray, faces: np.ndarray, vertices: pd.DataFr
     normals = ns.numpy_to_vtk(np.ascontiguousarray(vertices[["nx", "ny", "nz"]].to_numpy(dtype=np.float32)), deep=True)
     normals.SetName("Normals")
     pd_.SetNormals(normals)
-    ids = ns.numpy_to_vtk(class_ids(vertices["contact_class"].to_numpy(), names), deep=True)
+    classes_for_ids = vertices["contact_class"].to_numpy() if hu_classes is None else np.asarray(hu_classes)
+    ids = ns.numpy_to_vtk(class_ids(classes_for_ids, names), deep=True)
     ids.SetName("contact_class_id")
     pd_.AddArray(ids)
     pd_.SetActiveScalars("hu")
@@ -634,8 +740,12 @@ def load_inputs(
     }
     if transform is not None:
         matrix = read_transform(transform)
+        as_read = ns.vtk_to_numpy(surface.GetPoints().GetData()).astype(float)
         surface = transform_polydata(surface, matrix)
         inputs["transform"] = {**describe_file(transform), "matrix_ras": matrix.tolist()}
+        # Read in the other space, x and y change sign before the registration moves the model.
+        other_space = (as_read * np.array([-1.0, -1.0, 1.0])) @ matrix[:3, :3].T + matrix[:3, 3]
+        check_overlap(volume, surface, other_space_points=other_space)
     return volume, surface, inputs
 
 

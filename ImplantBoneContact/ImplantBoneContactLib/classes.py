@@ -43,6 +43,8 @@ from .errors import InputError
 METAL = "metal"
 NOT_SAMPLED = "not_sampled"
 UNCLASSIFIED = "unclassified"
+#: ``contact_class`` of a vertex above the resection plane (Gruen zone 0): not analysed, so no class.
+ABOVE_RESECTION = "above_resection"
 DEFAULT_METAL_HU = 2500.0
 
 
@@ -92,7 +94,7 @@ def validate_bands(bands: list[ContactBand] | tuple[ContactBand, ...]) -> tuple[
     for b in bands:
         if not _NAME.match(b.name):
             raise InputError(f"class name {b.name!r} must start with a letter and hold only letters, digits and _")
-        if b.name in (METAL, NOT_SAMPLED, UNCLASSIFIED):
+        if b.name in (METAL, NOT_SAMPLED, UNCLASSIFIED, ABOVE_RESECTION):
             raise InputError(f"class name {b.name!r} is reserved")
         if math.isnan(b.low_hu) or math.isnan(b.high_hu):
             raise InputError(f"class {b.name!r} has a NaN limit")
@@ -184,6 +186,23 @@ def classify(hu: np.ndarray, bands: tuple[ContactBand, ...], metal_hu: float | N
     """
     labels = np.array(class_labels(bands, metal_hu is not None), dtype=object)
     return labels[classify_codes(hu, bands, metal_hu)]
+
+
+def band_gaps(bands: tuple[ContactBand, ...], metal_hu: float | None = DEFAULT_METAL_HU) -> list[tuple[float, float]]:
+    """HU ranges ``[low, high)`` no class covers (below the metal level, which covers everything above it).
+
+    A finite sample in a gap is ``unclassified``.
+    """
+    top = math.inf if metal_hu is None else float(metal_hu)
+    gaps = []
+    edge = -math.inf
+    for b in sorted(bands, key=lambda b: b.low_hu):
+        if b.low_hu > edge and edge < top:
+            gaps.append((edge, min(b.low_hu, top)))
+        edge = max(edge, b.high_hu)
+    if edge < top:
+        gaps.append((edge, top))
+    return gaps
 
 
 def bands_to_json(bands: tuple[ContactBand, ...]) -> list[dict]:

@@ -198,6 +198,10 @@ class _Progress:
         if not self.quiet:
             print(f"[{100 * fraction:3.0f}% {time.perf_counter() - self.t0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
+    def analysis(self, fraction: float, message: str) -> None:
+        """The analysis's own progress, shown as the first 90 %: writing the results is the rest."""
+        self(0.9 * fraction, message)
+
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
@@ -205,27 +209,53 @@ def _raise_interrupt(signum, frame):
 
 def run_analysis(args: argparse.Namespace) -> int:
     params = parameters_from_args(args)
-    check_output_folder(args.out, args.overwrite)
+    check_output_folder(args.out, args.overwrite, inputs=(args.ct, args.model, args.transform, args.frame, args.baseline, args.calibration))
     progress = _Progress(args.quiet, args.progress)
     if args.baseline:
         from .compare import analyze_followup_files
 
-        result = analyze_followup_files(args.ct, args.model, args.baseline, params, transform=args.transform, progress=progress)
+        result = analyze_followup_files(args.ct, args.model, args.baseline, params, transform=args.transform, progress=progress.analysis)
     else:
-        result = analyze_files(args.ct, args.model, params, transform=args.transform, progress=progress)
+        result = analyze_files(args.ct, args.model, params, transform=args.transform, progress=progress.analysis)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    progress(1.0, f"writing results to {args.out}")
+    progress(0.9, f"writing results to {args.out}")
     save_result(result, args.out, overwrite=args.overwrite, pictures=not args.no_pictures)
+    progress(1.0, "done")
     if not args.quiet:
         _print_summary(result)
     return 0
 
 
 def _print_summary(result) -> None:
-    cols = ["zone", "region", "area_mm2", "hu_mean"] + [f"frac_{n}" for n in result.class_names]
-    z = result.zones[cols].copy()
-    print(z.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(summary_text(result.zones, result.class_names))
+
+
+def summary_text(zones, class_names: list[str]) -> str:
+    """The console summary of a zones table: areas in mm2 and HU as plain numbers, fractions in percent.
+
+    ``sampled_%`` is the part of the zone's area that lies inside the CT; the
+    class percentages are of that sampled area.
+    """
+    import numpy as np
+    import pandas as pd
+
+    z = zones
+    area = z["area_mm2"].to_numpy(dtype=float)
+    sampled = z["area_sampled_mm2"].to_numpy(dtype=float) if "area_sampled_mm2" in z else area
+
+    def plain(values, digits: int) -> list[str]:
+        return ["-" if not np.isfinite(v) else f"{v:.{digits}f}" for v in np.asarray(values, dtype=float)]
+
+    out = pd.DataFrame({"zone": z["zone"].astype(str), "region": z["region"].astype(str)})
+    out["area_mm2"] = plain(area, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["sampled_%"] = plain(np.where(area > 0, 100 * sampled / area, np.nan), 1)
+    out["hu_mean"] = plain(z["hu_mean"], 0)
+    extra = ["unclassified"] if "frac_unclassified" in z else []
+    for name in list(class_names) + extra:
+        out[f"{name}_%"] = plain(100 * z[f"frac_{name}"].to_numpy(dtype=float), 1)
+    return out.to_string(index=False)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -239,11 +269,12 @@ def run_demo(args: argparse.Namespace) -> int:
     phantom = FemurPhantom(PhantomSpec(voxel_mm=args.voxel, side=args.side, metal=args.metal, noise_hu=10.0))
     paths = phantom.write(out)
     params = AnalysisParameters(profile="0.5:3:0.5" if args.metal else None)
-    result = analyze_files(paths["ct"], paths["model"], params, progress=progress)
+    result = analyze_files(paths["ct"], paths["model"], params, progress=progress.analysis)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    progress(1.0, f"writing results to {results}")
+    progress(0.9, f"writing results to {results}")
     save_result(result, results, overwrite=args.overwrite, pictures=not args.no_pictures)
+    progress(1.0, "done")
     if not args.quiet:
         _print_summary(result)
     return 0

@@ -17,8 +17,9 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,28 +30,74 @@ from .errors import OutputError
 from .mesh import write_polydata
 
 CSV_FLOAT_FORMAT = "%.7g"
+#: For a float column whose every value is a whole number (``frac_metal`` all 0, say): ``%.7g`` would write
+#: ``0`` and a CSV reader would take the column for integers; this keeps a ``.0``.
+CSV_WHOLE_FLOAT_FORMAT = "%.1f"
 
 
-def check_output_folder(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Check, before any work, that results can be written to ``out_dir``.
+def _float_format(values: np.ndarray) -> str:
+    """The format of a float column: ``CSV_FLOAT_FORMAT``, or ``CSV_WHOLE_FLOAT_FORMAT`` when every value
+    is a whole number that ``CSV_FLOAT_FORMAT`` would write without a point or exponent (same digits)."""
+    if values.size and np.all(np.isfinite(values)) and np.all(np.abs(values) < 1e6) and np.all(values == np.round(values)):
+        return CSV_WHOLE_FLOAT_FORMAT
+    return CSV_FLOAT_FORMAT
+
+
+def check_output_folder(
+    out_dir: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
+    create_parent: bool = False,
+) -> Path:
+    """Check, before any work, that results can be written to ``out_dir``; return the folder to write.
+
+    A symbolic link is followed: the result replaces the content of the
+    folder it points to, and the link stays. Nothing is created unless
+    ``create_parent`` (the writer asks for it once the results exist), so a
+    run that fails leaves no empty folders behind.
+
+    Args:
+        out_dir: the result folder.
+        overwrite: an existing result may be replaced.
+        inputs: files or folders the run reads (CT, model, transform, ...):
+            an output folder that holds one of them is refused, since
+            replacing the folder would delete them.
+        create_parent: create the missing parent folders.
 
     Raises:
-        OutputError: the folder holds files and ``overwrite`` is False; the path
-            is a file; the parent cannot be written.
+        OutputError: the folder holds files and ``overwrite`` is False; it
+            holds an input; the path is a file; the parent cannot be written.
     """
     out = Path(out_dir)
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))
     if out.exists() and not out.is_dir():
         raise OutputError(f"the output path {out} is a file, not a folder")
+    resolved = Path(os.path.realpath(out))
+    for item in inputs:
+        if item is None:
+            continue
+        source = Path(os.path.realpath(item))
+        if source == resolved or resolved in source.parents:
+            raise OutputError(
+                f"the output folder {out_dir} holds an input of this run ({item}): writing the results there would "
+                "replace it; choose an output folder of its own"
+            )
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"the output folder {out} already holds results: use --overwrite to replace them, or choose another folder")
-    parent = out.resolve().parent
-    if not parent.exists():
+    parent = resolved.parent
+    if create_parent and not parent.exists():
         try:
             parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create the output folder {parent}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write in {parent}: permission denied")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create the output folder {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {existing}: permission denied")
     return out
 
 
@@ -81,7 +128,8 @@ def _floats_as_text(df: pd.DataFrame) -> pd.DataFrame:
         if not pd.api.types.is_float_dtype(df[col].dtype):
             continue
         values = df[col].to_numpy(dtype=np.float64, na_value=np.nan)
-        text = np.array([CSV_FLOAT_FORMAT % v for v in values.tolist()], dtype=object)
+        fmt = _float_format(values)
+        text = np.array([fmt % v for v in values.tolist()], dtype=object)
         text[np.isnan(values)] = "NaN"
         out[col] = text
     return out
@@ -134,7 +182,7 @@ def _plain_column(values: np.ndarray) -> tuple[str, list] | None:
         as_float = values.astype(np.float64, copy=False)
         nan = np.isnan(as_float)
         if not nan.any():
-            return CSV_FLOAT_FORMAT, as_float.tolist()
+            return _float_format(as_float), as_float.tolist()
         text = [CSV_FLOAT_FORMAT % v for v in as_float.tolist()]
         for i in np.flatnonzero(nan).tolist():
             text[i] = "NaN"
@@ -222,15 +270,21 @@ def write_result_folder(
     out_dir: str | os.PathLike,
     writer: Callable[[Path], None],
     overwrite: bool = False,
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
     """Run ``writer(tmp_folder)`` and move the folder to ``out_dir`` whole.
 
+    ``out_dir`` may be a symbolic link to a folder: that folder's content is
+    replaced and the link is kept. ``inputs`` are the files the run read: an
+    ``out_dir`` that holds one is refused.
+
     Raises:
         OutputError: the folder exists with results and ``overwrite`` is False,
-            or writing failed (disk full, permission); nothing is left behind.
+            it holds an input, or writing failed (disk full, permission);
+            nothing is left behind.
     """
-    out = check_output_folder(out_dir, overwrite)
-    parent = out.resolve().parent
+    out = check_output_folder(out_dir, overwrite, inputs=inputs, create_parent=True)
+    parent = out.parent
     tmp = None
     committed = False
     try:
@@ -266,14 +320,19 @@ def write_result_folder(
         if committed:
             exc.result_written = str(out)  # whole and in place: only the interruption is left to report
         elif tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+            # A second Ctrl-C while the partial folder is removed would stop the removal half way: hold it.
+            with _signals_held(deliver=not isinstance(exc, KeyboardInterrupt)):
+                shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
 @contextmanager
-def _signals_held() -> Iterator[None]:
+def _signals_held(deliver: bool = True) -> Iterator[None]:
     """Hold SIGINT and SIGTERM until the block ends, then act on them; a no-op outside the main thread.
+
+    ``deliver=False`` drops the held signals: for clean-up while an
+    interruption is already on its way out.
 
     Python handlers are swapped rather than the thread's signal mask: a signal
     sent to the process may be delivered to any of the threads VTK or ITK
@@ -290,7 +349,7 @@ def _signals_held() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if caught:
+        if caught and deliver:
             handler = previous[caught[0]]
             if callable(handler):
                 handler(caught[0], None)
@@ -298,15 +357,27 @@ def _signals_held() -> Iterator[None]:
                 signal.raise_signal(caught[0])
 
 
-def write_tables_and_surface(result, folder: Path) -> list[str]:
-    """Write ``vertices.csv``, ``zones.csv``, ``surface.vtp``, ``frame.json``, ``parameters.json`` into ``folder``."""
+def write_tables_and_surface(result, folder: Path, parameters: bool = True) -> list[str]:
+    """Write ``vertices.csv``, ``zones.csv``, ``surface.vtp``, ``frame.json`` (and ``parameters.json``) into ``folder``."""
     folder = Path(folder)
     write_csv(result.vertices, folder / "vertices.csv")
     write_csv(result.zones, folder / "zones.csv")
     write_polydata(result.surface, folder / "surface.vtp", space="RAS")
     write_json(result.frame.to_dict(), folder / "frame.json")
-    write_json(result.metadata(), folder / "parameters.json")
-    return ["vertices.csv", "zones.csv", "surface.vtp", "frame.json", "parameters.json"]
+    names = ["vertices.csv", "zones.csv", "surface.vtp", "frame.json"]
+    if parameters:
+        write_json(result.metadata(), folder / "parameters.json")
+        names.append("parameters.json")
+    return names
+
+
+def _input_paths(result) -> list[str]:
+    """Paths of the files an analysis read (``result.inputs[...]["path"]``)."""
+    found = []
+    for item in (getattr(result, "inputs", None) or {}).values():
+        if isinstance(item, dict) and isinstance(item.get("path"), str):
+            found.append(item["path"])
+    return found
 
 
 def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pictures: bool = True) -> Path:
@@ -320,10 +391,19 @@ def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pic
     """
 
     def writer(folder: Path) -> None:
-        write_tables_and_surface(result, folder)
+        t = time.perf_counter()
+        write_tables_and_surface(result, folder, parameters=False)
+        timings = getattr(result, "timings_s", None)
+        if isinstance(timings, dict):
+            timings["write_tables"] = time.perf_counter() - t
         if pictures:
             from .plots import write_pictures
 
+            t = time.perf_counter()
             write_pictures(result, folder)
+            if isinstance(timings, dict):
+                timings["pictures"] = time.perf_counter() - t
+        # Last, so that its timings_s holds the writing and the pictures.
+        write_json(result.metadata(), folder / "parameters.json")
 
-    return write_result_folder(out_dir, writer, overwrite)
+    return write_result_folder(out_dir, writer, overwrite, inputs=_input_paths(result))

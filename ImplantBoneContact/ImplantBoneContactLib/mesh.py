@@ -328,6 +328,73 @@ def signed_volume(pts: np.ndarray, faces: np.ndarray) -> float:
     return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
+#: An open part is oriented only when its area-weighted normals point clearly away from (or toward) its
+#: axis: the mean of ``n . r`` (``r`` the unit direction from the part's long axis) beyond this.
+MIN_OPEN_ORIENTATION_SCORE = 0.2
+
+
+def _area_centre_and_axis(pts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Area centroid (mm) and long (principal) axis (unit) of a triangle set."""
+    a, b, c = pts[faces[:, 0]], pts[faces[:, 1]], pts[faces[:, 2]]
+    area2 = np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    total = max(float(area2.sum()), 1e-300)
+    centres = (a + b + c) / 3.0
+    centre = (centres * area2[:, None]).sum(0) / total
+    d = centres - centre
+    moments = (d * area2[:, None]).T @ d / total
+    return centre, np.linalg.eigh(moments)[1][:, -1]
+
+
+def outward_sign(
+    pts: np.ndarray, faces: np.ndarray, centre: np.ndarray | None = None, axis: np.ndarray | None = None
+) -> tuple[int, str]:
+    """+1 if the consistently oriented triangles of one connected part face outward, -1 if inward, 0 if undecided.
+
+    Closed part: the sign of its signed volume (the same about any origin).
+    Open part (holes, a cut-off neck, a scan patch): the signed volume is
+    taken about the part's own area centroid (or ``centre``), so a surface
+    far from the world origin is judged as near it, and it must agree with
+    the area-weighted mean of ``n . r``, where ``r`` is the unit direction
+    from the part's long (principal) axis (or ``axis`` through ``centre``) to
+    each triangle: outward normals of an elongated implant point away from
+    its axis. Undecided (0) when the two disagree or the axis test is weak
+    (mean below :data:`MIN_OPEN_ORIENTATION_SCORE`: a flat or saddle patch).
+
+    Returns:
+        ``(sign, why)``: ``why`` describes an undecided part for a message.
+    """
+    a, b, c = pts[faces[:, 0]], pts[faces[:, 1]], pts[faces[:, 2]]
+    cross = np.cross(b - a, c - a)
+    area2 = np.linalg.norm(cross, axis=1)
+    total = area2.sum()
+    if total <= 0:
+        return 1, ""
+    own_centre, own_axis = _area_centre_and_axis(pts, faces)
+    centre = own_centre if centre is None else np.asarray(centre, dtype=float)
+    axis = own_axis if axis is None else np.asarray(axis, dtype=float)
+    n_boundary, _ = _edge_counts(faces)
+    volume = float(np.einsum("ij,ij->i", a - centre, np.cross(b - centre, c - centre)).sum() / 6.0)
+    if n_boundary == 0:
+        return (1 if volume >= 0 else -1), ""
+    d = (a + b + c) / 3.0 - centre
+    radial = d - np.outer(d @ axis, axis)
+    length = np.linalg.norm(radial, axis=1)
+    ok = length > 1e-9 * max(float(np.abs(d).max()), 1e-12)
+    unit_n = cross[ok] / np.maximum(area2[ok], 1e-300)[:, None]
+    score = float((np.einsum("ij,ij->i", unit_n, radial[ok] / length[ok, None]) * area2[ok]).sum() / total)
+    if abs(score) < MIN_OPEN_ORIENTATION_SCORE or (volume != 0 and np.sign(volume) != np.sign(score)):
+        return 0, (
+            f"{n_boundary} boundary edges; its triangles face its axis and away from it about equally "
+            f"(score {score:+.2f}; signed volume about its centre {volume:.3g} mm3)"
+        )
+    return (1 if score > 0 else -1), ""
+
+
+#: Undecided parts (see :func:`outward_sign`) may hold at most this fraction of the area: small stray
+#: pieces (a lone triangle a remesh left behind) are oriented against the whole surface's axis instead.
+MAX_UNDECIDED_AREA_FRACTION = 0.05
+
+
 @dataclass
 class SurfaceGeometry:
     """Outward normals and areas of a triangle mesh."""
@@ -345,16 +412,22 @@ class SurfaceGeometry:
 def surface_geometry(poly: vtk.vtkPolyData) -> SurfaceGeometry:
     """Consistent outward unit normals per vertex, per-vertex areas, and topology facts.
 
-    Triangle orientation is made consistent by ``vtkPolyDataNormals``; then the
-    whole surface is flipped if its signed volume is negative, which works on
-    the raw CAD mesh too (it needs no closed surface, only a mostly closed
-    one). Vertex normals are the area-weighted mean of the adjacent triangle
-    normals.
+    Triangle orientation is made consistent over edge-adjacent triangles by
+    ``vtkPolyDataNormals`` (with cell normals on: with point and cell normals
+    both off, VTK 9.6 returns the mesh unchanged and its consistency step
+    does not run). Then each connected part is turned outward by
+    :func:`outward_sign`, which does not depend on where the part lies (a
+    surface in scanner table coordinates, 1000 mm from the origin, is judged
+    as at the origin). Vertex normals are the area-weighted mean of the
+    adjacent triangle normals.
+
+    Raises:
+        InputError: an open part whose outside cannot be told from its inside.
     """
     normals_filter = vtk.vtkPolyDataNormals()
     normals_filter.SetInputData(poly)
     normals_filter.ComputePointNormalsOff()
-    normals_filter.ComputeCellNormalsOff()
+    normals_filter.ComputeCellNormalsOn()
     normals_filter.SplittingOff()
     normals_filter.ConsistencyOn()
     normals_filter.AutoOrientNormalsOff()
@@ -368,14 +441,32 @@ def surface_geometry(poly: vtk.vtkPolyData) -> SurfaceGeometry:
         if faces_oriented.shape[0] == faces.shape[0]:
             faces = faces_oriented
     flipped = False
-    # Consistency is per connected component: orient each one by its own signed volume.
+    # Consistency is per connected component: orient each one on its own.
     labels, n_components = _component_labels(pts.shape[0], faces)
     face_label = labels[faces[:, 0]]
+    tri_area = triangle_areas(pts, faces)
+    undecided: list[tuple[np.ndarray, str]] = []
     for comp in range(n_components):
         sel = face_label == comp
-        if signed_volume(pts, faces[sel]) < 0:
+        sign, why = outward_sign(pts, faces[sel])
+        if sign == 0:
+            undecided.append((sel, why))
+        elif sign < 0:
             faces[sel] = faces[sel][:, ::-1]
             flipped = True
+    if undecided:
+        undecided_area = sum(float(tri_area[sel].sum()) for sel, _ in undecided)
+        if undecided_area > MAX_UNDECIDED_AREA_FRACTION * float(tri_area.sum()):
+            raise InputError(
+                "cannot tell the outside of the model from its inside: the surface is open "
+                f"({undecided[0][1]}): close the surface (fill its holes) or export the whole implant"
+            )
+        # Small stray pieces: judged against the whole surface's centre and axis.
+        centre, axis = _area_centre_and_axis(pts, faces)
+        for sel, _ in undecided:
+            if outward_sign(pts, faces[sel], centre, axis)[0] < 0:
+                faces[sel] = faces[sel][:, ::-1]
+                flipped = True
     a = pts[faces[:, 0]]
     face_n = np.cross(pts[faces[:, 1]] - a, pts[faces[:, 2]] - a)  # length = 2 * area: area weighting
     vn = np.column_stack([_corner_sums(faces, face_n[:, d], pts.shape[0]) for d in range(3)])
@@ -475,6 +566,10 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
     p = Path(path)
     if not p.exists():
         raise InputError(f"transform file not found: {p}")
+    if p.is_dir():
+        raise InputError(
+            f"the transform path is a folder, not a file: {p}; give a 4x4 matrix text file or an ITK transform (.tfm/.txt/.h5)"
+        )
     if p.stat().st_size == 0:
         raise InputError(f"the transform file is empty: {p}")
     suffix = "".join(p.suffixes[-1:]).lower()
@@ -485,19 +580,43 @@ def read_transform(path: str | os.PathLike) -> np.ndarray:
     if is_itk:
         matrix = _read_itk_transform(p)
     else:
-        try:
-            values = np.loadtxt(p, dtype=float, ndmin=2)
-        except ValueError:
-            raise InputError(
-                f"cannot read {p} as a 4x4 matrix of numbers or as an ITK transform file (.tfm/.txt/.h5)"
-            ) from None
-        if values.shape == (3, 4):
-            values = np.vstack([values, [0, 0, 0, 1]])
-        if values.shape != (4, 4):
-            raise InputError(f"the matrix in {p} has shape {values.shape}: a 4x4 matrix is needed")
-        matrix = values
+        matrix = _read_matrix_text(p)
     check_registration_matrix(matrix, f"transform {p}")
     return matrix
+
+
+_MATRIX_FORMAT = (
+    "expected a 4x4 matrix: 4 rows of 4 numbers (RAS, the matrix that moves the model into the CT), separated by spaces, "
+    "tabs or commas, e.g. '1 0 0 10' on each line (a 3x4 matrix gets the row 0 0 0 1), or an ITK transform file (.tfm/.txt/.h5)"
+)
+
+
+def _read_matrix_text(p: Path) -> np.ndarray:
+    """A 4x4 (or 3x4) matrix from a text file; numbers separated by spaces, tabs, commas or semicolons."""
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (UnicodeDecodeError, OSError):
+        raise InputError(f"cannot read {p} as a 4x4 matrix of numbers: {_MATRIX_FORMAT}") from None
+    rows = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        items = [v for v in line.replace(",", " ").replace(";", " ").replace("[", " ").replace("]", " ").split()]
+        try:
+            rows.append([float(v) for v in items])
+        except ValueError:
+            raise InputError(f"cannot read {p} as a 4x4 matrix of numbers ({line[:60]!r} is not numbers): {_MATRIX_FORMAT}") from None
+    if len({len(r) for r in rows}) != 1:
+        raise InputError(f"the matrix in {p} has rows of {sorted({len(r) for r in rows})} numbers: {_MATRIX_FORMAT}")
+    values = np.array(rows, dtype=float)
+    if values.shape == (1, 16):
+        values = values.reshape(4, 4)
+    if values.shape == (3, 4):
+        values = np.vstack([values, [0, 0, 0, 1]])
+    if values.shape != (4, 4):
+        raise InputError(f"the matrix in {p} has shape {values.shape}: {_MATRIX_FORMAT}")
+    return values
 
 
 def _read_itk_transform(p: Path) -> np.ndarray:
@@ -540,11 +659,17 @@ def _flatten_itk(tx, p: Path):
     return tx
 
 
-def check_registration_matrix(matrix: np.ndarray, source: str = "transform") -> None:
-    """Refuse a registration matrix that is singular, non-finite, non-affine or that mirrors or scales.
+#: Largest departure of a rigid matrix's singular values from 1 (0.1 %: a 4-decimal matrix rounds well inside it).
+RIGID_TOLERANCE = 1e-3
 
-    A femoral-stem registration is rigid; a scale is accepted only if it is
-    uniform and within 0.5..2 (CAD units slip), and is reported by the caller.
+
+def check_registration_matrix(matrix: np.ndarray, source: str = "transform") -> None:
+    """Refuse a registration matrix that is singular, non-finite, non-affine or that mirrors, scales or shears.
+
+    A femoral-stem registration is rigid: the 3x3 part must be a rotation,
+    orthonormal within :data:`RIGID_TOLERANCE` (every singular value within
+    0.1 % of 1). A scaled CAD model (units) is a separate mistake, named by
+    the model-size checks; a registration must not hide it.
     """
     m = np.asarray(matrix, dtype=float)
     if m.shape != (4, 4) or not np.all(np.isfinite(m)):
@@ -558,10 +683,14 @@ def check_registration_matrix(matrix: np.ndarray, source: str = "transform") -> 
     if det < 0:
         raise InputError(f"the {source} mirrors the model (negative determinant): a registration must be a rotation and translation")
     sv = np.linalg.svd(r, compute_uv=False)
-    if sv.max() / sv.min() > 1.01:
+    if np.max(np.abs(sv - 1.0)) > RIGID_TOLERANCE:
+        if sv.max() / sv.min() <= 1.0 + RIGID_TOLERANCE:
+            what = f"it scales the model by {float(np.mean(sv)):.4g} in every direction"
+        else:
+            what = f"it shears or scales unevenly: singular values {np.round(sv, 4).tolist()}"
         raise InputError(
-            f"the {source} is not rigid (it shears or scales unevenly: singular values {np.round(sv, 4).tolist()}): "
-            "a registration must be a rotation and translation"
+            f"the {source} is not rigid ({what}): only rigid transforms (rotation and translation) are accepted; "
+            "if the model's units are wrong, re-export it in mm"
         )
 
 

@@ -201,6 +201,7 @@ def zone_table(
     class_names: list[str],
     scheme: str = "sector",
     vertices: pd.DataFrame | None = None,
+    unclassified_column: bool = False,
 ) -> pd.DataFrame:
     """One row per Gruen zone (1-14) plus a row ``all``.
 
@@ -215,6 +216,8 @@ def zone_table(
             (each sample in its AP-view zone and in its lateral-view zone).
         vertices: the per-vertex table the ``n_vertices``/``n_sampled``
             counts come from (``hu``, the zone columns); ``samples`` if ``None``.
+        unclassified_column: add ``frac_unclassified``, the sampled area in no
+            class (classes with gaps between them), so that the fractions add up to 1.
 
     Samples in zone 0 (above the cut) are left out, also from ``all``.
     """
@@ -244,6 +247,8 @@ def zone_table(
         per_class = np.bincount(c[known], weights=a_s[known], minlength=len(class_names))
         for name, class_area in zip(class_names, per_class):
             r[f"frac_{name}"] = float(class_area / total) if total > 0 else float("nan")
+        if unclassified_column:
+            r["frac_unclassified"] = float(a_s[~known].sum() / total) if total > 0 else float("nan")
         rows.append(r)
 
     sample_zones = _zone_columns(samples, scheme)

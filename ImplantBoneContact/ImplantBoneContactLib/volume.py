@@ -196,12 +196,92 @@ def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volum
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
             detail = next((line for line in first if "ERROR" in line or "rror" in line), first[-1] if first else "")
+            if "Refusing to change spacing" in str(exc):
+                raise InputError(
+                    f"the CT {p} states a voxel spacing of 0 mm along one axis: its geometry is broken; "
+                    "fix the spacing in the header (ElementSpacing / space directions / pixdim) or export the CT again"
+                ) from None
             raise InputError(
                 f"cannot read the CT {p}: not an image SimpleITK can read, or the file is truncated "
                 f"({detail.strip()[:200]}); supported: NRRD, NIfTI, MetaImage, DICOM"
             ) from None
         _check_nifti_complete(p)
+        _check_nifti_qform_sform(p, image.GetSize())
     return _volume_from_sitk(image, str(p), metadata)
+
+
+def _nifti_header(p: Path) -> bytes:
+    import gzip
+
+    with (gzip.open(p, "rb") if p.name.lower().endswith(".gz") else open(p, "rb")) as fh:
+        return fh.read(348)
+
+
+def nifti_qform_sform(p: str | os.PathLike) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The two voxel-to-world matrices a NIfTI-1 header may state: ``(qform, sform)``, 4x4, NIfTI world (RAS) mm.
+
+    ``None`` for a form whose code is 0 (not set), and for both when the file is not NIfTI-1.
+    """
+    import struct
+
+    hdr = _nifti_header(Path(p))
+    if len(hdr) < 348:
+        return None, None
+    for endian in "<>":
+        if struct.unpack(endian + "i", hdr[:4])[0] == 348:
+            break
+    else:
+        return None, None
+    qform_code, sform_code = struct.unpack(endian + "hh", hdr[252:256])
+    pixdim = struct.unpack(endian + "8f", hdr[76:108])
+    qb, qc, qd, qx, qy, qz = struct.unpack(endian + "6f", hdr[256:280])
+    srow = np.array(struct.unpack(endian + "12f", hdr[280:328]), dtype=float).reshape(3, 4)
+    qform = sform = None
+    if qform_code > 0:
+        qa = float(np.sqrt(max(0.0, 1.0 - (qb * qb + qc * qc + qd * qd))))
+        r = np.array(
+            [
+                [qa * qa + qb * qb - qc * qc - qd * qd, 2 * (qb * qc - qa * qd), 2 * (qb * qd + qa * qc)],
+                [2 * (qb * qc + qa * qd), qa * qa + qc * qc - qb * qb - qd * qd, 2 * (qc * qd - qa * qb)],
+                [2 * (qb * qd - qa * qc), 2 * (qc * qd + qa * qb), qa * qa + qd * qd - qc * qc - qb * qb],
+            ]
+        )
+        qfac = -1.0 if pixdim[0] < 0 else 1.0
+        qform = np.eye(4)
+        qform[:3, :3] = r * np.array([pixdim[1], pixdim[2], qfac * pixdim[3]])[None, :]
+        qform[:3, 3] = (qx, qy, qz)
+    if sform_code > 0:
+        sform = np.eye(4)
+        sform[:3, :] = srow
+    return qform, sform
+
+
+#: Largest distance (mm) between where a NIfTI file's qform and sform put a corner voxel before the file is refused.
+NIFTI_FORM_TOLERANCE_MM = 0.5
+
+
+def _check_nifti_qform_sform(p: Path, size_ijk) -> None:
+    """Refuse a NIfTI file whose qform and sform both are set and put the voxels in different places.
+
+    ITK follows the sform, other programs the qform: the same file then lands
+    in two places, and there is no telling which the scanner meant.
+    """
+    name = p.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        return
+    qform, sform = nifti_qform_sform(p)
+    if qform is None or sform is None:
+        return
+    n = [max(int(v) - 1, 0) for v in list(size_ijk)[:3]]
+    corners = np.array([[i, j, k, 1.0] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
+    distance = float(np.max(np.linalg.norm((corners @ qform.T - corners @ sform.T)[:, :3], axis=1)))
+    if distance > NIFTI_FORM_TOLERANCE_MM:
+        raise InputError(
+            f"the NIfTI header of {p} states two geometries that disagree: its qform and its sform put a corner "
+            f"voxel {distance:.1f} mm apart (qform origin {np.round(qform[:3, 3], 1).tolist()}, "
+            f"sform origin {np.round(sform[:3, 3], 1).tolist()} mm, NIfTI RAS); programs differ in which they "
+            "follow (ITK and Slicer: the sform): fix the header so that both agree, or set the wrong one's code to 0"
+        )
 
 
 def _check_nifti_complete(p: Path) -> None:
@@ -314,6 +394,7 @@ def _check_slice_spacing(files: list[str]) -> None:
         positions.append(pos)
     if normal is None:
         return
+    _check_gantry_tilt(np.asarray(positions), normal)
     z = np.sort(np.asarray(positions) @ normal)
     gaps = np.diff(z)
     typical = float(np.median(gaps))
@@ -324,6 +405,36 @@ def _check_slice_spacing(files: list[str]) -> None:
         raise InputError(
             f"the DICOM series has a gap: about {n_missing} slice(s) missing "
             f"(spacing {typical:.3g} mm, largest gap {gaps.max():.3g} mm); re-export the complete series"
+        )
+
+
+#: Largest angle (degrees) between the line through the slice positions and the slice normal.
+MAX_SLICE_TILT_DEG = 0.5
+
+
+def _check_gantry_tilt(positions: np.ndarray, normal: np.ndarray) -> None:
+    """Refuse a series whose slice positions drift sideways (a gantry tilt): it cannot be stacked straight.
+
+    The slices are planes with normal ``normal`` (ImageOrientationPatient);
+    stacked straight, slice ``n`` is placed at ``origin + n * spacing * normal``.
+    When the ImagePositionPatient of the slices moves within the slice plane
+    too, every slice would be misplaced by that sideways drift.
+    """
+    normal = normal / np.linalg.norm(normal)
+    along = positions @ normal
+    order = np.argsort(along)
+    pos = positions[order]
+    height = float(along[order[-1]] - along[order[0]])
+    if height <= 0:
+        return
+    sideways = pos - np.outer(pos @ normal, normal)
+    drift = float(np.linalg.norm(sideways[-1] - sideways[0]))
+    angle = float(np.degrees(np.arctan2(drift, height)))
+    if angle > MAX_SLICE_TILT_DEG:
+        raise InputError(
+            f"the DICOM slices shift sideways by {drift:.1f} mm over {height:.1f} mm of slices (a gantry tilt of "
+            f"{angle:.1f} degrees): stacked straight, every voxel would be misplaced; resample the series to an "
+            "orthogonal grid first (Slicer's DICOM import with acquisition geometry regularization, or dcm2niix)"
         )
 
 
@@ -361,6 +472,7 @@ def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
             f"the CT {source} has {image.GetNumberOfComponentsPerPixel()} components per voxel "
             "(a colour or vector image): a CT holds one HU value per voxel"
         )
+    _check_direction_cosines(image, source, metadata)
     array = _array_view(image)
     ijk_to_ras = ijk_to_ras_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
     if np.issubdtype(array.dtype, np.floating):
@@ -370,6 +482,62 @@ def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
         if n_bad == array.size:
             raise InputError(f"every voxel of the CT {source} is NaN or infinite: the file holds no HU values")
     return Volume(array=array, ijk_to_ras=ijk_to_ras, source=source, metadata=metadata)
+
+
+#: Largest departure from unit length of a direction cosine column, and from 90 degrees (as a cosine) between two.
+DIRECTION_TOLERANCE = 1e-3
+
+
+def _check_direction_cosines(image, source: str, metadata: dict) -> None:
+    """Refuse direction cosines that are not unit vectors; record (and warn about) a sheared grid.
+
+    Columns of length other than 1 disagree with the stated voxel spacing (the
+    file says two sizes for one voxel). Unit columns that are not at right
+    angles describe a sheared grid (as a gantry tilt makes): the matrix is
+    used as stated, and ``metadata["shear_deg"]`` makes :func:`geometry_warnings` say so.
+    """
+    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if np.any(spacing <= 0) or not np.all(np.isfinite(spacing)):
+        raise InputError(f"the CT {source} states a voxel spacing of {spacing.tolist()} mm: spacings must be positive")
+    lengths = np.linalg.norm(d, axis=0)
+    if np.any(np.abs(lengths - 1.0) > DIRECTION_TOLERANCE):
+        raise InputError(
+            f"the CT {source} states its geometry in ways that disagree: its direction cosines have lengths "
+            f"{np.round(lengths, 4).tolist()} instead of 1, so a voxel would measure {np.round(lengths * spacing, 4).tolist()} mm "
+            f"while the spacing says {np.round(spacing, 4).tolist()} mm; fix the header (direction / space directions)"
+        )
+    cosines = np.abs((d / lengths).T @ (d / lengths) - np.eye(3))
+    if cosines.max() > DIRECTION_TOLERANCE:
+        i, j = np.unravel_index(int(np.argmax(cosines)), cosines.shape)
+        angle = float(np.degrees(np.arccos(np.clip(((d[:, i] / lengths[i]) @ (d[:, j] / lengths[j])), -1, 1))))
+        metadata["shear_deg"] = round(abs(90.0 - angle), 3)
+        metadata["shear_axes"] = f"{'ijk'[i]}{'ijk'[j]}"
+
+
+#: Voxels larger than this (mm, along any axis) are too coarse for cortical contact: cortex is 2-6 mm thick.
+MAX_USEFUL_VOXEL_MM = 3.0
+
+
+def geometry_warnings(volume: Volume) -> list[str]:
+    """Warnings about the CT's geometry: voxels too coarse for bone contact, a sheared voxel grid."""
+    out = []
+    spacing = volume.spacing_mm
+    if float(spacing.max()) > MAX_USEFUL_VOXEL_MM + 1e-3:
+        out.append(
+            f"the CT's voxels are {' x '.join(f'{v:.3g}' for v in spacing)} mm: larger than {MAX_USEFUL_VOXEL_MM:g} mm, "
+            "cortical bone (2-6 mm thick) blurs into its neighbours and contact classes are unreliable; use a CT "
+            "reconstructed with thinner slices"
+        )
+    shear = volume.metadata.get("shear_deg")
+    if not shear:
+        return out
+    axes = volume.metadata.get("shear_axes", "")
+    return out + [
+        f"the CT's voxel grid is sheared: axes {axes[:1]} and {axes[1:]} meet at {90 - shear:.1f} degrees instead of 90 "
+        "(a gantry tilt, or a header error); it is sampled with the matrix as stated, but Slicer and most viewers "
+        "drop the shear: check the CT geometry, or resample it to an orthogonal grid"
+    ]
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, compress: bool = True) -> None:

@@ -51,7 +51,7 @@ def test_outputs_and_columns(case, first_run):
     assert abs(len(v) - 3000) <= 30  # ACVD may leave a few clusters empty
     assert v["inside_ct"].dtype == bool and v["inside_ct"].all()
     assert np.allclose(np.linalg.norm(v[["nx", "ny", "nz"]].to_numpy(), axis=1), 1.0, atol=1e-5)
-    assert set(v["contact_class"]) <= {"no_bone", "cancellous", "cortical", "metal"}
+    assert set(v["contact_class"]) <= {"no_bone", "cancellous", "cortical", "metal", "above_resection"}
     z = pd.read_csv(first_run / "zones.csv", keep_default_na=False, na_values=["NaN"])
     assert list(z["zone"].astype(str)) == [str(i) for i in range(1, 15)] + ["all"]
     for col in ("region", "n_vertices", "area_mm2", "area_sampled_mm2", "hu_mean", "hu_std", "hu_min", "hu_p05", "hu_p25",

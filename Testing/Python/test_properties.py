@@ -456,7 +456,9 @@ def assert_valid_result(result: AnalysisResult) -> None:
     assert len(v) > 0 and len(result.zones) == 15
     hu = v["hu"].to_numpy()
     assert not np.isinf(hu).any()
-    assert (v["contact_class"][~np.isfinite(hu)] == "not_sampled").all()
+    analysed = v["gruen_zone"].to_numpy() > 0
+    assert (v["contact_class"][~np.isfinite(hu) & analysed] == "not_sampled").all()
+    assert (v["contact_class"][~analysed] == "above_resection").all()
     assert np.isnan(hu[~v["inside_ct"].to_numpy()]).all()
     assert np.all(np.isfinite(v["area_mm2"])) and np.all(v["area_mm2"] >= 0)
     assert set(np.unique(v["gruen_zone"])) <= set(range(15))

@@ -119,7 +119,7 @@ def run(argv: list) -> int:
 
     args = parse_arguments(argv)
     params = parameters_from_args(args)
-    check_output_folder(args.out, args.overwrite)
+    check_output_folder(args.out, args.overwrite, inputs=(args.ct, args.model, args.transform, args.frame))
     logic.useProbeVolumeWithModel = not args.library_sampler
     t0 = time.perf_counter()
 
