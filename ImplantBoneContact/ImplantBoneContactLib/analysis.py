@@ -77,6 +77,7 @@ class AnalysisParameters:
         side: ``"left"``/``"right"`` or ``None`` (from the neck).
         model_space: ``"RAS"``/``"LPS"`` to override the model file's header.
         series_uid: DICOM series to read from a folder with several.
+        register: register the model to the CT's metal first (see :mod:`.register`).
     """
 
     remesh: str = "acvd"
@@ -98,6 +99,7 @@ class AnalysisParameters:
     side: str | None = None
     model_space: str | None = None
     series_uid: str | None = None
+    register: bool = False
 
     def validate(self) -> None:
         """Check every value before any work starts.
@@ -184,6 +186,7 @@ class AnalysisResult:
         warnings: things the user should know (outside the CT, metal, ...).
         inputs: descriptions of the inputs (paths, hashes, geometry).
         timings_s: seconds per stage.
+        registration: the :class:`~ImplantBoneContactLib.register.RegistrationResult` when the run registered the model.
     """
 
     vertices: pd.DataFrame
@@ -195,10 +198,12 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)
+    registration: object = None
 
     def metadata(self) -> dict:
-        """What ``parameters.json`` holds: parameters, inputs, frame, versions, warnings."""
-        return {
+        """What ``parameters.json`` holds: parameters, inputs, frame, versions, warnings (and the registration)."""
+        extra = {} if self.registration is None else {"registration": self.registration.to_dict()}
+        return {**extra,
             "parameters": self.parameters.to_dict(),
             "contact_classes": bands_to_json(parse_classes(self.parameters.classes)),
             "inputs": self.inputs,
@@ -627,9 +632,23 @@ def analyze_files(
     params.validate()
     if progress:
         progress(0.0, "reading inputs")
+    if params.register and transform is not None:
+        raise InputError("give either a registration transform or --register, not both")
     t = time.perf_counter()
     volume, surface, inputs = load_inputs(ct, model, transform, params.model_space, params.series_uid)
     t_read = time.perf_counter() - t
+    registration = None
+    if params.register:
+        from .register import register_stem
+
+        if progress:
+            progress(0.0, "registering the model to the CT's metal")
+        registration = register_stem(volume, surface)
+        surface = transform_polydata(surface, registration.matrix_ras)
+        inputs["transform"] = {"registered": True, "matrix_ras": registration.matrix_ras.tolist(), "file": "stem_to_ct.tfm"}
     result = analyze(volume, surface, params, progress, inputs)
     result.timings_s = {"read_inputs": t_read, **result.timings_s}
+    if registration is not None:
+        result.registration = registration
+        result.timings_s["registration"] = registration.seconds.get("total", 0.0)
     return result

@@ -1,4 +1,4 @@
-"""Command line: ``implant-bone-contact analyze|demo``.
+"""Command line: ``implant-bone-contact analyze|demo|segment|register``.
 
 Errors in the input become one line on stderr and exit code 2; an
 interruption (Ctrl-C, SIGTERM) exits with 130 and leaves no partial result.
@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-pictures", action="store_true", help="write tables only, no pictures or report")
     d.add_argument("--quiet", action="store_true", help="no progress messages and no summary table")
     d.add_argument("--progress", action="store_true", help="progress messages on stderr even when it is not a terminal")
+    from .register import add_register_parser
+    from .segment import add_segment_parser
+
+    add_segment_parser(sub)
+    add_register_parser(sub)
     return parser
 
 
@@ -85,6 +90,7 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g.add_argument("--transform", help="registration moving the model into the CT: 4x4 RAS matrix text file, or ITK .tfm/.txt/.h5")
     g.add_argument("--model-space", choices=("RAS", "LPS"), type=str.upper, help="override the model file's coordinate system (default: its SPACE= header, else LPS)")
     g.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
+    g.add_argument("--register", action="store_true", help="register the CAD model to the CT's metal first (post-operative CT; instead of --transform)")
 
     g = a.add_argument_group("remeshing")
     g.add_argument("--remesh", choices=("acvd", "fast", "none"), default="acvd",
@@ -138,6 +144,7 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
         side=args.side,
         model_space=args.model_space,
         series_uid=args.series_uid,
+        register=getattr(args, "register", False),
     )
     if args.frame:
         import json
@@ -242,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return run_analysis(args)
+        if hasattr(args, "run"):
+            return args.run(args)
         return run_demo(args)
     except (InputError, OutputError) as exc:
         print(f"implant-bone-contact: error: {exc}", file=sys.stderr)

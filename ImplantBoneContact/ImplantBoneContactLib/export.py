@@ -306,7 +306,12 @@ def write_tables_and_surface(result, folder: Path) -> list[str]:
     write_polydata(result.surface, folder / "surface.vtp", space="RAS")
     write_json(result.frame.to_dict(), folder / "frame.json")
     write_json(result.metadata(), folder / "parameters.json")
-    return ["vertices.csv", "zones.csv", "surface.vtp", "frame.json", "parameters.json"]
+    names = ["vertices.csv", "zones.csv", "surface.vtp", "frame.json", "parameters.json"]
+    if getattr(result, "registration", None) is not None:
+        from .register import write_registration_files
+
+        names += write_registration_files(result.registration, folder, pictures=False)
+    return names
 
 
 def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pictures: bool = True) -> Path:
@@ -325,5 +330,9 @@ def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pic
             from .plots import write_pictures
 
             write_pictures(result, folder)
+            if getattr(result, "registration", None) is not None:
+                from .register import write_qc_picture
+
+                write_qc_picture(result.registration, folder / "registration_qc.png")
 
     return write_result_folder(out_dir, writer, overwrite)

@@ -698,3 +698,52 @@ def write_registration_files(result: RegistrationResult, folder: str | os.PathLi
         write_qc_picture(result, folder / "registration_qc.png")
         names.append("registration_qc.png")
     return names
+
+
+# ----- command line -----
+def add_register_parser(sub) -> None:
+    """Add the ``register`` subcommand to an argparse subparsers object."""
+    r = sub.add_parser("register", help="register the CAD stem to the metal in a post-operative CT (writes an ITK .tfm)")
+    r.add_argument("--ct", required=True, help="post-operative CT: NRRD, NIfTI, MetaImage file or a DICOM series folder")
+    r.add_argument("--model", required=True, help="the stem surface in its CAD frame: STL, OBJ, PLY, VTK or VTP (mm)")
+    r.add_argument("--out", required=True, help="transform file to write (.tfm, ITK; read by analyze --transform and Slicer)")
+    r.add_argument("--init", metavar="TRANSFORM", help="starting transform (4x4 RAS text or ITK file) instead of the global search")
+    r.add_argument("--qc", metavar="PNG", help="QC picture (default: beside --out, named after it: STEM_TO_CT_qc.png)")
+    r.add_argument("--registered-model", metavar="SURFACE", help="also write the registered stem surface (.stl/.vtp, SPACE=RAS)")
+    r.add_argument("--model-space", choices=("RAS", "LPS"), type=str.upper, help="override the model file's coordinate system")
+    r.add_argument("--metal-hu", type=float, default=DEFAULT_METAL_HU, help=f"metal objects are voxels at or above this HU (default {DEFAULT_METAL_HU:g})")
+    r.add_argument("--max-rms", type=float, metavar="MM", help="largest accepted RMS distance to the metal edge (default max(1 mm, half a voxel))")
+    r.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
+    r.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    r.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    r.set_defaults(run=run_register)
+
+
+def run_register(args) -> int:
+    """Run ``implant-bone-contact register``; returns the exit code."""
+    from .mesh import read_model, read_transform
+    from .segment import write_surface
+    from .volume import read_volume
+
+    out = Path(args.out)
+    qc_path = Path(args.qc) if args.qc else out.with_name(f"{out.stem}_qc.png")
+    targets = [out, qc_path] + ([Path(args.registered_model)] if args.registered_model else [])
+    if out.suffix.lower() not in (".tfm", ".txt", ".h5", ".hdf5", ".mat"):
+        raise InputError(f"--out must be an ITK transform file (.tfm, .txt, .h5), got {out.name}")
+    for p in targets:
+        if p.exists() and not args.overwrite:
+            raise OutputError(f"{p} exists: use --overwrite to replace it")
+        if not p.parent.exists():
+            raise OutputError(f"the folder of {p} does not exist: {p.parent}")
+    volume = read_volume(args.ct, series_uid=args.series_uid)
+    surface, _ = read_model(args.model, space=args.model_space)
+    init = read_transform(args.init) if args.init else None
+    result = register_stem(volume, surface, init=init, metal_hu=args.metal_hu, max_rms_mm=args.max_rms)
+    write_transform(result.matrix_ras, out)
+    write_qc_picture(result, qc_path)
+    if args.registered_model:
+        write_surface(transform_polydata(surface, result.matrix_ras), args.registered_model)
+    if not args.quiet:
+        print(result.summary())
+        print(f"wrote {out} and {qc_path} ({result.seconds.get('total', 0.0):.1f} s)")
+    return 0
