@@ -227,7 +227,7 @@ def _find_metal(volume: Volume, model_volume: float, metal_hu: float, margin_mm:
             f"the CT has no metal: no voxel reaches {metal_hu:g} HU (maximum {float(np.nanmax(arr)):g} HU); "
             "registration needs a post-operative CT with the stem in it"
         )
-    labels, sizes = label_components(selected)
+    labels, sizes, cc_box = label_components(selected)
     del selected
     voxel_mm3 = float(abs(np.linalg.det(volume.ijk_to_ras[:3, :3])))
     vols = sizes * voxel_mm3
@@ -241,10 +241,10 @@ def _find_metal(volume: Volume, model_volume: float, metal_hu: float, margin_mm:
             "or set --metal-hu"
         )
     best = int(fits[np.argmin(np.abs(np.log(ratios[fits])))])
-    obj = labels == best + 1
+    obj_in_box = labels == best + 1
     del labels
     spacing = volume.spacing_mm
-    idx = [np.nonzero(obj.any(axis=ax))[0] for ax in ((1, 2), (0, 2), (0, 1))]
+    idx = [np.nonzero(obj_in_box.any(axis=ax))[0] + cc_box[d].start for d, ax in enumerate(((1, 2), (0, 2), (0, 1)))]
     margin = [int(np.ceil(margin_mm / spacing[2 - d])) for d in range(3)]
     lo = [max(int(a[0]) - m, 0) for a, m in zip(idx, margin)]
     hi = [min(int(a[-1]) + m + 1, s) for a, m, s in zip(idx, margin, arr.shape)]
@@ -255,7 +255,13 @@ def _find_metal(volume: Volume, model_volume: float, metal_hu: float, margin_mm:
     if not np.all(np.isfinite(crop_arr)):
         crop_arr[~np.isfinite(crop_arr)] = np.nanmin(crop_arr)
     crop = Volume(crop_arr, volume.ijk_to_ras @ shift, source=f"{volume.source} (metal crop)")
-    return _MetalObject(crop=crop, mask=np.ascontiguousarray(obj[box]), volume_mm3=float(vols[best]), n_objects=len(sizes))
+    # The object's voxels in the crop (the crop holds the object's box, and the object lies within the labelled box).
+    mask = np.zeros(crop_arr.shape, dtype=bool)
+    dst = tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(cc_box, box))
+    src = tuple(slice(max(b.start - c.start, 0), min(b.stop, c.stop) - c.start) for c, b in zip(cc_box, box))
+    dst = tuple(slice(max(d.start, 0), max(d.start, 0) + (s.stop - s.start)) for d, s in zip(dst, src))
+    mask[dst] = obj_in_box[src]
+    return _MetalObject(crop=crop, mask=mask, volume_mm3=float(vols[best]), n_objects=len(sizes))
 
 
 def _block_mean(a: np.ndarray, f: tuple[int, int, int]) -> np.ndarray:

@@ -112,22 +112,35 @@ class SegmentationResult:
         }
 
 
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Face-connected components of a boolean ``(K, J, I)`` array.
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest box of a ``(K, J, I)`` boolean array holding all its True voxels (the mask must have one)."""
+    box = []
+    for axes in ((1, 2), (0, 2), (0, 1)):
+        idx = np.flatnonzero(mask.any(axis=axes))
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def label_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Face-connected components of a boolean ``(K, J, I)`` array, labelled within its bounding box.
+
+    Metal fills a small part of a CT: labelling only the box around it takes
+    a fraction of a second where the whole 512 x 512 x 400 grid took 10 s.
 
     Returns:
-        ``(labels, sizes)``: ``labels`` int32 of the mask's shape, 0 outside,
-        1..n ordered by size (largest first); ``sizes[n-1]`` voxels of label n.
+        ``(labels, sizes, box)``: ``labels`` int32 of the shape of ``mask[box]``,
+        0 outside, 1..n ordered by size (largest first); ``sizes[n-1]`` voxels of label n.
     """
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(mask.astype(np.uint8, copy=False))
+    box = bounding_box(mask)
+    image = sitk.GetImageFromArray(mask[box].astype(np.uint8))
     cc = sitk.ConnectedComponent(image, False)
     relabel = sitk.RelabelComponentImageFilter()
     relabel.SortByObjectSizeOn()
     labels = relabel.Execute(cc)
     sizes = np.asarray(relabel.GetSizeOfObjectsInPixels(), dtype=np.int64)
-    return sitk.GetArrayFromImage(labels).astype(np.int32, copy=False), sizes
+    return sitk.GetArrayFromImage(labels).astype(np.int32, copy=False), sizes, box
 
 
 def segment_surface(
@@ -196,7 +209,7 @@ def segment_surface(
             f"there is no {preset} to segment; lower --threshold or check the CT"
         )
     step(0.1, "finding connected objects")
-    labels, sizes = label_components(selected)
+    labels, sizes, box = label_components(selected)
     volumes = sizes * voxel_mm3
     keep_n = 1 if largest else int(np.count_nonzero(volumes >= min_vol))
     if keep_n == 0:
@@ -204,7 +217,8 @@ def segment_surface(
             f"every object at or above {level:g} HU is smaller than {min_vol:g} mm3 (largest {volumes[0]:.0f} mm3): "
             "lower --min-volume or use --largest"
         )
-    kept = (labels >= 1) & (labels <= keep_n)
+    kept = np.zeros(selected.shape, dtype=bool)
+    kept[box] = (labels >= 1) & (labels <= keep_n)
     del labels
     step(0.3, "extracting the iso-surface")
     poly = _iso_surface(arr, kept, allowed, level, volume.ijk_to_ras)
