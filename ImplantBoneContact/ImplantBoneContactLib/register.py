@@ -26,17 +26,25 @@ How it works (:func:`register_stem`):
 4. **Coarse fit.** Gauss-Newton on the signed distance map of the coarse
    (about 1.5 mm) metal mask at level ``L``, Huber weights (1 mm): brings the
    stem within a voxel of the edge.
-5. **Fine fit.** Gauss-Newton on the CT itself: each of 3000 stem surface
-   points should sit where the CT (trilinear, sub-voxel) equals ``L``;
-   Tukey weights on the HU residual give no weight to points deep in metal
-   or far in tissue, so a modular head fused to the stem in the CT, a cement
-   mantle or a stem part the CT does not show pull nothing.
-6. **Verdict.** The signed distance of every sample point to the ``L``
-   iso-surface of the CT (extracted with ``vtkFlyingEdges3D``): the RMS, and
-   the fraction of points inside the metal (or within half a voxel of it).
-   A fit with RMS above ``max(1 mm, 0.5 voxel)`` or less than 90 % inside is
-   a failed fit: :class:`~ImplantBoneContactLib.errors.InputError`, never a
-   transform.
+5. **Fine fit to the level.** Gauss-Newton on the CT itself: each of 3000
+   stem surface points should sit where the CT (trilinear, sub-voxel) equals
+   ``L``; Tukey weights on the HU residual give no weight to points deep in
+   metal or far in tissue, so a modular head fused to the stem in the CT or a
+   stem part the CT does not show pull nothing.
+6. **Fine fit to the edge.** The level still depends on what surrounds the
+   metal (a cement mantle right at it raises the right level). The steepest
+   fall of a blurred step is at the step whatever lies outside, so each
+   point then looks along its outward normal (+-3 mm, or 2.5 voxels) for the
+   innermost strong maximum of -dHU/ds, refined to sub-sample by a parabola,
+   and the stem is moved point-to-plane toward those edges (Gauss-Newton,
+   Huber 0.5 mm). Points with no edge in reach are not used.
+7. **Verdict.** Over the stem points: the signed distance to the edge found
+   along the normal (a point with none counts the window's width; a point
+   deep in metal, e.g. inside a modular head, is left out as long as they are
+   fewer than half), its RMS, and the fraction of points inside the metal (or
+   within half a voxel of its edge). A fit with RMS above
+   ``max(0.75 mm, 0.4 voxel)`` or less than 90 % inside is a failed fit:
+   :class:`~ImplantBoneContactLib.errors.InputError`, never a transform.
 
 The transform is written as an ITK ``.tfm`` (:func:`write_transform`) in the
 convention :func:`~ImplantBoneContactLib.mesh.read_transform` and Slicer's
@@ -69,8 +77,8 @@ DEFAULT_METAL_HU = 2000.0
 VOLUME_RATIO_RANGE = (0.35, 3.0)
 #: The fit is accepted with at least this fraction of the stem surface inside the metal.
 MIN_INSIDE_FRACTION = 0.90
-#: The fit is accepted with RMS distance to the metal edge at most max(this, half a voxel) (mm).
-MAX_RMS_MM = 1.0
+#: The fit is accepted with RMS distance to the metal edge at most max(this, 0.4 voxel) (mm).
+MAX_RMS_MM = 0.75
 
 
 @dataclass
@@ -79,7 +87,7 @@ class RegistrationResult:
 
     Attributes:
         matrix_ras: 4x4 matrix moving the model (RAS mm, as read) onto the CT (RAS mm).
-        rms_mm: RMS signed distance of the stem surface to the metal edge (mm).
+        rms_mm: RMS distance of the stem surface points to the metal edge found along their normals (mm).
         inside_fraction: fraction of stem surface points inside the metal (or within half a voxel of its edge).
         ok: the fit passed both limits.
         verdict: one sentence on the fit.
@@ -322,6 +330,10 @@ class _Fitter:
         self.coarse = Volume(dmap, coarse_geom, source="coarse distance map")
         self.coarse_h = float(np.mean(coarse_spacing))
         self.fine_h = 0.5 * float(np.min(sp))
+        self.profile_step = min(0.5, 0.5 * float(np.min(sp)))
+        self.window = max(3.0, 2.5 * float(np.max(sp)))
+        # A metal edge falls by about (plateau - background) over a few mm; noise and bloom far less steeply.
+        self.edge_threshold = 0.1 * (self.plateau - self.background) / max(1.0, float(np.max(sp)))
         # Principal axes of the metal at the edge level.
         kk, jj, ii = np.nonzero(crop.array >= self.level)
         ijk = np.column_stack([ii, jj, kk]).astype(float)
@@ -389,39 +401,59 @@ class _Fitter:
 
         return self._gauss_newton(pts, m, residual, iterations, tol_mm=1e-4)
 
-    def iso_surface(self) -> vtk.vtkPolyData:
-        crop = self.metal.crop
-        arr = np.pad(crop.array, 1, mode="constant", constant_values=np.float32(self.background))
-        image = vtk.vtkImageData()
-        nk, nj, ni = arr.shape
-        image.SetDimensions(ni, nj, nk)
-        image.GetPointData().SetScalars(ns.numpy_to_vtk(np.ascontiguousarray(arr).ravel(), deep=True))
-        fe = vtk.vtkFlyingEdges3D()
-        fe.SetInputData(image)
-        fe.SetValue(0, self.level)
-        fe.ComputeNormalsOff()
-        fe.ComputeGradientsOff()
-        fe.ComputeScalarsOff()
-        fe.Update()
-        shift = np.eye(4)
-        shift[:3, 3] = -1.0
-        poly = prepare_surface(fe.GetOutput(), "metal edge")
-        return transform_polydata(poly, crop.ijk_to_ras @ shift)
+    def edge_offsets(self, q: np.ndarray, normals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where the metal's edge is along each stem point's outward normal: the innermost strong maximum of the
+        CT's fall-off (-dHU/ds) within +-``window`` mm, refined to sub-sample by a parabola.
 
-    def edge_distances(self, q: np.ndarray) -> np.ndarray:
-        """Signed distance (mm) of points to the metal edge iso-surface, negative inside the metal."""
-        if not hasattr(self, "_implicit"):
-            self._edge = self.iso_surface()
-            imp = vtk.vtkImplicitPolyDataDistance()
-            imp.SetInput(self._edge)
-            self._implicit = imp
-        out = vtk.vtkDoubleArray()
-        self._implicit.FunctionValue(ns.numpy_to_vtk(np.ascontiguousarray(q, dtype=float), deep=True), out)
-        d = ns.vtk_to_numpy(out).copy()
-        # The sign comes from the iso-surface's normals; the CT value is the sure side.
-        v, _ = sample(self.metal.crop, q)
-        inside = np.where(np.isfinite(v), v >= self.level, False)
-        return np.where(inside, -np.abs(d), np.abs(d))
+        The steepest fall of a blurred step is at the step whatever the blur and whatever lies outside
+        (bone, a cement mantle, bloom), where a fixed iso-level would drift with the outside value.
+
+        Returns:
+            ``(offset_mm, found, in_metal)``: edge position along the normal (mm, positive: the point is
+            inside the metal), whether an edge was found, and whether the CT at the point is metal.
+        """
+        h = self.profile_step
+        s = np.arange(-self.window, self.window + 0.5 * h, h)
+        prof = q[:, None, :] + s[None, :, None] * normals[:, None, :]
+        v, _ = sample(self.metal.crop, prof.reshape(-1, 3))
+        v = np.where(np.isfinite(v), v, self.background).reshape(q.shape[0], s.size)
+        fall = -(v[:, 2:] - v[:, :-2]) / (2 * h)  # at s[1:-1]
+        mid = fall[:, 1:-1]
+        peak = (mid >= fall[:, :-2]) & (mid > fall[:, 2:]) & (mid >= self.edge_threshold)
+        found = peak.any(axis=1)
+        first = np.argmax(peak, axis=1) + 1  # index into fall
+        rows = np.arange(q.shape[0])
+        y0, y1, y2 = fall[rows, first - 1], fall[rows, first], fall[rows, first + 1]
+        denom = y0 - 2 * y1 + y2
+        delta = np.where(denom < 0, 0.5 * (y0 - y2) / np.where(denom < 0, denom, -1.0), 0.0)
+        offset = s[1:-1][first] + np.clip(delta, -0.5, 0.5) * h
+        centre = v[:, s.size // 2]
+        return np.where(found, offset, np.nan), found, centre >= self.level
+
+    def edge_fit(self, pts: np.ndarray, normals: np.ndarray, m: np.ndarray, iterations: int = 15) -> np.ndarray:
+        """Gauss-Newton, point to plane: each stem point toward the metal edge found along its normal (Huber, 0.5 mm)."""
+        m = m.copy()
+        for _ in range(iterations):
+            q = _apply(m, pts)
+            n = normals @ m[:3, :3].T
+            off, found, _ = self.edge_offsets(q, n)
+            if np.count_nonzero(found) < 12:
+                break
+            r = np.where(found, -off, 0.0)
+            a = np.abs(r)
+            w = np.where(found, np.where(a <= 0.5, 1.0, 0.5 / np.maximum(a, 1e-9)), 0.0)
+            c = (w[:, None] * q).sum(0) / w.sum()
+            jac = np.hstack([np.cross(q - c, n), n])
+            jw = jac * w[:, None]
+            x = np.linalg.solve(jac.T @ jw + 1e-9 * np.eye(6), -jw.T @ r)
+            rot = _rodrigues(x[:3])
+            inc = np.eye(4)
+            inc[:3, :3] = rot
+            inc[:3, 3] = c - rot @ c + x[3:]
+            m = inc @ m
+            if np.linalg.norm(x[3:]) < 1e-4 and np.linalg.norm(x[:3]) < 1e-6:
+                break
+        return m
 
 
 def register_stem(
@@ -447,7 +479,7 @@ def register_stem(
         metal_hu: voxels at or above this (HU) are candidate metal objects.
         level_hu: edge iso-level (HU); default half-way between the metal plateau and its surroundings.
         n_points: stem surface points used by the fine fit.
-        max_rms_mm: RMS limit of an accepted fit (mm); default max(1 mm, half the largest voxel size).
+        max_rms_mm: RMS limit of an accepted fit (mm); default max(0.75 mm, 0.4 x the largest voxel size).
         min_inside_fraction: least fraction of the stem surface inside the metal for an accepted fit.
         raise_on_failure: raise :class:`InputError` for a failed fit (default); otherwise return it with ``ok=False``.
         qc: keep the slices for :func:`write_qc_picture`.
@@ -484,7 +516,10 @@ def register_stem(
     t = time.perf_counter()
     fitter = _Fitter(metal, level_hu)
     times["edge_level_and_maps"] = time.perf_counter() - t
-    fine_pts, fine_nrm = surface_samples(pts, faces, n_points, seed=1)
+    from .mesh import surface_geometry
+
+    oriented = surface_geometry(surface).faces  # consistent outward triangles: the normals point out of the metal
+    fine_pts, fine_nrm = surface_samples(pts, oriented, n_points, seed=1)
     coarse_pts = fine_pts[:400]
 
     t = time.perf_counter()
@@ -518,8 +553,12 @@ def register_stem(
     best = None
     for i in order:
         m = fitter.fine_fit(fine_pts, coarse[i])
-        d = fitter.edge_distances(_apply(m, fine_pts))
-        rms = float(np.sqrt(np.mean(d * d)))
+        m = fitter.edge_fit(fine_pts, fine_nrm, m)
+        off, found, in_metal = fitter.edge_offsets(_apply(m, fine_pts), fine_nrm @ m[:3, :3].T)
+        # Signed distance to the edge (negative: inside the metal); no edge within the window counts as the
+        # window's width, outside, or inside when the point is in metal (covered, see below).
+        d = np.where(found, -np.nan_to_num(off), np.where(in_metal, -2 * fitter.window, fitter.window))
+        rms = float(np.sqrt(np.mean(np.clip(d, -fitter.window, None) ** 2)))
         if best is None or rms < best[1]:
             best = (m, rms, d)
     times["fine_fit"] = time.perf_counter() - t
@@ -531,11 +570,11 @@ def register_stem(
     inside = float(np.mean(d <= tol_inside))
     # Stem points deep in metal (a modular head around the taper, metal the model lacks) agree with the fit but
     # measure nothing: the RMS is over the others, and they may not be the majority.
-    covered = d < -max(4.0, 2.0 * fitter.voxel_mm)
+    covered = d < -fitter.window
     covered_fraction = float(np.mean(covered))
     d = d[~covered] if covered_fraction < 0.5 else d
     rms = float(np.sqrt(np.mean(d * d)))
-    limit = float(max_rms_mm) if max_rms_mm is not None else max(MAX_RMS_MM, 0.5 * fitter.voxel_mm)
+    limit = float(max_rms_mm) if max_rms_mm is not None else max(MAX_RMS_MM, 0.4 * fitter.voxel_mm)
     problems = []
     if rms > limit:
         problems.append(f"RMS distance {rms:.2f} mm > {limit:.2f} mm")
@@ -726,7 +765,7 @@ def add_register_parser(sub) -> None:
     r.add_argument("--registered-model", metavar="SURFACE", help="also write the registered stem surface (.stl/.vtp, SPACE=RAS)")
     r.add_argument("--model-space", choices=("RAS", "LPS"), type=str.upper, help="override the model file's coordinate system")
     r.add_argument("--metal-hu", type=float, default=DEFAULT_METAL_HU, help=f"metal objects are voxels at or above this HU (default {DEFAULT_METAL_HU:g})")
-    r.add_argument("--max-rms", type=float, metavar="MM", help="largest accepted RMS distance to the metal edge (default max(1 mm, half a voxel))")
+    r.add_argument("--max-rms", type=float, metavar="MM", help="largest accepted RMS distance to the metal edge (default max(0.75 mm, 0.4 voxel))")
     r.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
     r.add_argument("--overwrite", action="store_true", help="replace existing output files")
     r.add_argument("--quiet", action="store_true", help="print nothing but errors")
