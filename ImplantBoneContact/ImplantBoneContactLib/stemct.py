@@ -101,12 +101,13 @@ def stem_ct(
     geom[:3, 3] = lo
     shape = (int(n[2]), int(n[1]), int(n[0]))
     metal = voxelize(moved, geom, shape)
-    if extra_metal:
-        kk, jj, ii = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
-        for c, r in extra_metal:
-            c_ijk = (np.asarray(c, dtype=float) - lo) / v
-            metal |= (ii - c_ijk[0]) ** 2 + (jj - c_ijk[1]) ** 2 + (kk - c_ijk[2]) ** 2 <= (r / v) ** 2
-        del kk, jj, ii
+    for c, r in extra_metal or []:
+        c_ijk = (np.asarray(c, dtype=float) - lo) / v
+        lo_b = np.maximum(np.floor(c_ijk - r / v).astype(int), 0)
+        hi_b = np.minimum(np.ceil(c_ijk + r / v).astype(int) + 1, [shape[2], shape[1], shape[0]])
+        kk, jj, ii = np.meshgrid(*(np.arange(lo_b[d], hi_b[d]) for d in (2, 1, 0)), indexing="ij")
+        ball = (ii - c_ijk[0]) ** 2 + (jj - c_ijk[1]) ** 2 + (kk - c_ijk[2]) ** 2 <= (r / v) ** 2
+        metal[lo_b[2]:hi_b[2], lo_b[1]:hi_b[1], lo_b[0]:hi_b[0]] |= ball
     img = sitk.GetImageFromArray(metal.astype(np.uint8))
     img.SetSpacing((v, v, v))
     dist = sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=False, squaredDistance=False, useImageSpacing=True))

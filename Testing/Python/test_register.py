@@ -98,7 +98,7 @@ def test_modular_head_fused_to_the_stem_does_not_derail_it(scan_stem):
     rng = np.random.default_rng(5)
     truth = random_pose(rng, scan_stem, scanned_stem_placement())
     # The ball joins the stem's metal in the CT but is not in the model.
-    ct = stem_ct(scan_stem, truth, StemCTSpec(voxel_mm=0.8), extra_metal=[_head_ball(scan_stem, truth)])
+    ct = stem_ct(scan_stem, truth, StemCTSpec(voxel_mm=1.0), extra_metal=[_head_ball(scan_stem, truth)])
     result = register_stem(ct, scan_stem)
     rms, angle = pose_errors(points(scan_stem), result.matrix_ras, truth)
     assert rms <= 0.5 and angle <= 1.0, (rms, angle)
@@ -110,7 +110,7 @@ def test_cement_mantle_is_found_or_refused_never_silently_wrong(scan_stem):
     """A 2 mm mantle of 1800 HU cement on the stem: a fit that misses must be refused (it is, today: see README)."""
     rng = np.random.default_rng(5)
     truth = random_pose(rng, scan_stem, scanned_stem_placement())
-    ct = stem_ct(scan_stem, truth, StemCTSpec(voxel_mm=0.8, cement_mm=2.0))
+    ct = stem_ct(scan_stem, truth, StemCTSpec(voxel_mm=1.0, cement_mm=2.0))
     result = register_stem(ct, scan_stem, raise_on_failure=False)
     rms, angle = pose_errors(points(scan_stem), result.matrix_ras, truth)
     if not (rms <= 0.5 and angle <= 1.0):
