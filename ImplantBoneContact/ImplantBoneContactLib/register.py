@@ -416,7 +416,9 @@ class _Fitter:
         s = np.arange(-self.window, self.window + 0.5 * h, h)
         prof = q[:, None, :] + s[None, :, None] * normals[:, None, :]
         v, _ = sample(self.metal.crop, prof.reshape(-1, 3))
-        v = np.where(np.isfinite(v), v, self.background).reshape(q.shape[0], s.size)
+        v = v.reshape(q.shape[0], s.size)
+        self.last_profile_in_ct = np.isfinite(v).all(axis=1)  # the whole profile lies in the CT
+        v = np.where(np.isfinite(v), v, self.background)
         fall = -(v[:, 2:] - v[:, :-2]) / (2 * h)  # at s[1:-1]
         mid = fall[:, 1:-1]
         peak = (mid >= fall[:, :-2]) & (mid > fall[:, 2:]) & (mid >= self.edge_threshold)
@@ -437,6 +439,7 @@ class _Fitter:
             q = _apply(m, pts)
             n = normals @ m[:3, :3].T
             off, found, _ = self.edge_offsets(q, n)
+            found &= self.last_profile_in_ct  # no edge is made up where the scan ends
             if np.count_nonzero(found) < 12:
                 break
             r = np.where(found, -off, 0.0)
@@ -558,11 +561,16 @@ def register_stem(
         # Signed distance to the edge (negative: inside the metal); no edge within the window counts as the
         # window's width, outside, or inside when the point is in metal (covered, see below).
         d = np.where(found, -np.nan_to_num(off), np.where(in_metal, -2 * fitter.window, fitter.window))
-        rms = float(np.sqrt(np.mean(np.clip(d, -fitter.window, None) ** 2)))
+        # Where the scan ends (a stem cut by the CT's edge) nothing can be measured: those points are left out.
+        d = np.where(fitter.last_profile_in_ct, d, np.nan)
+        dd = d[np.isfinite(d)] if np.isfinite(d).mean() >= 0.5 else np.nan_to_num(d, nan=fitter.window)
+        rms = float(np.sqrt(np.mean(np.clip(dd, -fitter.window, None) ** 2)))
         if best is None or rms < best[1]:
             best = (m, rms, d)
     times["fine_fit"] = time.perf_counter() - t
     matrix, rms, d = best
+    in_ct_fraction = float(np.mean(np.isfinite(d)))
+    d = d[np.isfinite(d)] if in_ct_fraction >= 0.5 else np.nan_to_num(d, nan=fitter.window)
     # Orthonormalise (Gauss-Newton steps are exact rotations; this removes rounding drift).
     u, _, vt = np.linalg.svd(matrix[:3, :3])
     matrix[:3, :3] = u @ vt
