@@ -86,6 +86,7 @@ class AnalysisParameters:
         series_uid: DICOM series to read from a folder with several.
         calibration: JSON file of a density calibration (see :mod:`.calibration`) or ``None``:
             adds ``density_mg_cm3`` to the vertices and density statistics to the zones.
+        register: register the model to the CT's metal first (see :mod:`.register`).
     """
 
     remesh: str = "acvd"
@@ -110,6 +111,7 @@ class AnalysisParameters:
     model_space: str | None = None
     series_uid: str | None = None
     calibration: str | None = None
+    register: bool = False
 
     def validate(self) -> None:
         """Check every value before any work starts.
@@ -209,6 +211,7 @@ class AnalysisResult:
         warnings: things the user should know (outside the CT, metal, ...).
         inputs: descriptions of the inputs (paths, hashes, geometry).
         timings_s: seconds per stage.
+        registration: the :class:`~ImplantBoneContactLib.register.RegistrationResult` when the run registered the model.
     """
 
     vertices: pd.DataFrame
@@ -220,10 +223,12 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)
+    registration: object = None
 
     def metadata(self) -> dict:
-        """What ``parameters.json`` holds: parameters, inputs, frame, versions, warnings."""
-        return {
+        """What ``parameters.json`` holds: parameters, inputs, frame, versions, warnings (and the registration)."""
+        extra = {} if self.registration is None else {"registration": self.registration.to_dict()}
+        return {**extra,
             "parameters": self.parameters.to_dict(),
             "contact_classes": bands_to_json(parse_classes(self.parameters.classes)),
             "inputs": self.inputs,
@@ -769,9 +774,23 @@ def analyze_files(
     params.validate()
     if progress:
         progress(0.0, "reading inputs")
+    if params.register and transform is not None:
+        raise InputError("give either a registration transform or --register, not both")
     t = time.perf_counter()
     volume, surface, inputs = load_inputs(ct, model, transform, params.model_space, params.series_uid)
     t_read = time.perf_counter() - t
+    registration = None
+    if params.register:
+        from .register import register_stem
+
+        if progress:
+            progress(0.0, "registering the model to the CT's metal")
+        registration = register_stem(volume, surface)
+        surface = transform_polydata(surface, registration.matrix_ras)
+        inputs["transform"] = {"registered": True, "matrix_ras": registration.matrix_ras.tolist(), "file": "stem_to_ct.tfm"}
     result = analyze(volume, surface, params, progress, inputs)
     result.timings_s = {"read_inputs": t_read, **result.timings_s}
+    if registration is not None:
+        result.registration = registration
+        result.timings_s["registration"] = registration.seconds.get("total", 0.0)
     return result

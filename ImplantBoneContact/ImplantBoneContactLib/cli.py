@@ -1,4 +1,4 @@
-"""Command line: ``implant-bone-contact analyze|demo``.
+"""Command line: ``implant-bone-contact analyze|compare|demo|segment|register``.
 
 Errors in the input become one line on stderr and exit code 2; an
 interruption (Ctrl-C, SIGTERM) exits with 130 and leaves no partial result.
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-pictures", action="store_true", help="write tables only, no pictures or report")
     d.add_argument("--quiet", action="store_true", help="no progress messages and no summary table")
     d.add_argument("--progress", action="store_true", help="progress messages on stderr even when it is not a terminal")
+    from .register import add_register_parser
+    from .segment import add_segment_parser
+
+    add_segment_parser(sub)
+    add_register_parser(sub)
     return parser
 
 
@@ -91,6 +96,7 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
     g.add_argument("--calibration", metavar="FILE.json", help="density calibration (linear relation or phantom rods): adds density in mg/cm3")
     g.add_argument("--baseline", metavar="RESULT", help="follow-up: analyse on this baseline result's surface and frame, moved by the two registrations")
+    g.add_argument("--register", action="store_true", help="register the CAD model to the CT's metal first (post-operative CT; instead of --transform)")
 
     g = a.add_argument_group("remeshing")
     g.add_argument("--remesh", choices=("acvd", "fast", "none"), default="acvd",
@@ -149,6 +155,7 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
         model_space=args.model_space,
         series_uid=args.series_uid,
         calibration=getattr(args, "calibration", None),
+        register=getattr(args, "register", False),
     )
     if args.frame:
         import json
@@ -296,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             from .compare import run_compare
 
             return run_compare(args)
+        if hasattr(args, "run"):
+            return args.run(args)
         return run_demo(args)
     except (InputError, OutputError) as exc:
         print(f"implant-bone-contact: error: {exc}", file=sys.stderr)
