@@ -451,6 +451,8 @@ class ImplantBoneContactLogic(ScriptedLoadableModuleLogic):
         self._lastFraction = 0.0
         #: Seconds between two looks at a running Probe Volume With Model CLI.
         self.pollInterval = 0.1
+        #: Seconds to wait for a cancelled CLI to stop before its node is removed.
+        self.cancelTimeout = 10.0
 
     def getParameterNode(self):
         return ImplantBoneContactParameterNode(super().getParameterNode())
@@ -739,9 +741,10 @@ class ImplantBoneContactLogic(ScriptedLoadableModuleLogic):
                 "OutputModel": outputModel.GetID(),
                 "OutputArrayName": mrml.PROBE_ARRAY_NAME,
             }
-            cliNode = self._runCli(slicer.modules.probevolumewithmodel, cliParameters, f"probing {local.shape[0]} points")
+            cliNode = self._startCli(slicer.modules.probevolumewithmodel, cliParameters)
             if cliNode is None:
                 raise RuntimeError("Probe Volume With Model could not be started")
+            self._waitForCli(cliNode, f"probing {local.shape[0]} points")
             if cliNode.GetStatus() != cliNode.Completed:
                 errorText = cliNode.GetErrorText().strip() or "no error text"
                 raise RuntimeError(f"Probe Volume With Model failed ({cliNode.GetStatusString()}): {errorText}")
@@ -752,17 +755,15 @@ class ImplantBoneContactLogic(ScriptedLoadableModuleLogic):
                     scene.RemoveNode(node)
 
 
-    def _runCli(self, module, parameters: dict, what: str):
-        """Run a CLI module; while it runs, report its progress and let the user cancel.
-
-        Without a progress callback (console, batch) the CLI runs synchronously.
-        """
+    def _startCli(self, module, parameters: dict):
+        """Start a CLI module: asynchronously when a progress callback is set (see :meth:`_waitForCli`), else synchronously."""
         run = getattr(slicer.cli, "run", None)
         if self._progress is None or run is None:
             return slicer.cli.runSync(module, None, parameters, update_display=False)
-        cliNode = run(module, None, parameters, wait_for_completion=False, update_display=False)
-        if cliNode is None:
-            return None
+        return run(module, None, parameters, wait_for_completion=False, update_display=False)
+
+    def _waitForCli(self, cliNode, what: str) -> None:
+        """While a CLI runs, report its progress and let the user cancel (the CLI is cancelled then)."""
         started = time.time()
         try:
             while cliNode.IsBusy():
@@ -773,8 +774,12 @@ class ImplantBoneContactLogic(ScriptedLoadableModuleLogic):
                 time.sleep(self.pollInterval)
         except BaseException:
             cliNode.Cancel()
+            # Let the CLI process stop before its node is removed.
+            deadline = time.time() + self.cancelTimeout
+            while cliNode.IsBusy() and time.time() < deadline:
+                slicer.app.processEvents()
+                time.sleep(self.pollInterval)
             raise
-        return cliNode
 
     # ------------------------------------------------------------------ post-operative CT and registration
     @staticmethod
