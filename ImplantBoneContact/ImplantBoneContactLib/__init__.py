@@ -11,17 +11,60 @@ Typical use::
     save_result(result, "results/")
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from .analysis import AnalysisParameters, AnalysisResult, analyze, analyze_files, load_inputs  # noqa: E402
-from .classes import PRESETS, ContactBand, classify, parse_classes  # noqa: E402
-from .errors import InputError, OutputError  # noqa: E402
-from .export import save_result, write_csv  # noqa: E402
-from .frame import FrameOptions, StemFrame, assign_zones, estimate_frame  # noqa: E402
-from .mesh import read_model, read_transform, surface_geometry, transform_polydata  # noqa: E402
-from .phantom import FemurPhantom, PhantomSpec  # noqa: E402
-from .sampling import sample, sample_surface  # noqa: E402
-from .volume import Volume, read_volume, write_volume  # noqa: E402
+# The public names and the module that defines each. They are imported on first use
+# (PEP 562 module __getattr__), so that ``import ImplantBoneContactLib`` and its light
+# modules (errors, classes, dependencies, display, ...) work before pandas, matplotlib or
+# pyacvd are installed: Slicer's panel imports parts of the package before its first run.
+_EXPORTS = {
+    "AnalysisParameters": "analysis",
+    "AnalysisResult": "analysis",
+    "analyze": "analysis",
+    "analyze_files": "analysis",
+    "load_inputs": "analysis",
+    "PRESETS": "classes",
+    "ContactBand": "classes",
+    "classify": "classes",
+    "parse_classes": "classes",
+    "InputError": "errors",
+    "OutputError": "errors",
+    "save_result": "export",
+    "write_csv": "export",
+    "FrameOptions": "frame",
+    "StemFrame": "frame",
+    "assign_zones": "frame",
+    "estimate_frame": "frame",
+    "read_model": "mesh",
+    "read_transform": "mesh",
+    "surface_geometry": "mesh",
+    "transform_polydata": "mesh",
+    "FemurPhantom": "phantom",
+    "PhantomSpec": "phantom",
+    "sample": "sampling",
+    "sample_surface": "sampling",
+    "Volume": "volume",
+    "read_volume": "volume",
+    "write_volume": "volume",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AnalysisParameters",

@@ -16,28 +16,36 @@ would have to be resampled, which changes the HU being measured.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import slicer
 import vtk
 from vtk.util import numpy_support as ns
 
-from .analysis import AnalysisParameters, AnalysisResult, ProgressCallback, Remesher, Sampler, analyze
 from .classes import METAL, NOT_SAMPLED, PRESETS, UNCLASSIFIED, parse_classes
+from .display import HU_DISPLAY_RANGE
 from .errors import InputError
 from .mesh import prepare_surface
 from .volume import Volume
+
+if TYPE_CHECKING:  # the analysis needs pandas: imported where it runs, so the panel works before pandas is installed
+    from .analysis import AnalysisParameters, AnalysisResult, ProgressCallback, Remesher, Sampler
+
+
+def _analysis():
+    from . import analysis
+
+    return analysis
 
 #: Name of the point array holding the probed value in Probe Volume With Model's output.
 PROBE_ARRAY_NAME = "hu"
 #: Array vtkProbeFilter adds: 1 where the point could be sampled, 0 outside the image.
 VALID_POINT_MASK_NAME = "vtkValidPointMask"
 
-#: Fixed HU range of the heat map: fat/soft tissue at the bottom, dense cortex at the top,
-#: so that two stems or two patients get comparable colours (air and metal clamp to the ends).
-HU_DISPLAY_RANGE = (-200.0, 1800.0)
+# HU_DISPLAY_RANGE (from .display): the heat map's fixed HU range, the same as the pictures'.
 
 #: The three colourings of the output model: point array and colour table kind.
 COLORINGS = {"hu": "hu", "zone": "gruen_zone", "class": "contact_class_id"}
@@ -281,6 +289,7 @@ def frame_inputs_from_markups(axis_line=None, resection_plane=None, medial_point
 #: Panel values (parameter node fields) and their defaults; node fields default to None.
 PANEL_DEFAULTS: dict[str, Any] = {
     "remesh": True,
+    "remeshMethod": "Surface Toolbox",
     "remeshPoints": 10000,
     "remeshSubdivide": -1,  # -1: automatic
     "sampling": "trilinear",
@@ -304,12 +313,28 @@ PANEL_DEFAULTS: dict[str, Any] = {
 
 #: Choices of the panel's combo boxes.
 PANEL_CHOICES: dict[str, tuple[str, ...]] = {
+    "remeshMethod": ("Surface Toolbox", "Fast (library)"),
     "sampling": ("trilinear", "nearest"),
     "profileAggregate": ("max", "mean", "median"),
     "classesPreset": (*PRESETS, "custom"),
     "zoneScheme": ("sector", "projection"),
     "side": ("auto", "left", "right"),
 }
+
+
+#: The panel's remesh choices and the library's ``remesh`` values: Surface Toolbox's ACVD
+#: remesh (pyacvd; the library's identical call where Surface Toolbox is missing) or the
+#: library's fast remesh (numpy and VTK only).
+PANEL_REMESH_METHODS: dict[str, str] = {"Surface Toolbox": "acvd", "Fast (library)": "fast"}
+
+
+def remesh_method_from_panel(remesh: bool, method: str) -> str:
+    """The library's ``remesh`` value for the panel's check box and remesh choice."""
+    if not remesh:
+        return "none"
+    if method not in PANEL_REMESH_METHODS:
+        raise InputError(f"remeshMethod must be one of {', '.join(PANEL_REMESH_METHODS)}, got {method!r}")
+    return PANEL_REMESH_METHODS[method]
 
 
 def _panel_value(values, name: str):
@@ -342,8 +367,8 @@ def parameters_from_panel(values) -> AnalysisParameters:
             raise InputError("custom contact classes are selected but the class table is empty")
     else:
         classes = v["classesPreset"]
-    params = AnalysisParameters(
-        remesh="acvd" if v["remesh"] else "none",
+    params = _analysis().AnalysisParameters(
+        remesh=remesh_method_from_panel(v["remesh"], v["remeshMethod"]),
         points=int(v["remeshPoints"]),
         subdivide=None if subdivide < 0 else subdivide,
         sampling=v["sampling"],
@@ -373,6 +398,7 @@ def to_analysis_parameters(parameters=None) -> AnalysisParameters:
     Raises:
         InputError: unknown keys, or values the library refuses.
     """
+    AnalysisParameters = _analysis().AnalysisParameters
     if parameters is None:
         params = AnalysisParameters()
     elif isinstance(parameters, AnalysisParameters):
@@ -753,6 +779,102 @@ def samples_from_probe_output(poly: vtk.vtkPolyData, n_points: int, array_name: 
 
 
 # ----------------------------------------------------------------------------------------------
+# checks before a run, and what the panel shows after it
+# ----------------------------------------------------------------------------------------------
+def same_node(a, b) -> bool:
+    """Whether two node references are one MRML node (the same object, or one ID in one scene)."""
+    if a is None or b is None:
+        return False
+    if a is b:
+        return True
+    return a.GetScene() is not None and a.GetScene() is b.GetScene() and bool(a.GetID()) and a.GetID() == b.GetID()
+
+
+def check_output_nodes(model_node, output_model=None) -> None:
+    """Refuse an output model that is the implant model itself.
+
+    The run replaces the output model's surface with the analysed copy (in world
+    coordinates) and removes its parent transform: on the implant model this would
+    destroy the implant's surface and its registration.
+
+    Raises:
+        InputError: ``output_model`` is ``model_node``.
+    """
+    if same_node(model_node, output_model):
+        raise InputError(
+            f"the output model is the implant model {model_node.GetName()!r}: the run would replace the implant's "
+            "surface and remove its registration transform. Choose another output model, or 'Create new Model'"
+        )
+
+
+def csv_folder_from_panel(save_csv: bool, folder) -> str | None:
+    """The folder that receives the CSV files, or ``None`` when they are not saved.
+
+    Args:
+        save_csv: the panel's "Save CSV" box.
+        folder: the folder field's text (``None``, ``""`` and ``"."``, what an empty path
+            field may hold, mean "not chosen").
+
+    Raises:
+        InputError: saving is asked for but no folder is chosen, or it is relative or missing.
+    """
+    if not save_csv:
+        return None
+    text = "" if folder is None else str(folder).strip()
+    if text in ("", "."):
+        raise InputError("choose a folder for the CSV files (or untick 'Save CSV')")
+    if not os.path.isabs(text):
+        raise InputError(f"the CSV folder {text!r} is not a full path: choose the folder with the folder button")
+    if not os.path.isdir(text):
+        raise InputError(f"the CSV folder {text!r} does not exist: choose an existing folder")
+    return text
+
+
+def show_outline_in_slice_views(model_node, visible: bool = True) -> None:
+    """Show (or hide) a model's outline where it cuts the slice views (its 2D visibility).
+
+    The outline takes the model's colouring (the HU heat map of a result), so the
+    registration of the stem can be checked on the CT slices.
+    """
+    if model_node.GetDisplayNode() is None:
+        model_node.CreateDefaultDisplayNodes()
+    display = model_node.GetDisplayNode()
+    display.SetVisibility2D(bool(visible))
+    if visible:
+        display.SetVisibility(True)
+
+
+def apply_registration(scene, model_node, matrix_ras: np.ndarray, name: str = "Stem registration", show_handles: bool = True):
+    """Put a model under a new linear transform that moves it by ``matrix_ras`` in world RAS.
+
+    ``matrix_ras`` (4x4) moves the model *as it is shown now* (its current parent
+    transforms applied), as a registration of the shown surface to the CT returns it.
+    The new transform node holds ``matrix_ras @ (current model-to-world)``, so the
+    model lands where the registration put it; the old transform node is kept,
+    unchanged, for other nodes under it. The new node shows its interaction
+    handles (``show_handles``) so the user can adjust it.
+
+    Raises:
+        InputError: the matrix is not a finite 4x4 rigid/affine matrix, or the model sits under
+            a non-linear transform.
+    """
+    m = np.asarray(matrix_ras, dtype=float)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0]):
+        raise InputError(f"a registration must be a finite 4x4 matrix with last row 0 0 0 1, got shape {m.shape}")
+    if abs(np.linalg.det(m[:3, :3])) < 1e-9:
+        raise InputError("the registration matrix is singular (it flattens the stem)")
+    to_world = matrix_to_world(model_node)
+    if to_world is None:
+        raise InputError(f"the model {model_node.GetName()!r} is under a non-linear transform: harden it first")
+    node = linear_transform_node(scene, m @ to_world, scene.GenerateUniqueName(name))
+    if show_handles:
+        node.CreateDefaultDisplayNodes()
+        node.GetDisplayNode().SetEditorVisibility(True)
+    model_node.SetAndObserveTransformNodeID(node.GetID())
+    return node
+
+
+# ----------------------------------------------------------------------------------------------
 # the whole analysis on nodes
 # ----------------------------------------------------------------------------------------------
 def describe_nodes(volume_node, model_node) -> dict:
@@ -798,6 +920,7 @@ def analyze_nodes(
         inputs: extra input descriptions for the result's metadata.
         coloring: initial colouring of the output model.
     """
+    check_output_nodes(model_node, output_model)
     volume = volume_from_node(volume_node)
     surface = polydata_from_model_node(model_node)
     info = describe_nodes(volume_node, model_node)
@@ -806,7 +929,7 @@ def analyze_nodes(
             info[key].update(value)
         else:
             info[key] = value
-    result = analyze(volume, surface, parameters, progress, info, remesher=remesher, sampler=sampler)
+    result = _analysis().analyze(volume, surface, parameters, progress, info, remesher=remesher, sampler=sampler)
     write_result_nodes(result, output_model, output_table, coloring)
     return result
 
@@ -816,7 +939,11 @@ __all__ = [
     "HU_DISPLAY_RANGE",
     "PANEL_CHOICES",
     "PANEL_DEFAULTS",
+    "PANEL_REMESH_METHODS",
     "analyze_nodes",
+    "apply_registration",
+    "check_output_nodes",
+    "csv_folder_from_panel",
     "array_from_vtk_matrix",
     "class_rows",
     "classes_from_rows",
@@ -828,7 +955,10 @@ __all__ = [
     "polydata_from_model_node",
     "probe_input_polydata",
     "samples_from_probe_output",
+    "remesh_method_from_panel",
+    "same_node",
     "set_coloring",
+    "show_outline_in_slice_views",
     "table_node_from_dataframe",
     "to_analysis_parameters",
     "volume_from_node",

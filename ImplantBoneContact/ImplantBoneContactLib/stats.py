@@ -25,7 +25,8 @@ phantom CT, 0.48 integrated).
 * ``hu_mean`` is the area-weighted mean; ``hu_std`` the area-weighted
   population standard deviation ``sqrt(sum w (x - mean)^2 / sum w)``.
 * Quantiles are area-weighted with numpy's ``inverted_cdf`` method
-  (``numpy.quantile(..., weights=...)``): the smallest HU such that at least
+  (:func:`weighted_quantile`, the same numbers as numpy 2's
+  ``numpy.quantile(..., weights=...)``, also on numpy 1.26): the smallest HU such that at least
   the fraction q of the sampled area has that HU or less. With equal areas it
   equals the ordinary inverted-CDF quantile; with integer areas it equals
   the quantile of the values repeated that many times.
@@ -159,6 +160,58 @@ def _field_at(field: HUField, positions: np.ndarray, faces: np.ndarray, normals:
     return out
 
 
+def weighted_quantile(values: np.ndarray, quantiles, weights: np.ndarray) -> np.ndarray:
+    """Weighted ``inverted_cdf`` quantiles of a 1-D array (numpy 1.26 has no ``quantile(weights=)``).
+
+    For each ``q`` in ``quantiles`` (fractions 0..1): the smallest value ``x`` such that the
+    weights of the values ``<= x`` add up to at least ``q`` of the total weight. Computed the way
+    numpy 2's ``numpy.quantile(values, quantiles, weights=weights, method="inverted_cdf")`` does
+    (sort, cumulative weights in float64 normalised to 1, left search), so both give the same
+    numbers bit for bit.
+
+    Args:
+        values: ``(N,)`` values (e.g. HU), N >= 1 (a NaN makes every quantile NaN).
+        quantiles: a fraction or a sequence of fractions in [0, 1].
+        weights: ``(N,)`` non-negative weights (e.g. areas in mm^2), not all zero.
+
+    Returns:
+        an array shaped like ``quantiles``, with the dtype of ``values``.
+
+    Raises:
+        ValueError: empty input, mismatched lengths, quantiles outside [0, 1], negative,
+            non-finite or all-zero weights.
+    """
+    v = np.asarray(values)
+    w = np.asarray(weights)
+    q = np.asanyarray(quantiles)
+    if q.dtype.kind in "iub":
+        q = q.astype(np.float64)
+    if v.ndim != 1 or v.size == 0 or w.shape != v.shape:
+        raise ValueError(f"weighted_quantile needs 1-D values and weights of one length, got {v.shape} and {w.shape}")
+    if np.any((q < 0) | (q > 1)) or np.any(np.isnan(q)):
+        raise ValueError("quantiles must be in the range [0, 1]")
+    if np.any(w < 0):
+        raise ValueError("weights must be non-negative")
+    order = np.argsort(v)
+    v_sorted = v[order]
+    cdf = w[order].cumsum(dtype=np.float64)
+    if not (np.isfinite(cdf[-1]) and cdf[-1] > 0):
+        raise ValueError("weights included NaN or inf, or were all zero")
+    cdf /= cdf[-1]
+    if q.dtype.kind == "f":
+        # Compare in the quantiles' precision (0.4 in float32 is not 0.4 in float64).
+        cdf = cdf.astype(q.dtype)
+    # Leading zero weights: a quantile of 0 must pick the first value with a weight.
+    if cdf[0] == 0:
+        cdf[cdf == 0] = -1
+    index = np.minimum(np.searchsorted(cdf, q, side="left"), v.size - 1)
+    result = v_sorted[index]
+    if v.dtype.kind in "fc" and np.isnan(v_sorted[-1]):
+        # NaN sorts last: like numpy, any NaN makes every quantile NaN.
+        result = np.full_like(result, np.nan)
+    return result
+
+
 def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float]:
     """Area-weighted HU summary of finite values; NaN entries when nothing is left."""
     v = np.asarray(values, dtype=float)
@@ -174,7 +227,7 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict[str, float]:
     out["hu_mean"] = mean
     out["hu_std"] = float(np.sqrt(np.average((v - mean) ** 2, weights=w)))
     out["hu_min"] = float(v.min())
-    qs = np.quantile(v, list(QUANTILES.values()), weights=w, method="inverted_cdf")
+    qs = weighted_quantile(v, list(QUANTILES.values()), w)
     for key, q in zip(QUANTILES, qs):
         out[key] = float(q)
     out["hu_max"] = float(v.max())

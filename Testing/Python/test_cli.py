@@ -203,7 +203,9 @@ def test_csv_fast_path_writes_the_bytes_pandas_writes(tmp_path):
     # Tables pandas must write: quoting, missing strings, categories, nullable integers, odd names.
     odd = [
         pd.DataFrame({"s": ["a,b", 'q"x', "plain"], "v": [1.5, np.nan, 2.0]}),
-        pd.DataFrame({"s": pd.array(["a", None, "b"], dtype="str"), "v": [1, 2, 3]}),
+        pd.DataFrame({"s": pd.array(["a", None, "b"], dtype="string"), "v": [1, 2, 3]}),
+        # pandas 3's "str" keeps the missing string (pandas 2 turns None into the text "None").
+        *([pd.DataFrame({"s": pd.array(["a", None, "b"], dtype="str"), "v": [1, 2, 3]})] if int(pd.__version__.split(".")[0]) >= 3 else []),
         pd.DataFrame({"c": pd.Categorical(["x", "y"]), "i": pd.array([1, None], dtype="Int64")}),
         pd.DataFrame({"a name": [1.0], "v": [2]}),
         pd.DataFrame({"only": ["", "x"]}),

@@ -81,7 +81,7 @@ def test_module_file_follows_the_scripted_template():
             "ImplantBoneContactParameterNode"} <= names
     text = MODULE_FILE.read_text(encoding="utf-8")
     for needle in ("connectGui(self.ui)", "slicer.util.tryWithErrorDisplay", "slicer.util.createProgressDialog",
-                   "slicer.cli.runSync(slicer.modules.probevolumewithmodel", "GetErrorText()", "GetStatus()",
+                   "slicer.cli.runSync(", "GetErrorText()", "GetStatus()",
                    "SurfaceToolboxLogic.remesh", "pip_ensure", "slicer.util.pip_install"):
         assert needle in text, needle
 
@@ -144,8 +144,9 @@ def test_ui_parameters_are_parameter_node_fields_with_fitting_widgets():
     fields = _parameter_fields()
     connected = {_parameter_name(w): w for w in _ui_widgets().values() if _parameter_name(w)}
     assert set(connected) <= set(fields), set(connected) - set(fields)
-    # Only the text of custom classes is set by code (from the class table), not by a widget.
-    assert set(fields) - set(connected) == {"customClasses"}
+    # Only the text of custom classes (from the class table) and the CSV folder (a text kept in step
+    # with its path field by the widget, so that an empty folder is not shown as ".") are set by code.
+    assert set(fields) - set(connected) == {"customClasses", "csvFolder"}
     # The widget type must be one parameterNodeWrapper's GUI connectors accept for the field's type.
     accepted = {
         "bool": {"QCheckBox"},
@@ -673,6 +674,8 @@ def test_logic_reports_cli_errors(slicer_module, small_femur):
 def test_missing_packages_in_batch_are_an_error_not_a_dialog(slicer_module, monkeypatch):
     module = slicer_module.module
     monkeypatch.setitem(module.REQUIREMENTS, "ibc_no_such_package", "ibc-no-such-package>=1")
+    # A batch run is not Slicer's testing mode (which never installs anything).
+    monkeypatch.setattr(slicer_module.slicer.app, "testingEnabled", lambda: False)
     logic = module.ImplantBoneContactLogic(interactive=False)
     with pytest.raises(RuntimeError, match=r"missing Python packages: ibc-no-such-package>=1.*--install-dependencies"):
         logic.ensureDependencies(remesh=False)

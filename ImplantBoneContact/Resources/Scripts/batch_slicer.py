@@ -111,7 +111,7 @@ def run(argv: list) -> int:
     early, _ = _pre_parser().parse_known_args(argv)
     logic = ImplantBoneContactLogic(interactive=False)
     logic.installMissingPackages = early.install_dependencies
-    logic.ensureDependencies(remesh=early.remesh != "none", pictures=not early.no_pictures)
+    logic.ensureDependencies(remesh=early.remesh == "acvd", pictures=not early.no_pictures)
 
     from ImplantBoneContactLib import save_result
     from ImplantBoneContactLib.cli import parameters_from_args
