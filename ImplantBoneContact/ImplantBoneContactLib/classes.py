@@ -43,6 +43,8 @@ from .errors import InputError
 METAL = "metal"
 NOT_SAMPLED = "not_sampled"
 UNCLASSIFIED = "unclassified"
+#: A point of a post-operative CT whose bone cannot be told from the metal's bloom (see :mod:`.postop`).
+UNRELIABLE = "unreliable"
 DEFAULT_METAL_HU = 2500.0
 
 
@@ -92,7 +94,7 @@ def validate_bands(bands: list[ContactBand] | tuple[ContactBand, ...]) -> tuple[
     for b in bands:
         if not _NAME.match(b.name):
             raise InputError(f"class name {b.name!r} must start with a letter and hold only letters, digits and _")
-        if b.name in (METAL, NOT_SAMPLED, UNCLASSIFIED):
+        if b.name in (METAL, NOT_SAMPLED, UNCLASSIFIED, UNRELIABLE):
             raise InputError(f"class name {b.name!r} is reserved")
         if math.isnan(b.low_hu) or math.isnan(b.high_hu):
             raise InputError(f"class {b.name!r} has a NaN limit")

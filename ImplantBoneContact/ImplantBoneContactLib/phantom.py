@@ -81,6 +81,10 @@ class PhantomSpec:
         oblique_ct: give the CT grid a rotated direction matrix (degrees about S), to
             exercise geometry handling; 0 keeps it axis-aligned.
         seed: random seed for the noise.
+        metal_hu: HU of the stem voxels with ``metal`` (before blur).
+        bloom_hu: with ``metal``, extra HU added around the stem (the metal's bloom beyond the scanner's
+            blur): this times the stem mask smoothed by a Gaussian of ``bloom_sigma_mm``; 0 for none.
+        bloom_sigma_mm: reach of that bloom (mm).
     """
 
     voxel_mm: float = 0.7
@@ -91,6 +95,9 @@ class PhantomSpec:
     tilt_deg: tuple[float, float] = (6.0, 4.0)
     oblique_ct: float = 0.0
     seed: int = 0
+    metal_hu: float = 3500.0
+    bloom_hu: float = 1200.0
+    bloom_sigma_mm: float = 1.5
 
 
 def _rot(axis: str, deg: float) -> np.ndarray:
@@ -308,9 +315,9 @@ class FemurPhantom:
         v = self.spec.voxel_mm
         if metal is not None:
             bloom = sitk.GetArrayFromImage(
-                sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(metal), sigma=[1.5 / v] * 3)
+                sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(metal), sigma=[self.spec.bloom_sigma_mm / v] * 3)
             )
-            hu = np.where(metal > 0, 3500.0, hu + 1200.0 * bloom).astype(np.float32)
+            hu = np.where(metal > 0, self.spec.metal_hu, hu + self.spec.bloom_hu * bloom).astype(np.float32)
         if self.spec.blur_sigma_mm > 0:
             hu = sitk.GetArrayFromImage(
                 sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(hu), sigma=[self.spec.blur_sigma_mm / v] * 3)
