@@ -98,6 +98,9 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g.add_argument("--offset", type=float, default=0.0, metavar="MM", help="sample this far outside the surface along the normal (mm, default 0)")
     g.add_argument("--profile", metavar="START:STOP:STEP", help="sample several offsets (mm) and aggregate them, e.g. 0.5:3:0.5 for a post-operative CT")
     g.add_argument("--profile-aggregate", choices=("max", "mean", "median"), default="max", help="how profile samples become one HU (default max)")
+    g.add_argument("--metal-aware", choices=("auto", "on", "off"), default="auto",
+                   help="read the bone past the metal's bloom: auto (default) does so when the implant is in the CT "
+                   "and no --offset/--profile is given; a pre-operative CT is sampled as before")
 
     g = a.add_argument_group("contact classes")
     g.add_argument("--classes", default="default", help=f"preset ({', '.join(PRESETS)}), 'name:low:high,...' HU bands, or a JSON file (default: default)")
@@ -138,6 +141,7 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
         side=args.side,
         model_space=args.model_space,
         series_uid=args.series_uid,
+        metal_aware=args.metal_aware,
     )
     if args.frame:
         import json
@@ -206,7 +210,22 @@ def run_analysis(args: argparse.Namespace) -> int:
 def _print_summary(result) -> None:
     cols = ["zone", "region", "area_mm2", "hu_mean"] + [f"frac_{n}" for n in result.class_names]
     z = result.zones[cols].copy()
+    print(_ct_kind_line(result))
     print(z.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+
+
+def _ct_kind_line(result) -> str:
+    """One line: the CT kind and how it was sampled."""
+    kind = getattr(result, "ct_kind", "pre-operative")
+    post = getattr(result, "postop", {}) or {}
+    if kind != "post-operative":
+        return "CT: pre-operative (no implant metal inside the model surface)"
+    if post.get("metal_aware_sampling"):
+        edge = post.get("edge", {})
+        return (f"CT: post-operative (metal {edge.get('metal_hu', float('nan')):.0f} HU inside the model); bone read past "
+                f"the metal's bloom (edge blur {edge.get('edge_blur_mm', float('nan')):.2f} mm, reading starts "
+                f"{edge.get('read_start_past_edge_mm', float('nan')):.2f} mm past the edge)")
+    return "CT: post-operative (implant metal inside the model); sampled as given, without the metal-aware walk"
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -219,7 +238,7 @@ def run_demo(args: argparse.Namespace) -> int:
     progress(0.0, f"writing the femur phantom to {out} (voxel {args.voxel} mm{', metal' if args.metal else ''})")
     phantom = FemurPhantom(PhantomSpec(voxel_mm=args.voxel, side=args.side, metal=args.metal, noise_hu=10.0))
     paths = phantom.write(out)
-    params = AnalysisParameters(profile="0.5:3:0.5" if args.metal else None)
+    params = AnalysisParameters()
     result = analyze_files(paths["ct"], paths["model"], params, progress=progress)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -340,3 +340,32 @@ class FemurPhantom:
                  "tissues": TISSUE_NAMES}
         paths["truth"].write_text(json.dumps(truth, indent=2), encoding="utf-8")
         return paths
+
+
+class ContactPhantom(FemurPhantom):
+    """The femur phantom's stem in bone whose contact is plain: cortical on some sides, cancellous on the others.
+
+    Around the stem (local frame, below the neck cut), within 4 mm of its surface: cortical bone where the
+    direction from the canal axis lies within 90 degrees of ``contact_azimuth_deg`` (towards anterior-medial),
+    cancellous bone elsewhere, with a 4 mm cortex beyond it; the same tissue fills the stem's own volume, as in
+    a pre-operative CT where the stem is only planned. Soft tissue beyond. Every tissue layer the stem
+    touches is 4 mm thick, so the tissue just outside the stem is the same from its surface to 4 mm out: a
+    truth that does not depend on the depth it is read at.
+    """
+
+    contact_azimuth_deg = 40.0
+    layer_mm = 4.0
+
+    def _tissue_local(self, p: np.ndarray) -> np.ndarray:
+        x, y, z = p[..., 0], p[..., 1], p[..., 2]
+        label = np.full(x.shape, AIR, dtype=np.int8)
+        label[x * x + y * y <= _SOFT_TISSUE_RADIUS**2] = SOFT_TISSUE
+        f = self.stem_function_local(p)
+        theta = np.arctan2(y, x + 3.0)
+        contact = np.cos(theta - np.radians(self.contact_azimuth_deg)) > 0.0
+        bone = z <= _BONE_TOP_Z
+        near = bone & (f <= self.layer_mm)
+        label[near & contact] = CORTICAL
+        label[near & ~contact] = CANCELLOUS
+        label[bone & (f > self.layer_mm) & (f <= 2 * self.layer_mm) & ~contact] = CORTICAL
+        return label

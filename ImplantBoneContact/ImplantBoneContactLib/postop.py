@@ -75,6 +75,8 @@ EDGE_STRETCH = (1.0, 1.25, 1.5, 2.0)
 MAX_FIT_RMS_HU = 80.0
 #: The metal's bloom at a point may be this much weaker or stronger than the one measured over the surface.
 METAL_SCALE_RANGE = (0.6, 1.8)
+#: A tissue read above this (HU) is the metal itself, not bone (adult cortex reads up to about 2000 HU).
+MAX_BONE_HU = 2500.0
 #: Residuals below this (HU RMS) are noise: one tissue explains the profile.
 NOISE_FLOOR_HU = 30.0
 
@@ -428,7 +430,7 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
             & (fit.metal_scale >= METAL_SCALE_RANGE[0])
             & (fit.metal_scale <= METAL_SCALE_RANGE[1])
             & (fit.tissue_hu >= -1100.0)
-            & (fit.tissue_hu < METAL_DETECT_HU)
+            & (fit.tissue_hu < MAX_BONE_HU)
         )
         reliable[ok] &= told
     reliable &= ok
