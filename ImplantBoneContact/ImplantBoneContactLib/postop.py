@@ -380,7 +380,8 @@ class MetalAwareSamples:
     """The bone read past the metal's bloom, per point.
 
     Attributes:
-        hu: the bone reading (HU) with the metal's share taken out; NaN where not sampled.
+        hu: the bone reading (HU) with the metal's share taken out; where not reliable, the plain reading at
+            the bounded depth (:func:`max_bone_start_mm` outside the surface); NaN where not sampled.
         inside_ct: True where the whole walk lay inside the CT.
         bone_start_mm: offset along the normal (mm) where the bone reading starts; NaN if none.
         reliable: True where the bone could be told from the bloom within the bounded depth.
@@ -434,6 +435,11 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
         )
         reliable[ok] &= told
     reliable &= ok
+    # Where the bone is not told from the bloom, the fit's value means nothing: keep what the CT reads at
+    # the bounded depth instead (finite, so the point counts in the zone's partition as 'unreliable').
+    plain, plain_inside = sample(volume, pts + max_bone_start_mm(volume) * nrm, method)
+    fallback_sel = ok & ~reliable
+    hu[fallback_sel] = np.where(plain_inside[fallback_sel], plain[fallback_sel], np.nan)
     return MetalAwareSamples(hu=hu, inside_ct=ok, bone_start_mm=np.where(found, start, np.nan), reliable=reliable,
                              edge_mm=w.edge_mm)
 
