@@ -26,7 +26,7 @@ Phantoms:
 
 Run (about 10 minutes on one core)::
 
-    PYTHONPATH=ImplantBoneContact python benchmarks/postop_accuracy.py [--quick]
+    PYTHONPATH=ImplantBoneContact python benchmarks/postop_accuracy.py [--quick] [--voxels 0.5,1]
 """
 
 from __future__ import annotations
@@ -67,8 +67,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1.0 and 2.0 mm voxels only")
     ap.add_argument("--points", type=int, default=6000)
+    ap.add_argument("--voxels", help="voxel sizes in mm, comma-separated (default 0.5,1,2)")
     args = ap.parse_args()
     voxels = (1.0, 2.0) if args.quick else (0.5, 1.0, 2.0)
+    if args.voxels:
+        voxels = tuple(float(v) for v in args.voxels.split(","))
     configs = []
     for v in voxels:
         configs += [
