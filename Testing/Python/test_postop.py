@@ -329,9 +329,11 @@ def test_cli_metal_aware_off_is_recorded(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metal_hu,blur,bloom,limit", [(3500.0, 0.6, 0.0, 5.0), (3000.0, 1.0, 0.0, 10.0), (4000.0, 0.6, 1200.0, 6.0)])
+@pytest.mark.parametrize("metal_hu,blur,bloom,limit", [(3500.0, 0.6, 0.0, 5.0), (3000.0, 1.0, 0.0, 10.0), (4000.0, 1.0, 1200.0, 13.0)])
 def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom, limit):
-    """0.5 mm voxels: the limits are what was measured (benchmarks/postop_accuracy.py), the tip zones worst."""
+    """0.5 mm voxels. With a 0.6 mm blur the 5-point target holds (3.1 measured at 6000 points); with a 1.0 mm
+    blur it does not at the rounded tip (zones 4 and 11: 8.7 and 11.9 measured, benchmarks/postop_accuracy.py),
+    so those limits are the measured error plus a margin for the coarser mesh."""
     ph = ContactPhantom(PhantomSpec(voxel_mm=0.5, metal=True, metal_hu=metal_hu, blur_sigma_mm=blur, bloom_hu=bloom, noise_hu=10.0))
     result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
     err = cortical_errors(ph, result)
