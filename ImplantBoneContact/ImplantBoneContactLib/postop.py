@@ -19,13 +19,17 @@ reading at each distance past the edge, ``w(x) = (reading - tissue) /
 extra bloom of the metal: nothing about the scanner is assumed.
 
 :func:`sample_metal_aware` then walks each point's normal: it finds the
-point's own metal edge, starts the bone reading where the metal's share
-has fallen to :data:`READ_METAL_WEIGHT` (``bone_start_mm``), and reads the
-bone over :data:`READ_DEPTH_VOXELS` voxels from there with the metal's
-share taken out: ``bone = (reading - metal * w) / (1 - w)``. A point whose
-surface has no metal inside, whose edge is not found, or whose bone
-reading would start deeper than the bounded depth is not reliable
-(``bone_reading_reliable`` False, contact class ``unreliable``).
+point's own metal edge (the first steepest fall of the reading), reads the
+profile outward from it up to the bounded depth (:func:`max_bone_start_mm`
+plus :func:`read_depth_mm`) and fits the linear blur model ``a metal w(x) +
+T1 (w(x - b) - w(x)) + T2 (1 - w(x - b))`` (see :func:`_layer_fit`): ``T1``,
+the tissue touching the metal, is the bone reading. ``bone_start_mm`` is
+where the metal's share of the reading has fallen to
+:data:`READ_METAL_WEIGHT`. A point whose surface has no metal inside, whose
+edge is not found, whose bone reading would start deeper than the bounded
+depth, or whose profile the model does not explain (see the limits below)
+is not reliable (``bone_reading_reliable`` False, contact class
+``unreliable``).
 """
 
 from __future__ import annotations
