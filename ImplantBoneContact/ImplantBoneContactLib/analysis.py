@@ -23,10 +23,12 @@ import vtk
 from vtk.util import numpy_support as ns
 
 from . import __version__
+from . import postop as postop_lib
 from .classes import (
     ABOVE_RESECTION,
     DEFAULT_METAL_HU,
     METAL,
+    UNRELIABLE,
     ContactBand,
     band_gaps,
     bands_to_json,
@@ -87,6 +89,9 @@ class AnalysisParameters:
         calibration: JSON file of a density calibration (see :mod:`.calibration`) or ``None``:
             adds ``density_mg_cm3`` to the vertices and density statistics to the zones.
         register: register the model to the CT's metal first (see :mod:`.register`).
+        metal_aware: ``"auto"`` (read the bone past the metal's bloom when the CT holds the implant and
+            no ``offset_mm``/``profile`` is given; a pre-operative CT is sampled as before), ``"on"`` or
+            ``"off"`` (see :mod:`.postop`).
     """
 
     remesh: str = "acvd"
@@ -112,6 +117,7 @@ class AnalysisParameters:
     series_uid: str | None = None
     calibration: str | None = None
     register: bool = False
+    metal_aware: str = "auto"
 
     def validate(self) -> None:
         """Check every value before any work starts.
@@ -127,6 +133,8 @@ class AnalysisParameters:
             raise InputError(f"profile aggregate must be one of {', '.join(PROFILE_AGGREGATES)}, got {self.profile_aggregate!r}")
         if self.zone_reference not in ZONE_REFERENCES:
             raise InputError(f"zone reference must be one of {', '.join(ZONE_REFERENCES)}, got {self.zone_reference!r}")
+        if self.metal_aware not in postop_lib.METAL_AWARE_MODES:
+            raise InputError(f"metal-aware must be one of {', '.join(postop_lib.METAL_AWARE_MODES)}, got {self.metal_aware!r}")
         if self.zone_scheme not in ZONE_SCHEMES:
             raise InputError(f"zone scheme must be one of {', '.join(ZONE_SCHEMES)}, got {self.zone_scheme!r}")
         if not isinstance(self.points, int) or self.points < 4:
@@ -212,6 +220,8 @@ class AnalysisResult:
         inputs: descriptions of the inputs (paths, hashes, geometry).
         timings_s: seconds per stage.
         registration: the :class:`~ImplantBoneContactLib.register.RegistrationResult` when the run registered the model.
+        ct_kind: ``"pre-operative"`` or ``"post-operative"`` (the implant itself is in the CT).
+        postop: the evidence for ``ct_kind`` and, where used, the metal-aware method's figures.
     """
 
     vertices: pd.DataFrame
@@ -224,12 +234,16 @@ class AnalysisResult:
     inputs: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)
     registration: object = None
+    ct_kind: str = postop_lib.PRE_OPERATIVE
+    postop: dict = field(default_factory=dict)
 
     def metadata(self) -> dict:
         """What ``parameters.json`` holds: parameters, inputs, frame, versions, warnings (and the registration)."""
         extra = {} if self.registration is None else {"registration": self.registration.to_dict()}
         return {**extra,
             "parameters": self.parameters.to_dict(),
+            "ct_kind": self.ct_kind,
+            "postop": self.postop,
             "contact_classes": bands_to_json(parse_classes(self.parameters.classes)),
             "inputs": self.inputs,
             "frame": self.frame.to_dict(),
@@ -433,10 +447,22 @@ def analyze(
     timings["normals_areas"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    step(0.55, "sampling the CT")
-    samples = (sampler or sample_surface)(
-        volume, geom.points, geom.normals, params.sampling, params.offsets(), params.profile_aggregate
-    )
+    step(0.5, "looking for the implant's metal in the CT")
+    post = postop_lib.assess(volume, geom.points, geom.normals, geom.areas, params)
+    warnings.extend(post.warnings)
+    timings["postop_detection"] = time.perf_counter() - t
+    t = time.perf_counter()
+    step(0.55, "sampling the CT" + (" past the metal's bloom" if post.metal_aware else ""))
+    if post.metal_aware:
+        metal_aware = postop_lib.sample_metal_aware(volume, geom.points, geom.normals, post.edge, params.sampling)
+        samples = SurfaceSamples(hu=metal_aware.hu, inside_ct=metal_aware.inside_ct, offsets_mm=np.zeros(0),
+                                 profile_hu=np.zeros((geom.points.shape[0], 0)))
+        names = names + [UNRELIABLE]
+    else:
+        metal_aware = None
+        samples = (sampler or sample_surface)(
+            volume, geom.points, geom.normals, params.sampling, params.offsets(), params.profile_aggregate
+        )
     timings["sampling"] = time.perf_counter() - t
     n_out = int((~samples.inside_ct).sum())
     if n_out == geom.points.shape[0]:
@@ -466,6 +492,8 @@ def analyze(
     t = time.perf_counter()
     step(0.85, "classifying contact and computing statistics")
     contact = classify(samples.hu, bands, params.metal_hu)
+    if metal_aware is not None:
+        contact[np.isfinite(samples.hu) & ~metal_aware.reliable] = UNRELIABLE
     vertices = pd.DataFrame(
         {
             "vertex_id": np.arange(geom.points.shape[0], dtype=np.int64),
@@ -486,18 +514,23 @@ def analyze(
     if params.zone_scheme == "projection":
         vertices["gruen_zone_ap"] = zones["gruen_zone_ap"]
         vertices["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
+    if metal_aware is not None:
+        vertices["bone_start_mm"] = metal_aware.bone_start_mm
+        vertices["bone_reading_reliable"] = metal_aware.reliable
     # Above the cut is not analysed: no contact class there, so counting classes counts the analysed surface only.
     vertices["contact_class"] = np.where(np.asarray(zones["gruen_zone"]) > 0, contact, ABOVE_RESECTION)
-    table = zone_statistics(frame, geom.points, geom.faces, vertices, bands, params, volume=volume, normals=geom.normals)
+    table = zone_statistics(frame, geom.points, geom.faces, vertices, bands, params, volume=volume, normals=geom.normals,
+                            edge=post.edge if post.metal_aware else None)
     below = vertices["gruen_zone"].to_numpy() > 0
-    if params.metal_hu is not None:
+    if metal_aware is not None:
+        warnings.extend(post.unreliable_warnings(vertices, geom.areas))
+    elif params.metal_hu is not None:
         sampled_below = below & np.isfinite(samples.hu)
         metal_area = geom.areas[sampled_below & (contact == METAL)].sum()
         if sampled_below.any() and metal_area > 0.05 * geom.areas[sampled_below].sum():
             warnings.append(
                 f"{100 * metal_area / geom.areas[sampled_below].sum():.0f}% of the stem surface samples metal "
-                f"(>= {params.metal_hu:g} HU): the model seems to sit in a post-operative CT; sample outside "
-                "the metal with --offset 1.5 or --profile 0.5:3:0.5"
+                f"(>= {params.metal_hu:g} HU): " + postop_lib.metal_advice(post)
             )
     info = dict(inputs or {})
     if params.calibration is not None:
@@ -537,6 +570,8 @@ def analyze(
         warnings=warnings,
         inputs=info,
         timings_s=timings,
+        ct_kind=post.ct_kind,
+        postop=post.to_dict(),
     )
 
 
@@ -549,6 +584,7 @@ def zone_statistics(
     params: AnalysisParameters,
     volume: Volume | None = None,
     normals: np.ndarray | None = None,
+    edge: postop_lib.EdgeModel | None = None,
 ) -> pd.DataFrame:
     """The zones table: the HU field integrated over the triangles (see :mod:`.stats`), counts from the vertices.
 
@@ -557,9 +593,21 @@ def zone_statistics(
     vertex HU is interpolated over each triangle. The CT is sampled by this
     library even when the vertices were probed by another sampler (the Slicer
     module's Probe Volume With Model, equal to it at the same points).
+
+    With ``edge`` (a post-operative CT, metal-aware sampling) each integration point runs the same walk
+    past the metal's bloom as the vertices (:func:`.postop.sample_metal_aware`), and a point whose bone
+    cannot be told from the bloom counts as ``unreliable``.
     """
     field = None
-    if volume is not None:
+    reliable_blocks: list[np.ndarray] = []
+    if volume is not None and edge is not None:
+
+        def field(p: np.ndarray, n: np.ndarray) -> np.ndarray:
+            s = postop_lib.sample_metal_aware(volume, p, n, edge, params.sampling)
+            reliable_blocks.append(s.reliable)
+            return s.hu
+
+    elif volume is not None:
         offsets = params.offsets()
 
         def field(p: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -568,10 +616,21 @@ def zone_statistics(
     samples = triangle_samples(pts, faces, vertices["hu"].to_numpy(), field=field, normals=normals)
     zones = assign_zones(frame, samples.points, params.bands_axial)
     labels = class_labels(bands, include_metal=params.metal_hu is not None)
+    codes = classify_codes(samples.hu, bands, params.metal_hu)
+    names = class_names(bands, params.metal_hu is not None)
+    if edge is not None:
+        names = names + [UNRELIABLE]
+        labels = labels + [UNRELIABLE]
+        per_triangle = samples.subdivisions**2
+        complete = np.isfinite(vertices["hu"].to_numpy(dtype=float)[np.asarray(faces).reshape(-1, 3)]).all(axis=1)
+        reliable = np.zeros((complete.shape[0], per_triangle), dtype=bool)
+        if reliable_blocks:
+            reliable[complete] = np.concatenate(reliable_blocks).reshape(-1, per_triangle)
+        codes[np.isfinite(samples.hu) & ~reliable.reshape(-1)] = labels.index(UNRELIABLE)
     table = {
         "area_mm2": samples.area_mm2,
         "hu": samples.hu,
-        "contact_class": pd.Categorical.from_codes(classify_codes(samples.hu, bands, params.metal_hu), categories=labels),
+        "contact_class": pd.Categorical.from_codes(codes, categories=labels),
         "gruen_zone": zones["gruen_zone"],
     }
     if params.zone_scheme == "projection":
@@ -579,7 +638,7 @@ def zone_statistics(
         table["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
     return zone_table(
         pd.DataFrame(table),
-        class_names(bands, params.metal_hu is not None),
+        names,
         params.zone_scheme,
         vertices,
         unclassified_column=bool(band_gaps(bands, params.metal_hu)),

@@ -45,6 +45,8 @@ NOT_SAMPLED = "not_sampled"
 UNCLASSIFIED = "unclassified"
 #: ``contact_class`` of a vertex above the resection plane (Gruen zone 0): not analysed, so no class.
 ABOVE_RESECTION = "above_resection"
+#: A point of a post-operative CT whose bone cannot be told from the metal's bloom (see :mod:`.postop`).
+UNRELIABLE = "unreliable"
 DEFAULT_METAL_HU = 2500.0
 
 
@@ -94,7 +96,7 @@ def validate_bands(bands: list[ContactBand] | tuple[ContactBand, ...]) -> tuple[
     for b in bands:
         if not _NAME.match(b.name):
             raise InputError(f"class name {b.name!r} must start with a letter and hold only letters, digits and _")
-        if b.name in (METAL, NOT_SAMPLED, UNCLASSIFIED, ABOVE_RESECTION):
+        if b.name in (METAL, NOT_SAMPLED, UNCLASSIFIED, ABOVE_RESECTION, UNRELIABLE):
             raise InputError(f"class name {b.name!r} is reserved")
         if math.isnan(b.low_hu) or math.isnan(b.high_hu):
             raise InputError(f"class {b.name!r} has a NaN limit")

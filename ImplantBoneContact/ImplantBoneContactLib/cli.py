@@ -110,6 +110,9 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g.add_argument("--offset", type=float, default=0.0, metavar="MM", help="sample this far outside the surface along the normal (mm, default 0)")
     g.add_argument("--profile", metavar="START:STOP:STEP", help="sample several offsets (mm) and aggregate them, e.g. 0.5:3:0.5 for a post-operative CT")
     g.add_argument("--profile-aggregate", choices=("max", "mean", "median"), default="max", help="how profile samples become one HU (default max)")
+    g.add_argument("--metal-aware", choices=("auto", "on", "off"), default="auto",
+                   help="read the bone past the metal's bloom: auto (default) does so when the implant is in the CT "
+                   "and no --offset/--profile is given; a pre-operative CT is sampled as before")
 
     g = a.add_argument_group("contact classes")
     g.add_argument("--classes", default="default", help=f"preset ({', '.join(PRESETS)}), 'name:low:high,...' HU bands, or a JSON file (default: default)")
@@ -156,6 +159,7 @@ def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
         series_uid=args.series_uid,
         calibration=getattr(args, "calibration", None),
         register=getattr(args, "register", False),
+        metal_aware=args.metal_aware,
     )
     if args.frame:
         import json
@@ -235,6 +239,7 @@ def run_analysis(args: argparse.Namespace) -> int:
 
 
 def _print_summary(result) -> None:
+    print(_ct_kind_line(result))
     print(summary_text(result.zones, result.class_names))
 
 
@@ -259,10 +264,24 @@ def summary_text(zones, class_names: list[str]) -> str:
     with np.errstate(invalid="ignore", divide="ignore"):
         out["sampled_%"] = plain(np.where(area > 0, 100 * sampled / area, np.nan), 1)
     out["hu_mean"] = plain(z["hu_mean"], 0)
-    extra = ["unclassified"] if "frac_unclassified" in z else []
+    extra = [n for n in ("unreliable", "unclassified") if f"frac_{n}" in z and n not in class_names]
     for name in list(class_names) + extra:
         out[f"{name}_%"] = plain(100 * z[f"frac_{name}"].to_numpy(dtype=float), 1)
     return out.to_string(index=False)
+
+
+def _ct_kind_line(result) -> str:
+    """One line: the CT kind and how it was sampled."""
+    kind = getattr(result, "ct_kind", "pre-operative")
+    post = getattr(result, "postop", {}) or {}
+    if kind != "post-operative":
+        return "CT: pre-operative (no implant metal inside the model surface)"
+    if post.get("metal_aware_sampling"):
+        edge = post.get("edge", {})
+        return (f"CT: post-operative (metal {edge.get('metal_hu', float('nan')):.0f} HU inside the model); bone read past "
+                f"the metal's bloom (edge blur {edge.get('edge_blur_mm', float('nan')):.2f} mm, reading starts "
+                f"{edge.get('read_start_past_edge_mm', float('nan')):.2f} mm past the edge)")
+    return "CT: post-operative (implant metal inside the model); sampled as given, without the metal-aware walk"
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -275,7 +294,7 @@ def run_demo(args: argparse.Namespace) -> int:
     progress(0.0, f"writing the femur phantom to {out} (voxel {args.voxel} mm{', metal' if args.metal else ''})")
     phantom = FemurPhantom(PhantomSpec(voxel_mm=args.voxel, side=args.side, metal=args.metal, noise_hu=10.0))
     paths = phantom.write(out)
-    params = AnalysisParameters(profile="0.5:3:0.5" if args.metal else None)
+    params = AnalysisParameters()
     result = analyze_files(paths["ct"], paths["model"], params, progress=progress.analysis)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)

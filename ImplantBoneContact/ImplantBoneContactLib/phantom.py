@@ -81,6 +81,10 @@ class PhantomSpec:
         oblique_ct: give the CT grid a rotated direction matrix (degrees about S), to
             exercise geometry handling; 0 keeps it axis-aligned.
         seed: random seed for the noise.
+        metal_hu: HU of the stem voxels with ``metal`` (before blur).
+        bloom_hu: with ``metal``, extra HU added around the stem (the metal's bloom beyond the scanner's
+            blur): this times the stem mask smoothed by a Gaussian of ``bloom_sigma_mm``; 0 for none.
+        bloom_sigma_mm: reach of that bloom (mm).
     """
 
     voxel_mm: float = 0.7
@@ -91,6 +95,9 @@ class PhantomSpec:
     tilt_deg: tuple[float, float] = (6.0, 4.0)
     oblique_ct: float = 0.0
     seed: int = 0
+    metal_hu: float = 3500.0
+    bloom_hu: float = 1200.0
+    bloom_sigma_mm: float = 1.5
 
 
 def _rot(axis: str, deg: float) -> np.ndarray:
@@ -308,9 +315,9 @@ class FemurPhantom:
         v = self.spec.voxel_mm
         if metal is not None:
             bloom = sitk.GetArrayFromImage(
-                sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(metal), sigma=[1.5 / v] * 3)
+                sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(metal), sigma=[self.spec.bloom_sigma_mm / v] * 3)
             )
-            hu = np.where(metal > 0, 3500.0, hu + 1200.0 * bloom).astype(np.float32)
+            hu = np.where(metal > 0, self.spec.metal_hu, hu + self.spec.bloom_hu * bloom).astype(np.float32)
         if self.spec.blur_sigma_mm > 0:
             hu = sitk.GetArrayFromImage(
                 sitk.SmoothingRecursiveGaussian(sitk.GetImageFromArray(hu), sigma=[self.spec.blur_sigma_mm / v] * 3)
@@ -333,3 +340,32 @@ class FemurPhantom:
                  "tissues": TISSUE_NAMES}
         paths["truth"].write_text(json.dumps(truth, indent=2), encoding="utf-8")
         return paths
+
+
+class ContactPhantom(FemurPhantom):
+    """The femur phantom's stem in bone whose contact is plain: cortical on some sides, cancellous on the others.
+
+    Around the stem (local frame, below the neck cut), within 4 mm of its surface: cortical bone where the
+    direction from the canal axis lies within 90 degrees of ``contact_azimuth_deg`` (towards anterior-medial),
+    cancellous bone elsewhere, with a 4 mm cortex beyond it; the same tissue fills the stem's own volume, as in
+    a pre-operative CT where the stem is only planned. Soft tissue beyond. Every tissue layer the stem
+    touches is 4 mm thick, so the tissue just outside the stem is the same from its surface to 4 mm out: a
+    truth that does not depend on the depth it is read at.
+    """
+
+    contact_azimuth_deg = 40.0
+    layer_mm = 4.0
+
+    def _tissue_local(self, p: np.ndarray) -> np.ndarray:
+        x, y, z = p[..., 0], p[..., 1], p[..., 2]
+        label = np.full(x.shape, AIR, dtype=np.int8)
+        label[x * x + y * y <= _SOFT_TISSUE_RADIUS**2] = SOFT_TISSUE
+        f = self.stem_function_local(p)
+        theta = np.arctan2(y, x + 3.0)
+        contact = np.cos(theta - np.radians(self.contact_azimuth_deg)) > 0.0
+        bone = z <= _BONE_TOP_Z
+        near = bone & (f <= self.layer_mm)
+        label[near & contact] = CORTICAL
+        label[near & ~contact] = CANCELLOUS
+        label[bone & (f > self.layer_mm) & (f <= 2 * self.layer_mm) & ~contact] = CORTICAL
+        return label

@@ -58,7 +58,7 @@ from matplotlib.patches import Patch
 from matplotlib.patheffects import withStroke
 from vtk.util import numpy_support as ns
 
-from .classes import METAL, NOT_SAMPLED, UNCLASSIFIED, parse_classes
+from .classes import METAL, NOT_SAMPLED, UNCLASSIFIED, UNRELIABLE, parse_classes
 from .export import atomic_file
 from .frame import ZONE_ORDER
 from .mesh import points as mesh_points
@@ -80,6 +80,8 @@ NOT_SAMPLED_COLOUR = "#7c7c7c"
 UNCLASSIFIED_COLOUR = "#f781bf"
 #: Samples at or above the metal level.
 METAL_COLOUR = "#6a3d9a"
+#: Post-operative CT: bone not told from the metal's bloom (green: no band, metal or grey uses it).
+UNRELIABLE_COLOUR = "#1b9e77"
 #: Gruen zone colours. Zones that touch (same band in neighbouring sectors,
 #: or neighbouring bands) never share a hue; 8-14 use the light tones of
 #: hues of 1-7 that are never next to them.
@@ -172,6 +174,7 @@ def class_colours(result) -> dict[str, str]:
     out[METAL] = METAL_COLOUR
     out[NOT_SAMPLED] = NOT_SAMPLED_COLOUR
     out[UNCLASSIFIED] = UNCLASSIFIED_COLOUR
+    out[UNRELIABLE] = UNRELIABLE_COLOUR
     return out
 
 
@@ -682,6 +685,8 @@ def _legend_handles(result, colouring: str) -> list[Patch]:
 def _class_label(result, name: str) -> str:
     if name == METAL:
         return f"metal (\u2265 {result.parameters.metal_hu:g} HU)"
+    if name == UNRELIABLE:
+        return "unreliable (bone not told\nfrom the metal's bloom)"
     for b in parse_classes(result.parameters.classes):
         if b.name == name:
             if math.isinf(b.low_hu):

@@ -1,0 +1,677 @@
+"""Post-operative CTs: is the implant in the CT, and the bone read past the metal's bloom.
+
+A CT taken after surgery holds the implant itself: metal reads 3000 HU and
+more (or the scanner's ceiling, often 3071 HU) and the scanner's blur spreads
+it over the first millimetres of the bone around it. Read on the implant
+surface, or a fixed distance outside it, that bloom looks like cortical bone.
+
+:func:`detect` samples just inside the implant surface: in a post-operative
+CT most of the surface has metal within ``inside_depth`` mm inside it; in a
+pre-operative CT (a virtual stem placed in the bone) almost none has.
+
+:func:`measure_edge` measures, on this CT, how the reading falls from metal
+to tissue (the edge spread): along each vertex normal it finds the metal
+edge (where the reading crosses halfway between the metal and the lowest
+reading outside), then, over the vertices whose tissue beyond the bloom is
+soft (below :data:`LOW_TISSUE_HU`), the median share of metal in the
+reading at each distance past the edge, ``w(x) = (reading - tissue) /
+(metal - tissue)``. ``w`` holds the scanner's blur, the voxel size and any
+extra bloom of the metal: nothing about the scanner is assumed.
+
+:func:`sample_metal_aware` then walks each point's normal: it finds the
+point's own metal edge (the first steepest fall of the reading), reads the
+profile outward from it up to the bounded depth (:func:`max_bone_start_mm`
+plus :func:`read_depth_mm`) and fits the linear blur model ``a metal w(x) +
+T1 (w(x - b) - w(x)) + T2 (1 - w(x - b))`` (see :func:`_layer_fit`): ``T1``,
+the tissue touching the metal, is the bone reading. ``bone_start_mm`` is
+where the metal's share of the reading has fallen to
+:data:`READ_METAL_WEIGHT`. A point whose surface has no metal inside, whose
+edge is not found, whose bone reading would start deeper than the bounded
+depth, or whose profile the model does not explain (see the limits below)
+is not reliable (``bone_reading_reliable`` False, contact class
+``unreliable``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .sampling import sample
+from .volume import Volume
+
+#: A point has metal inside it when the reading within ``inside_depth`` mm inside the surface reaches this (HU).
+#: Cortical bone reads up to about 1900 HU; partial volume at 3 mm voxels keeps a thin implant's own
+#: reading near 2000-2500 HU (the real pelvis CT's nail: 1952 HU median on its surface, 3382 HU at most).
+METAL_DETECT_HU = 2000.0
+#: The CT is post-operative when at least this share of the surface area has metal just inside it.
+POSTOP_MIN_FRACTION = 0.5
+#: Below this share but above :data:`PARTIAL_MIN_FRACTION` the model is only partly in metal: a warning.
+PARTIAL_MIN_FRACTION = 0.1
+#: Tissue beyond the bloom below this (HU) lets a vertex measure the edge spread (marrow, fat, soft tissue,
+#: sparse cancellous bone).
+LOW_TISSUE_HU = 300.0
+#: The bone reading starts where the metal's share of the reading has fallen to this.
+READ_METAL_WEIGHT = 0.15
+#: The bone is read over this many voxels (at least :data:`READ_DEPTH_MIN_MM`) from where it starts.
+READ_DEPTH_VOXELS = 0.5
+READ_DEPTH_MIN_MM = 0.5
+#: The bone reading must start within this many voxels (at least :data:`MAX_BONE_START_MIN_MM`) of the surface.
+MAX_BONE_START_VOXELS = 1.5
+MAX_BONE_START_MIN_MM = 3.0
+#: Voxels at exactly this HU in the metal are taken as clipped by the scanner when there are many of them.
+CLIP_HU = 3071.0
+#: A cortex thinner than this many voxels is not resolved.
+RESOLVED_CORTEX_VOXELS = 2.0
+#: Voxels larger than this (mm) cannot resolve the thin proximal cortex (1-2 mm): the run says so.
+COARSE_VOXEL_MM = 1.0
+
+#: Thinnest tissue layer on the metal the profile fit looks for (mm).
+MIN_LAYER_MM = 0.5
+#: A two-layer fit replaces the one-tissue fit only where it leaves less than this share of its squared residual.
+LAYER_RESIDUAL_RATIO = 0.25
+#: Widths of the metal edge, relative to the measured one, the one-tissue fit tries.
+EDGE_STRETCH = (1.0, 1.25, 1.5, 2.0)
+#: A fit that leaves more than this (HU RMS) does not explain the profile: the bone is not told from the bloom.
+MAX_FIT_RMS_HU = 80.0
+#: The metal's bloom at a point may be this much weaker or stronger than the one measured over the surface.
+METAL_SCALE_RANGE = (0.6, 1.8)
+#: A tissue read above this (HU) is the metal itself, not bone (adult cortex reads up to about 2000 HU).
+MAX_BONE_HU = 2500.0
+#: Residuals below this (HU RMS) are noise: one tissue explains the profile.
+NOISE_FLOOR_HU = 30.0
+
+PRE_OPERATIVE = "pre-operative"
+POST_OPERATIVE = "post-operative"
+METAL_AWARE_MODES = ("auto", "on", "off")
+
+
+def _grid_step(volume: Volume) -> float:
+    """Step (mm) of the walk along the normal: a quarter of the smallest voxel, at most 0.25 mm."""
+    return float(min(0.25, 0.25 * float(volume.spacing_mm.min())))
+
+
+def _voxel(volume: Volume) -> float:
+    return float(volume.spacing_mm.max())
+
+
+def inside_depth_mm(volume: Volume) -> float:
+    """How deep inside the surface the metal is looked for (mm): 1.5 mm or one voxel, whichever is more."""
+    return max(1.5, _voxel(volume))
+
+
+def walk_depth_mm(volume: Volume) -> float:
+    """How far outside the surface the walk reads (mm): the bounded bone depth plus the reading and a margin."""
+    return max_bone_start_mm(volume) + read_depth_mm(volume) + max(3.0, 1.5 * _voxel(volume))
+
+
+def max_bone_start_mm(volume: Volume) -> float:
+    """The bounded depth (mm): a bone reading that would start deeper than this is not reliable."""
+    return max(MAX_BONE_START_MIN_MM, MAX_BONE_START_VOXELS * _voxel(volume))
+
+
+def read_depth_mm(volume: Volume) -> float:
+    """How deep the bone is read past where the reading starts (mm)."""
+    return max(READ_DEPTH_MIN_MM, READ_DEPTH_VOXELS * _voxel(volume))
+
+
+def profiles(volume: Volume, points: np.ndarray, normals: np.ndarray, offsets: np.ndarray, method: str = "trilinear",
+             block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """HU at every point moved by every offset (mm) along its normal: ``(N, K)`` HU and ``(N, K)`` inside-CT flags."""
+    pts = np.asarray(points, dtype=float)
+    nrm = np.asarray(normals, dtype=float)
+    offsets = np.asarray(offsets, dtype=float)
+    hu = np.empty((pts.shape[0], offsets.size))
+    inside = np.empty((pts.shape[0], offsets.size), dtype=bool)
+    per = max(1, block // max(offsets.size, 1))
+    for s in range(0, pts.shape[0], per):
+        p, n = pts[s : s + per], nrm[s : s + per]
+        q = p[:, None, :] + offsets[None, :, None] * n[:, None, :]
+        h, i = sample(volume, q.reshape(-1, 3), method)
+        hu[s : s + per] = h.reshape(p.shape[0], offsets.size)
+        inside[s : s + per] = i.reshape(p.shape[0], offsets.size)
+    return hu, inside
+
+
+@dataclass
+class Detection:
+    """Whether the implant itself is in the CT, with the evidence.
+
+    Attributes:
+        ct_kind: ``"post-operative"`` or ``"pre-operative"``.
+        in_metal: per vertex, True where the reading within ``inside_depth_mm`` inside the surface reaches
+            :data:`METAL_DETECT_HU`.
+        inside_max_hu: per vertex, the highest reading within that depth inside (HU; NaN outside the CT).
+        evidence: figures for ``parameters.json``.
+    """
+
+    ct_kind: str
+    in_metal: np.ndarray
+    inside_max_hu: np.ndarray
+    evidence: dict = field(default_factory=dict)
+
+
+def detect(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.ndarray, method: str = "trilinear") -> Detection:
+    """Decide whether the implant is in the CT by sampling just inside its surface.
+
+    Args:
+        volume: the CT (HU).
+        points: ``(N, 3)`` surface vertices (RAS mm).
+        normals: ``(N, 3)`` outward unit normals.
+        areas: ``(N,)`` vertex areas (mm^2): the shares are of the surface area.
+        method: sampling method.
+    """
+    depth = inside_depth_mm(volume)
+    step = _grid_step(volume)
+    offsets = -np.arange(0.0, depth + 1e-9, step)
+    hu, inside = profiles(volume, points, normals, offsets, method)
+    hu = np.where(inside, hu, np.nan)
+    with np.errstate(invalid="ignore"):
+        inside_max = np.nanmax(np.where(np.isfinite(hu), hu, -np.inf), axis=1)
+    inside_max[~np.isfinite(inside_max)] = np.nan
+    sampled = np.isfinite(inside_max)
+    in_metal = sampled & (inside_max >= METAL_DETECT_HU)
+    a = np.asarray(areas, dtype=float)
+    total = float(a[sampled].sum())
+    frac = float(a[in_metal].sum() / total) if total > 0 else 0.0
+    kind = POST_OPERATIVE if frac >= POSTOP_MIN_FRACTION else PRE_OPERATIVE
+    evidence = {
+        "inside_depth_mm": depth,
+        "metal_detect_hu": METAL_DETECT_HU,
+        "fraction_area_with_metal_inside": frac,
+        "median_inside_max_hu": float(np.nanmedian(inside_max)) if sampled.any() else float("nan"),
+        "ct_max_hu": float(np.nanmax(volume.array)) if volume.array.size else float("nan"),
+    }
+    return Detection(kind, in_metal, inside_max, evidence)
+
+
+@dataclass
+class EdgeModel:
+    """How the reading falls from the metal to the tissue on this CT, measured at the implant's own edge.
+
+    Attributes:
+        metal_hu: the metal's reading (median over the surface of the highest reading just inside), HU.
+        x_mm: distances past the metal edge (mm) at which ``metal_weight`` is given.
+        metal_weight: the metal's share of the reading at each distance (1 in the metal, 0.5 at the edge,
+            falling to 0); non-increasing.
+        blur_mm: Gaussian-equivalent blur of the edge: the distance past the edge where the metal's share
+            falls to 15.9 % (one sigma of a Gaussian edge), mm.
+        bloom_mm: distance past the edge where the metal's share falls to 2 % (about 60 HU of 3000), mm.
+        read_start_mm: distance past the edge where the bone reading starts (share :data:`READ_METAL_WEIGHT`), mm.
+        n_vertices: vertices the edge spread was measured on.
+        method: ``"measured"`` or, with too few vertices in soft tissue, ``"gaussian"`` (a Gaussian edge
+            whose sigma comes from the edge slope).
+    """
+
+    metal_hu: float
+    x_mm: np.ndarray
+    metal_weight: np.ndarray
+    blur_mm: float
+    bloom_mm: float
+    read_start_mm: float
+    n_vertices: int
+    method: str
+
+    def weight(self, x: np.ndarray) -> np.ndarray:
+        """The metal's share of the reading at distances ``x`` (mm) past the edge; ``1 - w(-x)`` inside it."""
+        x = np.asarray(x, dtype=float)
+        w = np.interp(np.abs(x), self.x_mm, self.metal_weight, right=0.0)
+        return np.where(x >= 0, w, 1.0 - w)
+
+    def to_dict(self) -> dict:
+        return {
+            "metal_hu": self.metal_hu,
+            "edge_blur_mm": self.blur_mm,
+            "bloom_mm": self.bloom_mm,
+            "read_start_past_edge_mm": self.read_start_mm,
+            "edge_spread_measured_on_vertices": self.n_vertices,
+            "edge_spread_method": self.method,
+            "edge_spread_x_mm": [round(float(v), 3) for v in self.x_mm[::2]],
+            "edge_spread_metal_weight": [round(float(v), 4) for v in self.metal_weight[::2]],
+        }
+
+
+def _first_crossing(x: np.ndarray, values: np.ndarray, level: float) -> float:
+    below = np.flatnonzero(values <= level)
+    if below.size == 0:
+        return float(x[-1])
+    k = int(below[0])
+    if k == 0:
+        return float(x[0])
+    v0, v1 = values[k - 1], values[k]
+    t = (v0 - level) / (v0 - v1) if v0 != v1 else 0.0
+    return float(x[k - 1] + t * (x[k] - x[k - 1]))
+
+
+@dataclass
+class _Walk:
+    offsets: np.ndarray
+    hu: np.ndarray
+    inside: np.ndarray
+    start: int  # column of offset 0
+    inside_max: np.ndarray
+    floor: np.ndarray
+    edge_mm: np.ndarray  # per point, offset of the metal edge along the normal (NaN if not found)
+    in_metal: np.ndarray
+
+
+def _walk(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, metal_hu: float | None,
+          read_start_mm: float = 1.0) -> _Walk:
+    """Sample each normal from ``inside_depth`` inside to ``walk_depth`` outside and find the metal edge on it.
+
+    The edge is where the reading falls halfway from the metal to the tissue beyond the bloom. The tissue is
+    read ``read_start_mm`` plus the read depth past the edge, so the edge is found in two rounds: first
+    from the lowest reading outside, then from the tissue past the first edge (a cortex pressed against the
+    metal would otherwise move the halfway level down to the cortex's own reading).
+    """
+    step = _grid_step(volume)
+    depth_in = inside_depth_mm(volume)
+    n_in = int(round(depth_in / step))
+    n_out = int(math.ceil(walk_depth_mm(volume) / step))
+    offsets = step * np.arange(-n_in, n_out + 1)
+    hu, inside = profiles(volume, points, normals, offsets, method)
+    hu = np.where(inside, hu, np.nan)
+    inner = hu[:, : n_in + 1]
+    outer = hu[:, n_in:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        inside_max = np.nanmax(inner, axis=1)
+        floor = np.nanmin(outer, axis=1)
+    in_metal = np.isfinite(inside_max) & (inside_max >= METAL_DETECT_HU)
+    # The edge: the first steepest fall of the reading (a local maximum of the fall per mm that reaches half
+    # the largest fall within the bounded depth). A step blurred by any symmetric spread falls fastest at
+    # the step; a tissue layer on the metal does not move that point, unlike a halfway level would.
+    fall = -np.gradient(hu, step, axis=1)
+    limit = n_in + int(round(max_bone_start_mm(volume) / step))
+    window = np.where(np.isfinite(fall[:, : limit + 1]), fall[:, : limit + 1], -np.inf)
+    strongest = window.max(axis=1)
+    peak = np.zeros_like(window, dtype=bool)
+    peak[:, 1:-1] = (window[:, 1:-1] >= window[:, :-2]) & (window[:, 1:-1] >= window[:, 2:])
+    peak &= window >= 0.5 * strongest[:, None]
+    has = peak.any(axis=1) & in_metal & (strongest > 0)
+    k = np.argmax(peak, axis=1)
+    rows = np.arange(hu.shape[0])
+    km1 = np.clip(k - 1, 0, window.shape[1] - 1)
+    kp1 = np.clip(k + 1, 0, window.shape[1] - 1)
+    f0, f1, f2 = window[rows, km1], window[rows, k], window[rows, kp1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denom = f0 - 2 * f1 + f2
+        shift = np.where(np.isfinite(denom) & (denom < 0), 0.5 * (f0 - f2) / denom, 0.0)
+    edge = offsets[k] + np.clip(shift, -0.5, 0.5) * step
+    edge = np.where(has, edge, np.nan)
+    return _Walk(offsets, hu, inside, n_in, inside_max, floor, edge, in_metal)
+
+
+def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str = "trilinear",
+                 use: np.ndarray | None = None) -> EdgeModel:
+    """Measure the metal edge spread on this CT from the implant surface's own normals (see module text).
+
+    Args:
+        volume: a post-operative CT (HU).
+        points: ``(N, 3)`` implant surface vertices (RAS mm).
+        normals: ``(N, 3)`` outward unit normals.
+        method: sampling method.
+        use: ``(N,)`` booleans, the vertices to measure on (for example those below the neck cut, in the
+            bone); ``None``: all.
+    """
+    if use is not None and np.count_nonzero(use) >= 100:
+        points = np.asarray(points, float)[use]
+        normals = np.asarray(normals, float)[use]
+    w0 = _walk(volume, points, normals, method, None)
+    ok = np.isfinite(w0.edge_mm)
+    metal = float(np.median(w0.inside_max[ok])) if ok.any() else float(np.nanmax(volume.array))
+    w = _walk(volume, points, normals, method, metal)
+    step = _grid_step(volume)
+    x_far = walk_depth_mm(volume) - max(1.0, _voxel(volume))
+    x = step * np.arange(0, int(math.ceil(x_far / step)) + 1)
+    good = np.isfinite(w.edge_mm)
+    idx = np.flatnonzero(good)
+    # Profiles re-read from each point's own edge outward.
+    if idx.size:
+        pts = np.asarray(points, float)[idx] + w.edge_mm[idx, None] * np.asarray(normals, float)[idx]
+        aligned, inside = profiles(volume, pts, np.asarray(normals, float)[idx], x, method)
+        aligned = np.where(inside.all(axis=1)[:, None], aligned, np.nan)
+        tail = x >= x[-1] - max(1.0, 0.5 * _voxel(volume))
+        tissue = np.median(aligned[:, tail], axis=1)
+        # One tissue from half the walk outward: no layer that would pass for the metal's tail.
+        outer_half = x >= 0.5 * x[-1]
+        flat = (aligned[:, outer_half].max(axis=1) - aligned[:, outer_half].min(axis=1)) < 100.0
+        low = np.isfinite(tissue) & (tissue < LOW_TISSUE_HU) & flat & (metal - tissue > 1000.0)
+    else:
+        low = np.zeros(0, dtype=bool)
+    # Gaussian-equivalent blur from the slope at the edge: slope = (metal - floor) / (sigma sqrt(2 pi)).
+    blur_from_slope = _blur_from_slope(w, good, metal, step)
+    if low.sum() >= 30:
+        share = (aligned[low] - tissue[low, None]) / (metal - tissue[low, None])
+        weight = np.clip(np.median(share, axis=0), 0.0, 1.0)
+        weight = np.minimum.accumulate(weight)
+        method_used = "measured"
+        n_used = int(low.sum())
+    else:
+        sigma = blur_from_slope if math.isfinite(blur_from_slope) else math.hypot(0.6, 0.5 * _voxel(volume))
+        weight = _gaussian_tail(x / sigma)
+        method_used = "gaussian"
+        n_used = int(good.sum())
+    blur = _first_crossing(x, weight, 0.1587)
+    bloom = _first_crossing(x, weight, 0.02)
+    read = _first_crossing(x, weight, READ_METAL_WEIGHT)
+    return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used)
+
+
+def _gaussian_tail(z: np.ndarray) -> np.ndarray:
+    """``0.5 * erfc(z / sqrt(2))``: the share of a Gaussian-blurred step beyond ``z`` sigmas."""
+    return np.array([0.5 * math.erfc(float(v) / math.sqrt(2.0)) for v in np.ravel(z)]).reshape(np.shape(z))
+
+
+def _blur_from_slope(w: _Walk, good: np.ndarray, metal: float, step: float) -> float:
+    if not good.any():
+        return float("nan")
+    d = np.abs(np.gradient(w.hu[good], step, axis=1))
+    cols = np.clip(np.searchsorted(w.offsets, w.edge_mm[good]), 0, w.hu.shape[1] - 1)
+    slope = d[np.arange(cols.size), cols]
+    contrast = metal - w.floor[good]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma = contrast / (math.sqrt(2 * math.pi) * slope)
+    sigma = sigma[np.isfinite(sigma) & (sigma > 0)]
+    return float(np.median(sigma)) if sigma.size else float("nan")
+
+
+@dataclass
+class MetalAwareSamples:
+    """The bone read past the metal's bloom, per point.
+
+    Attributes:
+        hu: the bone reading (HU) with the metal's share taken out; where not reliable, the plain reading at
+            the bounded depth (:func:`max_bone_start_mm` outside the surface); NaN where not sampled.
+        inside_ct: True where the whole walk lay inside the CT.
+        bone_start_mm: offset along the normal (mm) where the bone reading starts; NaN if none.
+        reliable: True where the bone could be told from the bloom within the bounded depth.
+        edge_mm: offset along the normal of the metal edge (mm); NaN where not found.
+    """
+
+    hu: np.ndarray
+    inside_ct: np.ndarray
+    bone_start_mm: np.ndarray
+    reliable: np.ndarray
+    edge_mm: np.ndarray
+
+
+def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, edge: EdgeModel,
+                       method: str = "trilinear") -> MetalAwareSamples:
+    """Walk each normal out of the metal's bloom and read the bone beyond it (see module text).
+
+    Args:
+        volume: the post-operative CT (HU).
+        points: ``(N, 3)`` surface points (RAS mm).
+        normals: ``(N, 3)`` outward unit normals.
+        edge: the edge spread measured on this CT (:func:`measure_edge`).
+        method: sampling method.
+    """
+    pts = np.asarray(points, dtype=float)
+    nrm = np.asarray(normals, dtype=float)
+    n = pts.shape[0]
+    w = _walk(volume, pts, nrm, method, edge.metal_hu, edge.read_start_mm)
+    step = _grid_step(volume)
+    depth = max_bone_start_mm(volume) + read_depth_mm(volume)
+    x = step * np.arange(0, int(math.ceil(depth / step)) + 1)
+    start = w.edge_mm + edge.read_start_mm
+    found = np.isfinite(start)
+    inside_ct = w.inside.all(axis=1)
+    reliable = found & (start <= max_bone_start_mm(volume)) & inside_ct
+    # Where no edge is found, read from the bounded depth (the value is kept, the class is unreliable).
+    origin = np.where(found, w.edge_mm, max_bone_start_mm(volume) - edge.read_start_mm)
+    raw, inside = profiles(volume, pts + origin[:, None] * nrm, nrm, x, method)
+    ok = inside.all(axis=1) & inside_ct
+    hu = np.full(n, np.nan)
+    if ok.any():
+        fit = _layer_fit(raw[ok], x, edge)
+        hu[ok] = fit.tissue_hu
+        told = (
+            (fit.layer_mm >= edge.blur_mm)
+            & (fit.rms_hu <= MAX_FIT_RMS_HU)
+            & (fit.metal_scale >= METAL_SCALE_RANGE[0])
+            & (fit.metal_scale <= METAL_SCALE_RANGE[1])
+            & (fit.tissue_hu >= -1100.0)
+            & (fit.tissue_hu < MAX_BONE_HU)
+        )
+        reliable[ok] &= told
+    reliable &= ok
+    # Where the bone is not told from the bloom, the fit's value means nothing: keep what the CT reads at
+    # the bounded depth instead (finite, so the point counts in the zone's partition as 'unreliable').
+    plain, plain_inside = sample(volume, pts + max_bone_start_mm(volume) * nrm, method)
+    fallback_sel = ok & ~reliable
+    hu[fallback_sel] = np.where(plain_inside[fallback_sel], plain[fallback_sel], np.nan)
+    return MetalAwareSamples(hu=hu, inside_ct=ok, bone_start_mm=np.where(found, start, np.nan), reliable=reliable,
+                             edge_mm=w.edge_mm)
+
+
+@dataclass
+class _Fit:
+    tissue_hu: np.ndarray  # the tissue touching the metal (HU)
+    rms_hu: np.ndarray  # residual of the fit (HU RMS)
+    layer_mm: np.ndarray  # thickness of that tissue (mm); inf where one tissue explains the profile
+    metal_scale: np.ndarray  # the metal's bloom relative to the measured one
+
+
+def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
+    """The tissue touching the metal, from profiles read outward from the metal edge.
+
+    Model (linear blur): ``reading(x) = a metal w(x / s) + T1 (w(x - b) - w(x)) + T2 (1 - w(x - b))``: a
+    first layer of HU ``T1`` and thickness ``b`` on the metal, then ``T2``; ``a`` (about 1) lets the metal's
+    bloom be locally stronger or weaker than measured, and ``s`` (one tissue only, 1 to 2) wider, where the
+    normal crosses the edge obliquely. For each ``b`` (and ``s``) on a grid the other unknowns are a linear
+    least-squares fit. Two layers replace one tissue only where they leave less than
+    :data:`LAYER_RESIDUAL_RATIO` of its squared residual (a thin layer's HU is otherwise free to take any
+    value that shapes the metal's tail).
+    """
+    use = edge.weight(x) <= 0.85
+    xs = x[use]
+    y = raw[:, use]
+    w_x = edge.weight(xs)
+    step = float(x[1] - x[0]) if x.size > 1 else 0.25
+    n = y.shape[0]
+
+    def fit(cols: list[np.ndarray], w_metal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a_mat = np.column_stack([edge.metal_hu * w_metal] + cols)
+        if np.linalg.matrix_rank(a_mat, tol=1e-6 * np.abs(a_mat).max()) < a_mat.shape[1]:
+            return np.full((n, a_mat.shape[1]), np.nan), np.full(n, np.inf)
+        coef = y @ np.linalg.pinv(a_mat).T
+        res = ((y - coef @ a_mat.T) ** 2).mean(axis=1)
+        return coef, res
+
+    t1 = np.full(n, np.nan)
+    scale = np.full(n, np.nan)
+    best = np.full(n, np.inf)
+    for stretch in EDGE_STRETCH:
+        w_s = edge.weight(xs / stretch)
+        coef, res = fit([1.0 - w_s], w_s)
+        better = res < best
+        t1[better], scale[better], best[better] = coef[better, 1], coef[better, 0], res[better]
+    one_res = best.copy()
+    layer = np.full(n, np.inf)
+    l_t1 = np.full(n, np.nan)
+    l_scale = np.full(n, np.nan)
+    l_best = np.full(n, np.inf)
+    l_b = np.full(n, np.inf)
+    for b in np.arange(MIN_LAYER_MM, x[-1] + 1e-9, step):
+        coef, res = fit([edge.weight(xs - b) - w_x, 1.0 - edge.weight(xs - b)], w_x)
+        better = res < l_best
+        l_t1[better], l_scale[better], l_best[better], l_b[better] = coef[better, 1], coef[better, 0], res[better], b
+    two = (l_best < LAYER_RESIDUAL_RATIO * one_res) & (one_res > NOISE_FLOOR_HU**2)
+    t1[two], scale[two], best[two], layer[two] = l_t1[two], l_scale[two], l_best[two], l_b[two]
+    return _Fit(t1, np.sqrt(best), layer, scale)
+
+
+def clipped_metal_voxels(volume: Volume) -> int:
+    """Voxels at exactly :data:`CLIP_HU` (3071 HU), the ceiling where many scanners clip the metal."""
+    arr = volume.array
+    return int(np.count_nonzero(arr == CLIP_HU)) if float(np.nanmax(arr)) == CLIP_HU else 0
+
+
+def resolution_statement(volume: Volume) -> str | None:
+    """One plain sentence on what a coarse CT cannot resolve, or ``None`` when the voxels are fine enough."""
+    v = _voxel(volume)
+    if v <= COARSE_VOXEL_MM:
+        return None
+    thin = RESOLVED_CORTEX_VOXELS * v
+    return (
+        f"at {v:.3g} mm voxels a cortex thinner than about {thin:.2g} mm ({RESOLVED_CORTEX_VOXELS:g} voxels) is not "
+        "resolved: thin (metaphyseal) cortical contact cannot be measured and reads as cancellous or no bone; "
+        "only a thick (diaphyseal) cortex is called cortical"
+    )
+
+
+@dataclass
+class Assessment:
+    """What a run decided about the CT and how it samples it.
+
+    Attributes:
+        ct_kind: ``"pre-operative"`` or ``"post-operative"``.
+        metal_aware: True when the bone is read past the metal's bloom (:func:`sample_metal_aware`).
+        detection: the evidence (:func:`detect`).
+        edge: the metal edge measured on this CT (post-operative CTs), else ``None``.
+        warnings: what the user must know (clipped metal, a model partly out of the metal, offsets that read
+            the bloom, what the voxel size cannot resolve).
+        resolution: the plain statement of what the voxel size cannot resolve, or ``None``.
+    """
+
+    ct_kind: str
+    metal_aware: bool
+    detection: Detection
+    edge: EdgeModel | None = None
+    warnings: list = field(default_factory=list)
+    resolution: str | None = None
+    notes: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The ``postop`` entry of ``parameters.json``."""
+        d = {
+            "ct_kind": self.ct_kind,
+            "metal_aware_sampling": self.metal_aware,
+            "evidence": self.detection.evidence,
+            "resolution": self.resolution,
+            **self.notes,
+        }
+        if self.edge is not None:
+            d["edge"] = self.edge.to_dict()
+            d["method"] = {
+                "read_metal_weight": READ_METAL_WEIGHT,
+                "max_bone_start_mm": self.notes.get("max_bone_start_mm"),
+                "walk_depth_mm": self.notes.get("walk_depth_mm"),
+                "min_layer_mm": MIN_LAYER_MM,
+                "max_fit_rms_hu": MAX_FIT_RMS_HU,
+                "metal_scale_range": list(METAL_SCALE_RANGE),
+            }
+        return d
+
+    def unreliable_warnings(self, vertices, areas: np.ndarray) -> list[str]:
+        """A warning with the share of the stem (below the cut) whose bone cannot be told from the bloom."""
+        below = vertices["gruen_zone"].to_numpy() > 0
+        sampled = below & np.isfinite(vertices["hu"].to_numpy(dtype=float))
+        if not sampled.any():
+            return []
+        bad = sampled & ~vertices["bone_reading_reliable"].to_numpy(dtype=bool)
+        share = float(np.asarray(areas)[bad].sum() / np.asarray(areas)[sampled].sum())
+        self.notes["fraction_unreliable_below_cut"] = share
+        if share < 0.01:
+            return []
+        return [
+            f"{100 * share:.1f}% of the stem surface below the cut is class 'unreliable': there the bone cannot be "
+            f"told from the metal's bloom within {self.notes.get('max_bone_start_mm', float('nan')):.3g} mm of the "
+            "surface (no metal inside, no edge found, or a profile the blur model does not explain); "
+            "they are counted in frac_unreliable, never as bone"
+        ]
+
+
+def assess(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.ndarray, params) -> Assessment:
+    """Detect a post-operative CT, measure its metal edge and decide the sampling (see module text).
+
+    Args:
+        volume: the CT (HU).
+        points, normals, areas: the analysed surface's vertices (RAS mm), outward unit normals, areas (mm^2).
+        params: the :class:`~ImplantBoneContactLib.analysis.AnalysisParameters` (``metal_aware``,
+            ``offset_mm``, ``profile``, ``sampling``).
+    """
+    det = detect(volume, points, normals, areas, params.sampling)
+    frac = det.evidence["fraction_area_with_metal_inside"]
+    explicit = params.profile is not None or float(params.offset_mm) != 0.0
+    out = Assessment(det.ct_kind, False, det)
+    out.notes["max_bone_start_mm"] = max_bone_start_mm(volume)
+    out.notes["walk_depth_mm"] = walk_depth_mm(volume)
+    if det.ct_kind == PRE_OPERATIVE:
+        if PARTIAL_MIN_FRACTION <= frac:
+            out.warnings.append(
+                f"only {100 * frac:.0f}% of the model's surface has metal (>= {METAL_DETECT_HU:g} HU) within "
+                f"{det.evidence['inside_depth_mm']:.3g} mm inside it: if the implant is in this CT the model is "
+                "only partly in its metal (check the registration); analysed as a pre-operative CT"
+            )
+        if params.metal_aware == "on":
+            out.warnings.append(
+                "metal-aware sampling was asked for, but the implant's metal is not in this CT "
+                f"({100 * frac:.0f}% of the surface has metal inside it): the CT is sampled as given"
+            )
+        return out
+    out.edge = measure_edge(volume, points, normals, params.sampling)
+    out.metal_aware = params.metal_aware == "on" or (params.metal_aware == "auto" and not explicit)
+    out.resolution = resolution_statement(volume)
+    if out.resolution:
+        out.warnings.append(out.resolution)
+    if frac < 0.9:
+        out.warnings.append(
+            f"the CT is post-operative but only {100 * frac:.0f}% of the model's surface has the implant's metal "
+            f"(>= {METAL_DETECT_HU:g} HU) within {det.evidence['inside_depth_mm']:.3g} mm inside it: the model is "
+            "partly off the implant (registration off by a few mm?); the rest is class 'unreliable'"
+        )
+    walk = _walk(volume, points, normals, params.sampling, out.edge.metal_hu, out.edge.read_start_mm)
+    found = np.isfinite(walk.edge_mm)
+    if found.any():
+        a = np.asarray(areas, dtype=float)
+        off = np.abs(walk.edge_mm[found])
+        tol = max(1.0, 0.5 * _voxel(volume))
+        far = float(a[found][off > tol].sum() / a[found].sum())
+        out.notes["metal_edge_offset_median_mm"] = float(np.median(walk.edge_mm[found]))
+        out.notes["metal_edge_offset_p90_mm"] = float(np.percentile(off, 90))
+        out.notes["fraction_area_edge_off_surface"] = far
+        if far > 0.1:
+            out.warnings.append(
+                f"the metal edge lies more than {tol:.2g} mm from the model surface on {100 * far:.0f}% of it "
+                f"(median offset {np.median(walk.edge_mm[found]):+.2f} mm, 90th percentile {np.percentile(off, 90):.2f} mm "
+                "along the outward normal): the model is not where the implant is (registration off?); the bone is "
+                "read past the metal's own edge"
+            )
+    clipped = clipped_metal_voxels(volume)
+    out.notes["clipped_voxels_at_3071_hu"] = clipped
+    if clipped >= 20:
+        out.warnings.append(
+            f"{clipped} voxels read exactly {CLIP_HU:g} HU, the CT's maximum: the scanner clipped the metal, "
+            f"so its own HU is unknown (read as {out.edge.metal_hu:.0f} HU); the metal edge's spread is measured on "
+            f"the clipped edge ({out.edge.blur_mm:.2f} mm)"
+        )
+    if explicit and not out.metal_aware:
+        offsets = params.offsets()
+        reach = out.edge.bloom_mm + max(0.0, out.notes.get("metal_edge_offset_median_mm", 0.0))
+        low = offsets[offsets < reach]
+        if low.size:
+            out.warnings.append(
+                f"the CT is post-operative and the offsets given ({', '.join(f'{v:g}' for v in offsets[:6])}"
+                f"{', ...' if offsets.size > 6 else ''} mm) read the metal's bloom: the metal adds more than 2% of "
+                f"its {out.edge.metal_hu:.0f} HU up to {reach:.2g} mm outside the surface on this CT; the default "
+                "(no --offset/--profile, --metal-aware auto) reads the bone past the bloom"
+            )
+    return out
+
+
+def metal_advice(post: Assessment) -> str:
+    """The advice added to the 'surface samples metal' warning of a run that sampled without the metal-aware walk."""
+    if post.ct_kind == POST_OPERATIVE:
+        return (
+            "the CT is post-operative and was sampled without the metal-aware walk: the metal and its bloom read as "
+            "bone; run with the defaults (no --offset/--profile, --metal-aware auto) to read the bone past the bloom"
+        )
+    return (
+        "the model seems to touch metal in the CT; if the implant is in this CT, check the registration, then run "
+        "with --metal-aware on"
+    )
