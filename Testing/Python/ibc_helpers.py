@@ -25,6 +25,20 @@ def shared_file(name: str) -> Path:
     return p
 
 
+def nail_axis_ras(volume, threshold_hu: float = 2000.0) -> tuple:
+    """The stem axis of the nail in the real post-operative pelvis CT, proximal point first (RAS mm).
+
+    The implant is a nail with a neck screw: the automatic axis follows the screw and is refused (tip
+    superior), so tests give the axis down the nail: the mean of its metal voxels in the lowest 7 mm of
+    metal, straight down from 15 mm below the metal's top to its bottom.
+    """
+    k, j, i = np.nonzero(volume.array > threshold_hu)
+    ras = np.c_[i, j, k, np.ones_like(i)] @ volume.ijk_to_ras.T
+    low = ras[:, 2] < ras[:, 2].min() + 7.0
+    x, y = ras[low, 0].mean(), ras[low, 1].mean()
+    return ((x, y, ras[:, 2].max() - 15.0), (x, y, ras[:, 2].min()))
+
+
 def frame_parameters(frame) -> dict:
     """AnalysisParameters fields that pin the frame to a known one."""
     return frame.parameter_fields()

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from followup_phantoms import CANCELLOUS, in_calcar_zone
-from ibc_helpers import frame_parameters
+from ibc_helpers import frame_parameters, nail_axis_ras
 from ImplantBoneContactLib import AnalysisParameters, InputError, analyze_files, save_result
 from ImplantBoneContactLib.cli import main
 from ImplantBoneContactLib.compare import analyze_followup_files, compare, save_comparison
@@ -276,11 +276,7 @@ def test_real_ct_moved_twice_shows_no_significant_change(shared_data, tmp_path):
         np.savetxt(tmp_path / f"T_{name}.txt", motion)
     # A nail with a neck screw: the automatic axis follows the screw and is refused (tip superior), so the
     # axis is given down the nail (its lowest metal voxels, straight down), moved like the baseline scan.
-    kk_, jj_, ii_ = np.nonzero(ct.array > 2000)
-    metal = np.c_[ii_, jj_, kk_, np.ones_like(ii_)] @ ct.ijk_to_ras.T
-    low = metal[:, 2] < metal[:, 2].min() + 7.0
-    x, y = metal[low, 0].mean(), metal[low, 1].mean()
-    axis_ct = np.array([[x, y, metal[:, 2].max() - 15.0, 1.0], [x, y, metal[:, 2].min(), 1.0]])
+    axis_ct = np.c_[np.array(nail_axis_ras(ct)), np.ones(2)]
     axis_b = axis_ct @ np.loadtxt(tmp_path / "T_b.txt").T
     params = AnalysisParameters(points=3000, remesh="fast", profile="0.5:3:0.5", side="left",
                                 axis=(tuple(axis_b[0, :3]), tuple(axis_b[1, :3])))

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import vtk
-from ibc_helpers import frame_parameters, shared_file
+from ibc_helpers import frame_parameters, nail_axis_ras, shared_file
 from ImplantBoneContactLib import AnalysisParameters, InputError, Volume, analyze, parse_classes, read_volume
 from ImplantBoneContactLib import postop as postop_lib
 from ImplantBoneContactLib.cli import main
@@ -155,7 +155,10 @@ def test_vertex_columns(contact_postop):
     assert np.median(start) == pytest.approx(result.postop["edge"]["read_start_past_edge_mm"], abs=0.3)
     assert 0.5 * blur < np.median(start) < 2 * blur
     assert (v.loc[ok, "bone_start_mm"] <= result.postop["max_bone_start_mm"]).all()
-    assert (v.loc[~ok & v["hu"].notna(), "contact_class"] == "unreliable").all()
+    # Above the resection plane no class is given (above_resection); below it an unreliable reading is said so.
+    below = v["gruen_zone"] > 0
+    assert (v.loc[~ok & v["hu"].notna() & below, "contact_class"] == "unreliable").all()
+    assert (v.loc[~below, "contact_class"] == "above_resection").all()
     assert not (v.loc[ok, "contact_class"] == "unreliable").any()
 
 
@@ -280,7 +283,8 @@ def pelvis():
 
 def test_real_postop_ct_is_post_operative_and_the_nail_not_cortical(pelvis):
     vol, surface = pelvis
-    result = analyze(vol, surface, AnalysisParameters(remesh="none", side="left"))
+    axis = nail_axis_ras(vol)
+    result = analyze(vol, surface, AnalysisParameters(remesh="none", side="left", axis=axis))
     assert result.ct_kind == "post-operative"
     assert result.postop["metal_aware_sampling"] is True
     all_row = result.zones.set_index("zone").loc["all"]
@@ -288,7 +292,7 @@ def test_real_postop_ct_is_post_operative_and_the_nail_not_cortical(pelvis):
     assert all_row["frac_cortical"] < 0.5
     assert all_row["frac_metal"] < 0.05
     assert any("3 mm voxels" in w and "not resolved" in w for w in result.warnings)
-    plain = analyze(vol, surface, AnalysisParameters(remesh="none", side="left", metal_aware="off"))
+    plain = analyze(vol, surface, AnalysisParameters(remesh="none", side="left", axis=axis, metal_aware="off"))
     assert plain.zones.set_index("zone").loc["all", "frac_cortical"] > 0.9  # what the issue measured
 
 
@@ -298,7 +302,8 @@ def test_cli_on_real_postop_ct(pelvis, tmp_path, capsys):
     write_polydata(surface, model, space="RAS")
     out = tmp_path / "out"
     code = main(["analyze", "--ct", str(shared_file("pelvis_ct_with_femoral_implant.nii.gz")), "--model", str(model),
-                 "--out", str(out), "--remesh", "none", "--side", "left", "--no-pictures"])
+                 "--out", str(out), "--remesh", "none", "--side", "left", "--no-pictures",
+                 "--axis=" + ":".join(",".join(f"{c:.2f}" for c in p) for p in nail_axis_ras(vol))])
     assert code == 0
     printed = capsys.readouterr().out
     assert "CT: post-operative" in printed

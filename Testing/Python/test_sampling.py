@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import vtk
-from ibc_helpers import rotation, shared_file
+from ibc_helpers import nail_axis_ras, rotation, shared_file
 from ImplantBoneContactLib import AnalysisParameters, Volume, analyze, read_volume, sample, sample_surface
 from ImplantBoneContactLib.mesh import points, surface_geometry, transform_polydata, triangle_areas, triangles
 from ImplantBoneContactLib.phantom import CANCELLOUS, CORTICAL, MARROW
@@ -177,14 +177,8 @@ def test_outside_ct_is_nan_never_zero_on_pelvis_with_implant_at_scan_edge():
     assert metal_surface.GetNumberOfPoints() > 100
     # Plain sampling on the surface (the metal-aware walk, default in this CT, also counts a vertex whose walk
     # along the normal leaves the CT as outside: tested in test_postop).
-    # The implant is a nail with a neck screw: the automatic axis would follow the screw and is refused
-    # (tip superior). The axis is given down the nail: its voxels in the three lowest slices, straight down.
-    k, j, i = np.nonzero(vol.array > 2000)
-    ras = np.c_[i, j, k, np.ones_like(i)] @ vol.ijk_to_ras.T
-    low = ras[:, 2] < ras[:, 2].min() + 7.0
-    x, y = ras[low, 0].mean(), ras[low, 1].mean()
-    axis = ((x, y, ras[:, 2].max() - 15.0), (x, y, ras[:, 2].min()))
-    result = analyze(vol, metal_surface, AnalysisParameters(remesh="none", axis=axis, side="left", metal_aware="off"))
+    # A nail with a neck screw: the automatic axis is refused, so the nail's axis is given.
+    result = analyze(vol, metal_surface, AnalysisParameters(remesh="none", axis=nail_axis_ras(vol), side="left", metal_aware="off"))
     v = result.vertices
     outside = ~v["inside_ct"]
     assert outside.sum() > 0, "the implant reaches below the scan: some vertices must be outside"
