@@ -56,8 +56,8 @@ class AnalysisParameters:
     """Every setting of an analysis. Written to ``parameters.json`` with the results.
 
     Attributes:
-        remesh: ``"acvd"`` (uniform remesh as Slicer's Surface Toolbox), ``"fast"`` (ACVD on an
-            adaptively refined surface, vectorised mesh construction) or ``"none"``.
+        remesh: ``"fast"`` (default: ACVD on an adaptively refined surface, vectorised mesh
+            construction), ``"acvd"`` (uniform remesh exactly as Slicer's Surface Toolbox) or ``"none"``.
         points: number of points after remeshing.
         subdivide: subdivisions before ACVD clustering; ``None`` picks the
             smallest number that gives at least 3 input points per cluster and
@@ -79,7 +79,7 @@ class AnalysisParameters:
         series_uid: DICOM series to read from a folder with several.
     """
 
-    remesh: str = "acvd"
+    remesh: str = "fast"
     points: int = 10000
     subdivide: int | None = None
     sampling: str = "trilinear"
@@ -184,6 +184,7 @@ class AnalysisResult:
         warnings: things the user should know (outside the CT, metal, ...).
         inputs: descriptions of the inputs (paths, hashes, geometry).
         timings_s: seconds per stage.
+        volume: the CT the surface was sampled in (for the slices picture; not saved).
     """
 
     vertices: pd.DataFrame
@@ -195,6 +196,7 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
     inputs: dict = field(default_factory=dict)
     timings_s: dict = field(default_factory=dict)
+    volume: Volume | None = field(default=None, repr=False, compare=False)
 
     def metadata(self) -> dict:
         """What ``parameters.json`` holds: parameters, inputs, frame, versions, warnings."""
@@ -360,6 +362,7 @@ def analyze(
     warnings.extend(hu_range_warnings(volume))
     warnings.extend(topology_warnings(surface))
     t = time.perf_counter()
+    surface_in = surface
     if params.remesh in ("acvd", "fast"):
         k = params.subdivide if params.subdivide is not None else auto_subdivide(surface, params.points)
         step(0.05, f"remeshing to {params.points} points ({params.remesh} ACVD, subdivide {k})")
@@ -368,6 +371,7 @@ def analyze(
         else:
             surface = prepare_surface(remesher(surface, params.points, k), "remeshed surface")
         params_used_subdivide = k
+        warnings.extend(remesh_warnings(surface_in, surface, params.remesh))
     else:
         params_used_subdivide = None
     timings["remesh"] = time.perf_counter() - t
@@ -475,6 +479,7 @@ def analyze(
         warnings=warnings,
         inputs=info,
         timings_s=timings,
+        volume=volume,
     )
 
 
@@ -516,6 +521,39 @@ def zone_statistics(
         table["gruen_zone_ap"] = zones["gruen_zone_ap"]
         table["gruen_zone_lateral"] = zones["gruen_zone_lateral"]
     return zone_table(pd.DataFrame(table), class_names(bands, params.metal_hu is not None), params.zone_scheme, vertices)
+
+
+#: A remesh that changes the surface area by more than this fraction is reported.
+REMESH_AREA_TOLERANCE = 0.01
+
+
+def remesh_warnings(before: vtk.vtkPolyData, after: vtk.vtkPolyData, method: str) -> list[str]:
+    """Warnings when remeshing changed the surface: area by more than 1 %, or holes in a closed input.
+
+    The statistics are area-weighted, so a remesh that inflates the area
+    (folds) or opens the surface (boundary edges) changes the numbers.
+    """
+    from .mesh import _edge_counts, triangle_areas, triangles
+    from .mesh import points as mesh_points
+
+    faces_in, faces_out = triangles(before), triangles(after)
+    area_in = float(triangle_areas(mesh_points(before), faces_in).sum())
+    area_out = float(triangle_areas(mesh_points(after), faces_out).sum())
+    out = []
+    if area_in > 0 and abs(area_out - area_in) > REMESH_AREA_TOLERANCE * area_in:
+        out.append(
+            f"remeshing ({method}) changed the surface area by {100 * (area_out - area_in) / area_in:+.1f}% "
+            f"({area_in:.0f} to {area_out:.0f} mm2): the area-weighted statistics follow the remeshed surface; "
+            "try --remesh fast, another --subdivide or --remesh none"
+        )
+    open_in = _edge_counts(faces_in)[0]
+    open_out = _edge_counts(faces_out)[0]
+    if open_in == 0 and open_out > 0:
+        out.append(
+            f"remeshing ({method}) opened the closed surface ({open_out} boundary edges): normals near the holes "
+            "may be unreliable; try --remesh fast, another --subdivide or --remesh none"
+        )
+    return out
 
 
 def topology_warnings(surface: vtk.vtkPolyData) -> list[str]:
