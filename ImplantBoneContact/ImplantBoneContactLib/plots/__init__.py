@@ -47,6 +47,7 @@ from ..display import (
     UNCLASSIFIED_COLOUR,
     ZONE_COLOURS,
 )
+from . import views3d  # noqa: F401 - the module, for callers that need its helpers
 from .borders import Border, zone_borders
 from .charts import zone_fractions_figure
 from .render import VIEWS, ViewGeometry, offscreen_window, render_geometry
@@ -54,7 +55,6 @@ from .report import PICTURE_FILES, REPORT_FILE, report_html
 from .slices import Slice, make_slices, slices_figure
 from .style import class_colours, hu_to_rgb, run_description, vertex_colours
 from .unrolled import UnrolledMap, unrolled_figure, unrolled_map
-from . import views3d  # noqa: F401 - the module, for callers that need its helpers
 from .views3d import SurfaceView, colour_views, render_surface_views, surface_views_figure
 
 #: Former name of :data:`~ImplantBoneContactLib.display.HU_DISPLAY_RANGE`.

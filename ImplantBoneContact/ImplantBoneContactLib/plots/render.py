@@ -34,7 +34,8 @@ class ViewGeometry:
         name: the view (see :data:`VIEWS`).
         vertex_id: supersampled ``(H*s, W*s)`` vertex index per pixel, -1 on the background.
         shade: supersampled lighting factor 0..1 (ambient plus diffuse of a white surface).
-        position: supersampled ``(H*s, W*s, 3)`` RAS point (mm) seen at each pixel, NaN on the background.
+        depth_mm: supersampled distance (mm) from the camera plane to the surface seen at each pixel, inf on the background.
+        camera: RAS point (mm) of the camera plane at the picture centre.
         right, up, toward_viewer: RAS unit vectors of the picture (see :class:`~.views3d.SurfaceView`).
         mm_per_pixel: scale at output resolution (mm per pixel).
         centre: RAS point at the picture centre (mm).
@@ -44,7 +45,8 @@ class ViewGeometry:
     name: str
     vertex_id: np.ndarray
     shade: np.ndarray
-    position: np.ndarray
+    depth_mm: np.ndarray
+    camera: np.ndarray
     right: np.ndarray
     up: np.ndarray
     toward_viewer: np.ndarray
@@ -52,19 +54,57 @@ class ViewGeometry:
     centre: np.ndarray
     supersample: int
 
-    def foreground_zones(self, result) -> tuple[np.ndarray, np.ndarray]:
-        """Gruen zone (sector scheme, 0 above the cut) of each foreground pixel's RAS position, and the foreground mask.
+    def positions(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """RAS points (mm) seen at supersampled pixels ``(rows, cols)``; NaN on the background."""
+        mm = self.mm_per_pixel / self.supersample
+        hs, ws = self.vertex_id.shape
+        x = (np.asarray(cols) + 0.5 - ws / 2.0) * mm
+        y = (hs / 2.0 - np.asarray(rows) - 0.5) * mm
+        d = self.depth_mm[rows, cols]
+        d = np.where(np.isfinite(d), d, np.nan)
+        return (self.camera - d[..., None] * self.toward_viewer + x[..., None] * self.right + y[..., None] * self.up)
 
-        Computed once per rendering and kept: every colouring uses it.
+    @property
+    def position(self) -> np.ndarray:
+        """Supersampled ``(H*s, W*s, 3)`` RAS point (mm) seen at each pixel, NaN on the background."""
+        hs, ws = self.vertex_id.shape
+        rows, cols = np.meshgrid(np.arange(hs), np.arange(ws), indexing="ij")
+        return self.positions(rows, cols)
+
+    def output_pixels(self, result) -> dict:
+        """Per output pixel, computed once per rendering and kept (every colouring uses it).
+
+        ``vertex_id``: the vertex seen at one foreground sub-pixel (the first in
+        row order), -1 where none; ``coverage``: the share of the pixel's
+        sub-pixels on the stem (anti-aliased silhouette); ``shade``: the mean
+        lighting over those sub-pixels; ``zone``: the Gruen zone (sector
+        scheme, 0 above the cut) of that sub-pixel's RAS position, -1 on the background.
         """
-        cached = getattr(self, "_zones", None)
-        if cached is None:
-            from ..frame import assign_zones
+        cached = getattr(self, "_pixels", None)
+        if cached is not None:
+            return cached
+        from ..frame import assign_zones
 
-            fg = self.vertex_id >= 0
-            zones = assign_zones(result.frame, self.position[fg], result.parameters.bands_axial)["gruen_zone"]
-            cached = (zones, fg)
-            self._zones = cached
+        s = self.supersample
+        hs, ws = self.vertex_id.shape
+        h, w = hs // s, ws // s
+        ids = self.vertex_id[: h * s, : w * s].reshape(h, s, w, s).transpose(0, 2, 1, 3).reshape(h, w, s * s)
+        fg = ids >= 0
+        n_fg = fg.sum(axis=-1)
+        first = np.argmax(fg, axis=-1)
+        pick = np.take_along_axis(ids, first[..., None], axis=-1)[..., 0]
+        pick[n_fg == 0] = -1
+        shade = self.shade[: h * s, : w * s].reshape(h, s, w, s).transpose(0, 2, 1, 3).reshape(h, w, s * s)
+        shade = np.where(fg, shade, 0.0).sum(axis=-1) / np.maximum(n_fg, 1)
+        on = pick >= 0
+        r_out, c_out = np.nonzero(on)
+        sub = first[on]
+        pos = self.positions(r_out * s + sub // s, c_out * s + sub % s)
+        zone = np.full((h, w), -1, dtype=np.int16)
+        if on.any():
+            zone[on] = assign_zones(result.frame, pos, result.parameters.bands_axial)["gruen_zone"]
+        cached = {"vertex_id": pick, "coverage": n_fg / float(s * s), "shade": shade, "zone": zone}
+        self._pixels = cached
         return cached
 
     def project(self, pts: np.ndarray) -> np.ndarray:
@@ -86,15 +126,14 @@ class ViewGeometry:
         ok = (col >= 0) & (col < w) & (row >= 0) & (row < h)
         out = np.zeros(pts.shape[0], dtype=bool)
         # The nearest surface around the point (3 x 3 supersampled pixels): lines on a silhouette stay.
-        best = np.full(pts.shape[0], -np.inf)
+        nearest = np.full(pts.shape[0], np.inf)
         for dr in (-1, 0, 1):
             for dc in (-1, 0, 1):
                 r = np.clip(row + dr, 0, h - 1)
                 c = np.clip(col + dc, 0, w - 1)
-                seen = self.position[r, c] @ self.toward_viewer
-                best = np.fmax(best, np.where(np.isfinite(seen), seen, -np.inf))
-        mine = pts @ self.toward_viewer
-        out[ok] = mine[ok] >= best[ok] - tolerance_mm
+                nearest = np.fmin(nearest, self.depth_mm[r, c])
+        mine = (self.camera - pts) @ self.toward_viewer  # distance of each point from the camera plane
+        out[ok] = mine[ok] <= nearest[ok] + tolerance_mm
         return out
 
 
@@ -305,17 +344,12 @@ def render_geometry(
             ren.RemoveAllViewProps()
             window.RemoveRenderer(ren)
     out = []
-    mm_ss = mm_per_px / ss
-    cols = (np.arange(ws) + 0.5 - ws / 2.0) * mm_ss
-    rows = (hs / 2.0 - np.arange(hs) - 0.5) * mm_ss
     for i, (name, t, r, c) in enumerate(zip(views, dirs, rights, centres)):
         sl = slice(i * ws, (i + 1) * ws)
         ids = ids_all[:, sl]
         near, far = ranges[i]
+        # Parallel projection: the depth buffer is linear in the distance from the camera plane.
         dist = near + depth_all[:, sl] * (far - near)
-        cam_pos = c + t * 3.0 * extent
-        pos = (cam_pos[None, None, :] - dist[..., None] * t[None, None, :]
-               + cols[None, :, None] * r[None, None, :] + rows[:, None, None] * up[None, None, :])
-        pos[ids < 0] = np.nan
-        out.append(ViewGeometry(name, ids, shade_all[:, sl], pos, r, up.copy(), t, mm_per_px, c, ss))
+        dist[ids < 0] = np.inf
+        out.append(ViewGeometry(name, ids, shade_all[:, sl], dist, c + t * 3.0 * extent, r, up.copy(), t, mm_per_px, c, ss))
     return out

@@ -64,13 +64,7 @@ class SurfaceView:
 
     def pixel_zones(self, result) -> np.ndarray:
         """Gruen zone (sector scheme) at each output pixel from its RAS position; -1 on the background."""
-        g = self.geometry
-        ss = g.supersample
-        h, w = self.vertex_id.shape
-        zones, fg = g.foreground_zones(result)
-        full = np.full(fg.shape, -1, dtype=np.int16)
-        full[fg] = zones
-        return full[ss // 2: h * ss: ss, ss // 2: w * ss: ss]
+        return self.geometry.output_pixels(result)["zone"]
 
 
 def colour_views(result, geometry: list[ViewGeometry], colouring: str) -> list[SurfaceView]:
@@ -78,7 +72,9 @@ def colour_views(result, geometry: list[ViewGeometry], colouring: str) -> list[S
 
     HU and class: the colour of the vertex whose patch the pixel shows.
     Zones: the zone of the pixel's own RAS position. In every colouring a
-    pixel above the resection plane is :data:`ABOVE_CUT_COLOUR`.
+    pixel above the resection plane is :data:`ABOVE_CUT_COLOUR`. The
+    silhouette is anti-aliased by the share of the pixel's sub-pixels on the
+    stem, and the light is their mean; the colour is that of one sub-pixel.
 
     Args:
         result: the analysis result the geometry was rendered from.
@@ -88,24 +84,24 @@ def colour_views(result, geometry: list[ViewGeometry], colouring: str) -> list[S
     rgb_v = vertex_colours(result, colouring) if colouring != "zone" else None
     if colouring not in ("hu", "zone", "class"):
         raise ValueError(f"colouring must be 'hu', 'zone' or 'class', got {colouring!r}")
-    grey = rgb(ABOVE_CUT_COLOUR)
+    grey = rgb(ABOVE_CUT_COLOUR).astype(np.float32)
     out = []
     for g in geometry:
-        ids = g.vertex_id
-        zones, fg = g.foreground_zones(result)
+        px = g.output_pixels(result)
+        ids, zones = px["vertex_id"], px["zone"]
+        on = ids >= 0
         if colouring == "zone":
-            colour = zone_rgb(zones)
+            colour = zone_rgb(zones[on]).astype(np.float32)
         else:
-            colour = rgb_v[ids[fg]]
-            colour[zones == 0] = grey
-        img = np.ones(ids.shape + (3,))
-        img[fg] = colour * g.shade[fg, None]
-        ss = g.supersample
-        h, w = ids.shape[0] // ss, ids.shape[1] // ss
-        small = img[: h * ss, : w * ss].reshape(h, ss, w, ss, 3).mean(axis=(1, 3))
-        image = np.clip(np.rint(small * 255.0), 0, 255).astype(np.uint8)
+            colour = rgb_v[ids[on]].astype(np.float32)
+            colour[zones[on] == 0] = grey
+        # Lit colour on the stem, blended with the white background by the pixel's coverage (anti-aliasing).
+        cover = px["coverage"][on].astype(np.float32)[:, None]
+        img = np.full(ids.shape + (3,), 255, dtype=np.uint8)
+        lit = colour * px["shade"][on].astype(np.float32)[:, None]
+        img[on] = np.clip(np.rint(255.0 * (cover * lit + (1.0 - cover))), 0, 255).astype(np.uint8)
         out.append(SurfaceView(
-            name=g.name, image=image, vertex_id=ids[: h * ss: ss, : w * ss: ss].copy(), right=g.right, up=g.up,
+            name=g.name, image=img, vertex_id=ids, right=g.right, up=g.up,
             toward_viewer=g.toward_viewer, mm_per_pixel=g.mm_per_pixel, centre=g.centre, geometry=g,
         ))
     return out
