@@ -79,12 +79,14 @@ def class_colours(result) -> dict[str, str]:
     return class_colour_table([b.name for b in bands], extra=list(result.class_names))
 
 
-def vertex_colours(result, colouring: str) -> np.ndarray:
+def vertex_colours(result, colouring: str, grey_above_cut: bool = True) -> np.ndarray:
     """RGB colour (0..1) of every vertex for ``colouring`` ``"hu"``, ``"zone"`` or ``"class"``.
 
     Zone-0 vertices (above the resection plane) are :data:`ABOVE_CUT_COLOUR`
-    in every colouring; vertices without HU are :data:`NOT_SAMPLED_COLOUR`
-    in the HU and class colourings.
+    in every colouring unless ``grey_above_cut`` is False (the pictures grey
+    out what lies above the plane themselves, exactly, rather than by whole
+    vertex patches); vertices without HU are :data:`NOT_SAMPLED_COLOUR` in the
+    HU and class colourings.
     """
     v = result.vertices
     zone = v["gruen_zone"].to_numpy()
@@ -100,7 +102,8 @@ def vertex_colours(result, colouring: str) -> np.ndarray:
             out[cls == name] = rgb(c)
     else:
         raise ValueError(f"colouring must be 'hu', 'zone' or 'class', got {colouring!r}")
-    out[zone == 0] = rgb(ABOVE_CUT_COLOUR)
+    if grey_above_cut:
+        out[zone == 0] = rgb(ABOVE_CUT_COLOUR)
     return out
 
 

@@ -208,7 +208,7 @@ def unrolled_rgb(result, umap: UnrolledMap, kind: str) -> np.ndarray:
     if kind == "hu":
         out = hu_to_rgb(umap.hu)
     elif kind == "class":
-        per_vertex = vertex_colours(result, "class")
+        per_vertex = vertex_colours(result, "class", grey_above_cut=False)
         out = np.stack([umap.values(per_vertex[:, c], fill=1.0) for c in range(3)], axis=-1)
     else:
         raise ValueError(f"kind must be 'hu' or 'class', got {kind!r}")

@@ -81,7 +81,7 @@ def colour_views(result, geometry: list[ViewGeometry], colouring: str) -> list[S
         geometry: from :func:`~.render.render_geometry`.
         colouring: ``"hu"``, ``"zone"`` or ``"class"`` (see :func:`~.style.vertex_colours`).
     """
-    rgb_v = vertex_colours(result, colouring) if colouring != "zone" else None
+    rgb_v = vertex_colours(result, colouring, grey_above_cut=False) if colouring != "zone" else None
     if colouring not in ("hu", "zone", "class"):
         raise ValueError(f"colouring must be 'hu', 'zone' or 'class', got {colouring!r}")
     grey = rgb(ABOVE_CUT_COLOUR).astype(np.float32)
