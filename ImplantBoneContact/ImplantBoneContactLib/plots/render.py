@@ -1,9 +1,13 @@
 """Offscreen VTK rendering of the stem: which vertex, what light and what depth at every pixel.
 
 One offscreen render window is made per process and reused by every picture;
-all views of a picture are rendered in one pass (one viewport each), twice:
-once with every vertex's area patch flat-coloured by its index, once shaded
-(with the depth buffer, from which each pixel's RAS position follows).
+all views are rendered at once (one viewport each), twice: once with every
+triangle flat-coloured by its index, once shaded (with the depth buffer, from
+which each pixel's RAS position follows). The vertex seen at a pixel is the
+corner of its triangle with the largest barycentric weight there: the
+triangle's split along the lines from the edge midpoints to the centroid,
+so each vertex owns exactly its third of every adjacent triangle, the area it
+carries in the statistics.
 """
 
 from __future__ import annotations
@@ -167,41 +171,6 @@ def _view_direction(frame, name: str) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def patch_mesh(pts: np.ndarray, faces: np.ndarray, normals: np.ndarray):
-    """Split each triangle into 6 so each vertex owns exactly its third of every adjacent triangle.
-
-    Returns points, triangles, point normals and the owner vertex of each new triangle.
-    """
-    n = pts.shape[0]
-    m = faces.shape[0]
-    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-    uniq, inverse = np.unique(edges, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    e_ab, e_bc, e_ca = inverse[:m] + n, inverse[m: 2 * m] + n, inverse[2 * m:] + n
-    g = np.arange(m) + n + uniq.shape[0]
-    mid = 0.5 * (pts[uniq[:, 0]] + pts[uniq[:, 1]])
-    cen = pts[faces].mean(axis=1)
-    new_pts = np.concatenate([pts, mid, cen])
-    mid_n = normals[uniq[:, 0]] + normals[uniq[:, 1]]
-    cen_n = normals[faces].sum(axis=1)
-    new_n = np.concatenate([normals, mid_n, cen_n])
-    length = np.linalg.norm(new_n, axis=1)
-    new_n = new_n / np.where(length > 0, length, 1.0)[:, None]
-    a, b, c = faces[:, 0], faces[:, 1], faces[:, 2]
-    tris = np.concatenate(
-        [
-            np.stack([a, e_ab, g], 1),
-            np.stack([a, g, e_ca], 1),
-            np.stack([b, e_bc, g], 1),
-            np.stack([b, g, e_ab], 1),
-            np.stack([c, e_ca, g], 1),
-            np.stack([c, g, e_bc], 1),
-        ]
-    )
-    owner = np.concatenate([a, a, b, b, c, c])
-    return new_pts, tris, new_n, owner
-
-
 def _grab(window: vtk.vtkRenderWindow, zbuffer: bool = False) -> np.ndarray:
     grab = vtk.vtkWindowToImageFilter()
     grab.SetInput(window)
@@ -219,12 +188,11 @@ def _grab(window: vtk.vtkRenderWindow, zbuffer: bool = False) -> np.ndarray:
 
 
 def _actors(pts, faces, normals):
-    ppts, ptris, pnormals, owner = patch_mesh(pts, faces, normals)
-    id_poly = polydata_from_arrays(ppts, ptris)
-    code = owner.astype(np.int64) + 1
+    id_poly = polydata_from_arrays(pts, faces)
+    code = np.arange(1, faces.shape[0] + 1, dtype=np.int64)
     rgb_code = np.stack([(code >> 16) & 255, (code >> 8) & 255, code & 255], axis=1).astype(np.uint8)
     arr = ns.numpy_to_vtk(rgb_code, deep=True)
-    arr.SetName("vertex_code")
+    arr.SetName("triangle_code")
     id_poly.GetCellData().SetScalars(arr)
     id_mapper = vtk.vtkPolyDataMapper()
     id_mapper.SetInputData(id_poly)
@@ -235,7 +203,8 @@ def _actors(pts, faces, normals):
     id_actor.SetMapper(id_mapper)
     id_actor.GetProperty().LightingOff()
 
-    shade_poly = polydata_from_arrays(ppts, ptris)
+    shade_poly = polydata_from_arrays(pts, faces)
+    pnormals = normals
     narr = ns.numpy_to_vtk(np.ascontiguousarray(pnormals, dtype=np.float32), deep=True)
     narr.SetName("Normals")
     shade_poly.GetPointData().SetNormals(narr)
@@ -251,6 +220,33 @@ def _actors(pts, faces, normals):
     prop.SetSpecular(0.0)
     prop.SetInterpolationToGouraud()
     return id_actor, shade_actor
+
+
+def _owner_vertex(g: ViewGeometry, tri: np.ndarray, pts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Vertex whose area patch each pixel shows: the corner of the pixel's triangle with the largest barycentric weight."""
+    out = np.full(tri.shape, -1, dtype=np.int64)
+    rows, cols = np.nonzero(tri >= 0)
+    if rows.size == 0:
+        return out
+    t = tri[rows, cols]
+    p = g.positions(rows, cols)
+    corners = faces[t]
+    a = pts[corners[:, 0]]
+    v0 = pts[corners[:, 1]] - a
+    v1 = pts[corners[:, 2]] - a
+    v2 = p - a
+    d00 = np.einsum("ij,ij->i", v0, v0)
+    d01 = np.einsum("ij,ij->i", v0, v1)
+    d11 = np.einsum("ij,ij->i", v1, v1)
+    d20 = np.einsum("ij,ij->i", v2, v0)
+    d21 = np.einsum("ij,ij->i", v2, v1)
+    denom = d00 * d11 - d01 * d01
+    denom = np.where(np.abs(denom) > 0, denom, 1.0)
+    lb = (d11 * d20 - d01 * d21) / denom
+    lc = (d00 * d21 - d01 * d20) / denom
+    weights = np.stack([1.0 - lb - lc, lb, lc], axis=1)
+    out[rows, cols] = corners[np.arange(t.size), np.argmax(weights, axis=1)]
+    return out
 
 
 def render_geometry(
@@ -330,7 +326,7 @@ def render_geometry(
         window.Render()
         code = _grab(window).astype(np.int64)
         ids_all = (code[..., 0] << 16) + (code[..., 1] << 8) + code[..., 2] - 1
-        ids_all[(ids_all < 0) | (ids_all >= pts.shape[0])] = -1
+        ids_all[(ids_all < 0) | (ids_all >= faces.shape[0])] = -1
         for ren in renderers:
             ren.RemoveActor(id_actor)
             ren.AddActor(shade_actor)
@@ -351,5 +347,7 @@ def render_geometry(
         # Parallel projection: the depth buffer is linear in the distance from the camera plane.
         dist = near + depth_all[:, sl] * (far - near)
         dist[ids < 0] = np.inf
-        out.append(ViewGeometry(name, ids, shade_all[:, sl], dist, c + t * 3.0 * extent, r, up.copy(), t, mm_per_px, c, ss))
+        g = ViewGeometry(name, ids, shade_all[:, sl], dist, c + t * 3.0 * extent, r, up.copy(), t, mm_per_px, c, ss)
+        g.vertex_id = _owner_vertex(g, ids, pts, faces)
+        out.append(g)
     return out

@@ -66,24 +66,22 @@ class Slice:
         return np.stack([d @ self.u, d @ self.v], axis=-1)
 
 
-def _segment_classes(result, segments: np.ndarray, normal: np.ndarray, offset: float) -> np.ndarray:
-    """Contact class of the vertex nearest each segment's midpoint (among the vertices near the plane)."""
-    v = result.vertices
-    pts = v[["x_mm", "y_mm", "z_mm"]].to_numpy(dtype=float)
-    cls = v["contact_class"].to_numpy()
+def _segment_classes(result, segments: np.ndarray, locator) -> np.ndarray:
+    """Contact class of the vertex nearest each segment's midpoint."""
+    cls = result.vertices["contact_class"].to_numpy()
     if segments.shape[0] == 0:
         return np.zeros(0, dtype=object)
-    mids = segments.mean(axis=1)
-    dist = np.abs(pts @ normal - offset)
-    near = np.nonzero(dist <= max(3.0, 2.0 * float(np.sqrt(np.median(v["area_mm2"])))))[0]
-    if near.size == 0:
-        near = np.argsort(dist)[:100]
-    out = np.empty(mids.shape[0], dtype=object)
-    for start in range(0, mids.shape[0], 512):
-        m = mids[start: start + 512]
-        d2 = ((m[:, None, :] - pts[near][None, :, :]) ** 2).sum(-1)
-        out[start: start + 512] = cls[near[np.argmin(d2, axis=1)]]
-    return out
+    nearest = [locator.FindClosestPoint(m) for m in segments.mean(axis=1).tolist()]
+    return cls[np.asarray(nearest, dtype=np.int64)]
+
+
+def _locator(surface):
+    import vtk
+
+    loc = vtk.vtkStaticPointLocator()
+    loc.SetDataSet(surface)
+    loc.BuildLocator()
+    return loc
 
 
 def _side(vec, frame) -> str:
@@ -102,6 +100,7 @@ def make_slices(result, volume) -> list[Slice]:
     ant = np.asarray(frame.anterior, dtype=float)
     tip = np.asarray(frame.tip, dtype=float)
     heights = frame.height(surface_pts)
+    locator = _locator(result.surface)
     v_lo, v_hi = float(min(heights.min(), 0.0)) - 15.0, float(heights.max()) + 10.0
     out = []
     for name, u in (("coronal", med), ("sagittal", ant)):
@@ -110,7 +109,7 @@ def make_slices(result, volume) -> list[Slice]:
         u = u if float(u @ ref) < 0 else -u
         across = (surface_pts - tip) @ u
         u_range = (float(across.min()) - 22.0, float(across.max()) + 22.0)
-        out.append(_slice(result, volume, name, tip, u, up, u_range, (v_lo, v_hi)))
+        out.append(_slice(result, volume, locator, name, tip, u, up, u_range, (v_lo, v_hi)))
     cut0 = float(frame.cut_height(tip[None, :])[0])
     fractions = np.cumsum(np.asarray(result.parameters.bands_axial, dtype=float))
     mids = fractions - 0.5 * np.asarray(result.parameters.bands_axial, dtype=float)
@@ -124,11 +123,11 @@ def make_slices(result, volume) -> list[Slice]:
         v = ant
         u = np.cross(v, axis)
         u = -u if float(u[0]) > 0 else u
-        out.append(_slice(result, volume, f"axial {label}", centre, u, v, (-half, half), (-half, half)))
+        out.append(_slice(result, volume, locator, f"axial {label}", centre, u, v, (-half, half), (-half, half)))
     return out
 
 
-def _slice(result, volume, name, origin, u, v, u_range, v_range) -> Slice:
+def _slice(result, volume, locator, name, origin, u, v, u_range, v_range) -> Slice:
     px = SLICE_PIXEL_MM
     us = np.arange(u_range[0] + px / 2, u_range[1], px)
     vs = np.arange(v_range[1] - px / 2, v_range[0], -px)
@@ -136,7 +135,7 @@ def _slice(result, volume, name, origin, u, v, u_range, v_range) -> Slice:
     hu, _ = sample(volume, grid.reshape(-1, 3), "trilinear")
     normal = np.cross(u, v)
     segs = _cut(result.surface, origin, normal)
-    classes = _segment_classes(result, segs, normal, float(normal @ origin))
+    classes = _segment_classes(result, segs, locator)
     d = segs - origin
     outline = np.stack([d @ u, d @ v], axis=-1) if segs.shape[0] else np.zeros((0, 2, 2))
     frame = result.frame
