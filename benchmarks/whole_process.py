@@ -117,7 +117,7 @@ def stage_table(ct: Path, model: Path, matrix: Path, out: Path, points: int, env
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--points", default="30000,100000", help="points after remeshing (default 30000,100000)")
-    ap.add_argument("--runs", type=int, default=2, help="runs of each command per point count (default 2)")
+    ap.add_argument("--runs", type=int, default=2, help="runs of each command per point count (default 2; 0: only the stage table)")
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
     env = dict(os.environ)
@@ -137,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.runs):
                 for name, cmd in cmds.items():
                     runs[name].append(run_once(cmd, env))
+            if args.runs == 0:
+                stages = stage_table(ct, model, matrix, tmp / "out_stages", n, env)
+                slowest = max((k for k in stages if k != "total"), key=stages.get)
+                print(f"\n{n} points, stages of one default run (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+                print(f"  slowest stage: {slowest} ({stages[slowest]:.2f} s of {stages['total']:.2f} s)")
+                report[str(n)] = {"stages_s": stages, "slowest": slowest}
+                continue
             med = {k: {f: statistics.median(r[f] for r in v) for f in ("wall_s", "cpu_s", "peak_mb")} for k, v in runs.items()}
             ratio = med["surface-toolbox"]["wall_s"] / med["default"]["wall_s"]
             print(f"\n{n} points, {args.runs} run(s) each, A B A B:")

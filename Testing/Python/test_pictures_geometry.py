@@ -246,3 +246,17 @@ def test_report_fits_a_1280_px_window(tmp_path, result):
     assert scroll_width <= 1280
     assert table_right <= 1280
     assert tallest < 1.5 * lowest  # no region cell wraps onto a second line
+
+
+@pytest.mark.parametrize("kind", ["hu", "class"])
+def test_unrolled_figures_have_their_own_title_and_key(result, kind):
+    umap = plots.unrolled_map(result, width_px=120, height_px=90)
+    fig = plots.unrolled_figure(result, kind, umap)
+    texts = " ".join(t.get_text() for t in fig.texts)
+    assert ("HU at the stem surface" in texts) == (kind == "hu")
+    assert ("contact class at the stem surface" in texts) == (kind == "class")
+    # Every picture says what was measured: model, CT, side, sampling.
+    assert plots.run_description(result) in texts and result.frame.side in plots.run_description(result)
+    legend = " ".join(t.get_text() for lg in fig.legends for t in lg.get_texts())
+    for name in result.class_names:
+        assert (name in legend) == (kind == "class"), name

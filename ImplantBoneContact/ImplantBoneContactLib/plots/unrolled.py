@@ -250,8 +250,8 @@ def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -
     if umap.tip_length_mm > 0:
         solid.append(np.array([[0.0, umap.tip_length_mm], [360.0, umap.tip_length_mm]]))
     dashed = []
-    for kind, uv in umap.lines:
-        if kind != "sector" or uv.shape[0] == 0:
+    for line_kind, uv in umap.lines:
+        if line_kind != "sector" or uv.shape[0] == 0:
             continue
         a = float(np.median(uv[:, :, 0]))
         dashed.append(np.array([[a, uv[:, :, 1].min()], [a, uv[:, :, 1].max()]]))
