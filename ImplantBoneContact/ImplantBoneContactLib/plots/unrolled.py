@@ -116,7 +116,7 @@ def _column_heights(uv: np.ndarray, az: np.ndarray, default: float) -> np.ndarra
     return out
 
 
-def unrolled_map(result, width_px: int = 480, height_px: int = 346, pad_deg: float = 30.0,
+def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: float = 30.0,
                  borders: list[Border] | None = None) -> UnrolledMap:
     """Unroll the surface around the stem axis onto a regular (azimuth, height) grid.
 
@@ -228,9 +228,7 @@ def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -
     if umap is None:
         umap = unrolled_map(result)
     image = unrolled_rgb(result, umap, kind)
-    # Shown 720 px wide whatever the grid: a coarser grid (still finer than the vertex spacing) is drawn larger.
-    scale = 720.0 / image.shape[1]
-    hgt, wid = int(round(image.shape[0] * scale)), 720
+    hgt, wid = image.shape[:2]
     left, right, top, bottom = 90, 290, 96, 74
     fig_w, fig_h = left + wid + right, top + hgt + bottom
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
