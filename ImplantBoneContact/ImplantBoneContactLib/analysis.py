@@ -61,8 +61,8 @@ class AnalysisParameters:
     """Every setting of an analysis. Written to ``parameters.json`` with the results.
 
     Attributes:
-        remesh: ``"acvd"`` (uniform remesh as Slicer's Surface Toolbox), ``"fast"`` (ACVD on an
-            adaptively refined surface, vectorised mesh construction) or ``"none"``.
+        remesh: ``"fast"`` (default: ACVD on an adaptively refined surface, vectorised mesh
+            construction), ``"acvd"`` (uniform remesh exactly as Slicer's Surface Toolbox) or ``"none"``.
         points: number of points after remeshing.
         subdivide: subdivisions before ACVD clustering; ``None`` picks the
             smallest number that gives at least 3 input points per cluster and
@@ -94,7 +94,7 @@ class AnalysisParameters:
             ``"off"`` (see :mod:`.postop`).
     """
 
-    remesh: str = "acvd"
+    remesh: str = "fast"
     points: int = 10000
     subdivide: int | None = None
     sampling: str = "trilinear"
@@ -222,6 +222,7 @@ class AnalysisResult:
         registration: the :class:`~ImplantBoneContactLib.register.RegistrationResult` when the run registered the model.
         ct_kind: ``"pre-operative"`` or ``"post-operative"`` (the implant itself is in the CT).
         postop: the evidence for ``ct_kind`` and, where used, the metal-aware method's figures.
+        volume: the CT the surface was sampled in (for the slices picture; not saved).
     """
 
     vertices: pd.DataFrame
@@ -236,6 +237,7 @@ class AnalysisResult:
     registration: object = None
     ct_kind: str = postop_lib.PRE_OPERATIVE
     postop: dict = field(default_factory=dict)
+    volume: Volume | None = field(default=None, repr=False, compare=False)
 
     def metadata(self) -> dict:
         """What ``parameters.json`` holds: parameters, inputs, frame, versions, warnings (and the registration)."""
@@ -426,6 +428,7 @@ def analyze(
     warnings.extend(band_gap_warnings(bands, params.metal_hu))
     warnings.extend(topology_warnings(surface))
     t = time.perf_counter()
+    surface_in = surface
     if params.remesh in ("acvd", "fast"):
         k = params.subdivide if params.subdivide is not None else auto_subdivide(surface, params.points)
         method = "ACVD as Slicer's Surface Toolbox" if params.remesh == "acvd" else "fast ACVD"
@@ -435,6 +438,7 @@ def analyze(
         else:
             surface = prepare_surface(remesher(surface, params.points, k), "remeshed surface")
         params_used_subdivide = k
+        warnings.extend(remesh_warnings(surface_in, surface, params.remesh))
     else:
         params_used_subdivide = None
     timings["remesh"] = time.perf_counter() - t
@@ -572,6 +576,7 @@ def analyze(
         timings_s=timings,
         ct_kind=post.ct_kind,
         postop=post.to_dict(),
+        volume=volume,
     )
 
 
@@ -711,6 +716,39 @@ def band_gap_warnings(bands: tuple[ContactBand, ...], metal_hu: float | None) ->
         f"the contact classes leave {text} uncovered: samples there are 'unclassified', reported in "
         "zones.csv as frac_unclassified so that the fractions of a zone add up to 1"
     ]
+
+
+#: A remesh that changes the surface area by more than this fraction is reported.
+REMESH_AREA_TOLERANCE = 0.01
+
+
+def remesh_warnings(before: vtk.vtkPolyData, after: vtk.vtkPolyData, method: str) -> list[str]:
+    """Warnings when remeshing changed the surface: area by more than 1 %, or holes in a closed input.
+
+    The statistics are area-weighted, so a remesh that inflates the area
+    (folds) or opens the surface (boundary edges) changes the numbers.
+    """
+    from .mesh import _edge_counts, triangle_areas, triangles
+    from .mesh import points as mesh_points
+
+    faces_in, faces_out = triangles(before), triangles(after)
+    area_in = float(triangle_areas(mesh_points(before), faces_in).sum())
+    area_out = float(triangle_areas(mesh_points(after), faces_out).sum())
+    out = []
+    if area_in > 0 and abs(area_out - area_in) > REMESH_AREA_TOLERANCE * area_in:
+        out.append(
+            f"remeshing ({method}) changed the surface area by {100 * (area_out - area_in) / area_in:+.1f}% "
+            f"({area_in:.0f} to {area_out:.0f} mm2): the area-weighted statistics follow the remeshed surface; "
+            "try --remesh fast, another --subdivide or --remesh none"
+        )
+    open_in = _edge_counts(faces_in)[0]
+    open_out = _edge_counts(faces_out)[0]
+    if open_in == 0 and open_out > 0:
+        out.append(
+            f"remeshing ({method}) opened the closed surface ({open_out} boundary edges): normals near the holes "
+            "may be unreliable; try --remesh fast, another --subdivide or --remesh none"
+        )
+    return out
 
 
 def topology_warnings(surface: vtk.vtkPolyData) -> list[str]:

@@ -9,7 +9,6 @@ is in place.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomicio import _silent_unlink, atomic_file, publish_mode  # noqa: F401 - re-exported
 from .errors import OutputError
 from .mesh import write_polydata
 
@@ -101,21 +101,6 @@ def check_output_folder(
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def publish_mode(path: str | os.PathLike, is_dir: bool = False) -> None:
-    """Give a temporary file or folder the permissions a plain ``open``/``mkdir`` would have.
-
-    ``tempfile`` creates private files (0600) and folders (0700); results are
-    meant to be shared like any other file, so the user's umask decides.
-    """
-    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
-
-
 def _floats_as_text(df: pd.DataFrame) -> pd.DataFrame:
     """Float columns formatted with ``CSV_FLOAT_FORMAT`` (NaN as ``NaN``), the same text ``to_csv(float_format=...)`` writes.
 
@@ -133,27 +118,6 @@ def _floats_as_text(df: pd.DataFrame) -> pd.DataFrame:
         text[np.isnan(values)] = "NaN"
         out[col] = text
     return out
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
-    """Open a hidden temporary file beside ``path``; on success it is synced and renamed to ``path``.
-
-    On any exception (or interruption) the temporary file is removed and
-    ``path`` is left as it was: a reader never sees half a file.
-    """
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, mode, **open_kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish_mode(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        _silent_unlink(tmp)
-        raise
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike) -> None:
@@ -257,13 +221,6 @@ def _jsonable(x):
     if isinstance(x, float) and not np.isfinite(x):
         return None if np.isnan(x) else ("inf" if x > 0 else "-inf")
     return x
-
-
-def _silent_unlink(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def write_result_folder(
@@ -401,6 +358,8 @@ def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pic
         if isinstance(timings, dict):
             timings["write_tables"] = time.perf_counter() - t
         if pictures:
+            # The pictures are drawn from the result alone; importing them only here keeps
+            # a tables-only run free of matplotlib (and the drawing modules never import this one).
             from .plots import write_pictures
 
             t = time.perf_counter()

@@ -25,7 +25,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support as ns
 
-from .classes import METAL, NOT_SAMPLED, PRESETS, UNCLASSIFIED, parse_classes
+from .classes import METAL, NOT_SAMPLED, PRESETS, UNCLASSIFIED, UNRELIABLE, parse_classes
 from .display import HU_DISPLAY_RANGE
 from .errors import InputError
 from .mesh import prepare_surface
@@ -65,39 +65,13 @@ _VIRIDIS = (
     (0.9932, 0.9062, 0.1439),
 )
 
-# Zone colours from the categorical "tab20" palette; neighbouring zones on the stem get
-# different hues. Index 0 (above the resection plane) is light grey.
-_ZONE_COLORS = {
-    0: (0.7804, 0.7804, 0.7804),
-    1: (0.1216, 0.4667, 0.7059),
-    2: (1.0000, 0.4980, 0.0549),
-    3: (0.1725, 0.6275, 0.1725),
-    4: (0.8392, 0.1529, 0.1569),
-    5: (0.5804, 0.4039, 0.7412),
-    6: (0.5490, 0.3373, 0.2941),
-    7: (0.8902, 0.4667, 0.7608),
-    8: (0.7373, 0.7412, 0.1333),
-    9: (0.0902, 0.7451, 0.8118),
-    10: (1.0000, 0.7333, 0.4706),
-    11: (0.6824, 0.7804, 0.9098),
-    12: (0.5961, 0.8745, 0.5412),
-    13: (0.7725, 0.6902, 0.8353),
-    14: (1.0000, 0.5961, 0.5882),
-}
+# Zone and class colours are the pictures' (display.py), so a colour means the same in Slicer and in the PNGs.
 
-# Okabe-Ito colours (colour-blind safe), from low to high HU: vermillion for the lowest class.
-_CLASS_COLORS = (
-    (0.835, 0.369, 0.000),
-    (0.902, 0.624, 0.000),
-    (0.941, 0.894, 0.259),
-    (0.000, 0.620, 0.451),
-    (0.000, 0.447, 0.698),
-    (0.337, 0.706, 0.914),
-    (0.800, 0.475, 0.655),
-)
-_METAL_COLOR = (0.55, 0.60, 0.70)
-_NOT_SAMPLED_COLOR = (0.30, 0.30, 0.30)
-_UNCLASSIFIED_COLOR = (1.00, 0.00, 1.00)
+
+def _rgb(hex_colour: str) -> tuple[float, float, float]:
+    """``"#rrggbb"`` as three floats 0..1."""
+    h = hex_colour.lstrip("#")
+    return tuple(int(h[i : i + 2], 16) / 255.0 for i in (0, 2, 4))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,19 +449,16 @@ def _viridis(n: int) -> list[tuple[float, float, float]]:
 def class_color_entries(names: list[str]) -> list[tuple[str, tuple[float, float, float]]]:
     """Colour table entries for ``contact_class_id`` values ``-2 .. len(names) - 1``.
 
-    Entry 0 is ``unclassified`` (id -2), entry 1 ``not_sampled`` (id -1), then the classes.
+    Entry 0 is ``unclassified`` (id -2), entry 1 ``not_sampled`` (id -1), then the classes, in
+    the colours of the pictures (:func:`~ImplantBoneContactLib.display.class_colour_table`).
     """
-    entries = [(UNCLASSIFIED, _UNCLASSIFIED_COLOR), (NOT_SAMPLED, _NOT_SAMPLED_COLOR)]
-    bands = [n for n in names if n != METAL]
-    n = len(bands)
-    if n <= len(_CLASS_COLORS):
-        # Spread few classes over the palette (3 classes: vermillion, yellow, green).
-        picks = np.rint(np.linspace(0, min(max(n - 1, 3), len(_CLASS_COLORS) - 1), n)).astype(int) if n > 1 else [0]
-    else:
-        picks = [i % len(_CLASS_COLORS) for i in range(n)]
-    colors = dict(zip(bands, (_CLASS_COLORS[i] for i in picks)))
+    from .display import class_colour_table
+
+    bands = [n for n in names if n not in (METAL, UNRELIABLE)]
+    table = class_colour_table(bands, extra=list(names))
+    entries = [(UNCLASSIFIED, _rgb(table[UNCLASSIFIED])), (NOT_SAMPLED, _rgb(table[NOT_SAMPLED]))]
     for name in names:
-        entries.append((name, _METAL_COLOR if name == METAL else colors[name]))
+        entries.append((name, _rgb(table[name])))
     return entries
 
 
@@ -517,7 +488,10 @@ def color_table_node(scene, kind: str, class_names: list[str] | None = None):
         _set_table_colors(node, [("", c) for c in _viridis(256)])
         node.GetLookupTable().SetTableRange(*HU_DISPLAY_RANGE)
     elif kind == "zone":
-        _set_table_colors(node, [("above cut" if z == 0 else f"zone {z}", _ZONE_COLORS[z]) for z in range(0, 15)])
+        from .display import ABOVE_CUT_COLOUR, ZONE_COLOURS
+
+        zone_colours = {0: ABOVE_CUT_COLOUR, **ZONE_COLOURS}
+        _set_table_colors(node, [("above cut" if z == 0 else f"zone {z}", _rgb(zone_colours[z])) for z in range(0, 15)])
     else:
         _set_table_colors(node, class_color_entries(list(class_names or [])))
     return node

@@ -48,7 +48,7 @@ def test_outputs_and_columns(case, first_run):
     v = pd.read_csv(first_run / "vertices.csv")
     assert list(v.columns) == ["vertex_id", "x_mm", "y_mm", "z_mm", "nx", "ny", "nz", "area_mm2", "hu", "inside_ct",
                                "height_mm", "azimuth_deg", "gruen_zone", "contact_class"]
-    assert abs(len(v) - 3000) <= 30  # ACVD may leave a few clusters empty
+    assert abs(len(v) - 3000) <= 90  # ACVD may leave a few clusters empty; the fast remesh (default) up to 3 %
     assert v["inside_ct"].dtype == bool and v["inside_ct"].all()
     assert np.allclose(np.linalg.norm(v[["nx", "ny", "nz"]].to_numpy(), axis=1), 1.0, atol=1e-5)
     assert set(v["contact_class"]) <= {"no_bone", "cancellous", "cortical", "metal", "above_resection"}
@@ -113,7 +113,7 @@ def test_existing_result_needs_overwrite(case, first_run, tmp_path, capsys):
     assert len(err) == 1 and "--overwrite" in err[0]
     assert {p.name: _sha(p) for p in out.iterdir()} == before
     assert main(args + ["--overwrite"]) == 0
-    assert abs(len(pd.read_csv(out / "vertices.csv")) - 2000) <= 20
+    assert abs(len(pd.read_csv(out / "vertices.csv")) - 2000) <= 60  # the fast remesh (default): within 3 %
     assert not any(p.name.startswith(".copy") for p in tmp_path.iterdir())
 
 

@@ -299,11 +299,17 @@ def test_unplaced_markups_are_refused(scene):
 
 
 def test_panel_defaults_are_the_command_line_defaults():
-    """An untouched panel runs the same analysis as ``implant-bone-contact analyze`` without options."""
+    """An untouched panel runs the same analysis as ``implant-bone-contact analyze`` without options, but for the remesh.
+
+    The panel remeshes as Surface Toolbox does (``acvd``); the library and the command line default to ``fast``.
+    """
     from ImplantBoneContactLib.cli import build_parser, parameters_from_args
 
     args = build_parser().parse_args(["analyze", "--ct", "ct.nrrd", "--model", "m.stl", "--out", "o"])
-    assert mrml.parameters_from_panel({}) == parameters_from_args(args) == AnalysisParameters()
+    panel = mrml.parameters_from_panel({})
+    assert panel.remesh == "acvd" and parameters_from_args(args).remesh == "fast"
+    panel.remesh = "fast"
+    assert panel == parameters_from_args(args) == AnalysisParameters()
     assert mrml.to_analysis_parameters(None) == AnalysisParameters()
 
 

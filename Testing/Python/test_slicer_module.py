@@ -199,7 +199,9 @@ def _cmake_list(text: str, variable: str) -> list[str]:
 def test_module_cmakelists_lists_every_library_file_and_resource():
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS")
-    on_disk = {"ImplantBoneContact.py"} | {f"ImplantBoneContactLib/{p.name}" for p in LIB_DIR.glob("*.py")}
+    # The library and its sub-packages (plots/).
+    on_disk = {"ImplantBoneContact.py"} | {f"ImplantBoneContactLib/{p.relative_to(LIB_DIR).as_posix()}"
+                                           for p in LIB_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     assert set(scripts) == on_disk, f"missing: {sorted(on_disk - set(scripts))}, stale: {sorted(set(scripts) - on_disk)}"
     resources = _cmake_list(text, "MODULE_PYTHON_RESOURCES")
     assert {"Resources/Icons/ImplantBoneContact.png", "Resources/UI/ImplantBoneContact.ui",

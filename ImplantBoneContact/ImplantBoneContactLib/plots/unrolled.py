@@ -1,0 +1,282 @@
+"""``unrolled_hu.png``, ``unrolled_classes.png``: the surface unrolled around the stem axis.
+
+Azimuth (0 medial, 90 anterior, 180 lateral, 270 posterior, 360 medial)
+against height above the tip, with the Gruen zone grid. The grid lines are
+the zone borders cut from the geometry (:mod:`.borders`), unrolled; the grey
+strip above the resection is everything above the unrolled resection line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+
+from ..display import ABOVE_CUT_COLOUR
+from .borders import Border, zone_borders
+from .keys import draw_key
+from .style import DPI, hu_to_rgb, rgb, run_description, vertex_colours
+
+_WHITE = np.ones(3)
+
+
+@dataclass
+class UnrolledMap:
+    """The stem surface unrolled around its axis, on a regular grid.
+
+    Columns run in azimuth from 0 (medial) through 90 (anterior), 180
+    (lateral), 270 (posterior) back to 360 (medial); rows run from just above
+    the highest point of the resection line (row 0, top) down to the tip.
+
+    Attributes:
+        azimuth_deg: ``(W,)`` azimuth of each column centre (degrees).
+        height_mm: ``(H,)`` height above the tip of each row centre (mm), decreasing.
+        vertex_id: ``(H, W)`` nearest vertex (in the unrolled plane) to each cell; -1 where none.
+        hu: ``(H, W)`` HU interpolated linearly between vertices; NaN outside the CT.
+        cut_height_mm: ``(W,)`` height of the resection line at each column (mm), from the cut geometry.
+        band_heights_mm: ``(2, W)`` heights of the proximal/middle and middle/distal band borders (mm).
+        tip_length_mm: height of the tip-zone border (mm).
+        mm_per_degree: arc length per degree used to measure distances in the unrolled plane (mm).
+        lines: unrolled zone borders: kind and ``(M, 2, 2)`` segments of (azimuth degrees, height mm).
+    """
+
+    azimuth_deg: np.ndarray
+    height_mm: np.ndarray
+    vertex_id: np.ndarray
+    hu: np.ndarray
+    cut_height_mm: np.ndarray
+    band_heights_mm: np.ndarray
+    tip_length_mm: float
+    mm_per_degree: float
+    lines: list = field(default_factory=list)
+
+    def values(self, per_vertex: np.ndarray, fill=np.nan) -> np.ndarray:
+        """Any per-vertex array looked up on the grid (nearest vertex); ``fill`` where no vertex."""
+        per_vertex = np.asarray(per_vertex)
+        out = np.full(self.vertex_id.shape, fill, dtype=np.result_type(per_vertex.dtype, np.asarray(fill).dtype))
+        ok = self.vertex_id >= 0
+        out[ok] = per_vertex[self.vertex_id[ok]]
+        return out
+
+    def above_cut(self) -> np.ndarray:
+        """``(H, W)`` True for cells above the resection line."""
+        return self.height_mm[:, None] > self.cut_height_mm[None, :]
+
+
+def _radial(result) -> np.ndarray:
+    v = result.vertices
+    p = v[["x_mm", "y_mm", "z_mm"]].to_numpy(dtype=float) - result.frame.tip
+    axis = np.asarray(result.frame.axis, dtype=float)
+    r = p - np.outer(p @ axis, axis)
+    return np.linalg.norm(r, axis=1)
+
+
+def unroll_segments(frame, segments: np.ndarray) -> np.ndarray:
+    """Segments ``(M, 2, 3)`` RAS mm to ``(M', 2, 2)`` (azimuth degrees, height mm).
+
+    A segment crossing 0/360 degrees is given twice, shifted by 360 degrees,
+    so each copy ends outside the 0-360 window on one side.
+    """
+    if segments.shape[0] == 0:
+        return np.zeros((0, 2, 2))
+    p = segments.reshape(-1, 3)
+    uv = np.stack([frame.azimuth(p), frame.height(p)], axis=-1).reshape(-1, 2, 2)
+    d = uv[:, 1, 0] - uv[:, 0, 0]
+    wrap = np.abs(d) > 180.0
+    fixed = uv[wrap].copy()
+    fixed[:, 1, 0] -= 360.0 * np.sign(d[wrap])
+    other = fixed.copy()
+    other[:, :, 0] += 360.0 * np.sign(d[wrap])[:, None]
+    return np.concatenate([uv[~wrap], fixed, other])
+
+
+def _column_heights(uv: np.ndarray, az: np.ndarray, default: float) -> np.ndarray:
+    """Height of an unrolled line at each azimuth: the highest segment spanning it; gaps interpolated."""
+    out = np.full(az.shape, np.nan)
+    if uv.shape[0]:
+        a0, a1 = uv[:, 0, 0], uv[:, 1, 0]
+        h0, h1 = uv[:, 0, 1], uv[:, 1, 1]
+        lo, hi = np.minimum(a0, a1), np.maximum(a0, a1)
+        for start in range(0, az.size, 256):
+            a = az[start: start + 256][:, None]
+            span = (a >= lo[None, :]) & (a <= hi[None, :])
+            t = np.where(hi > lo, (a - a0[None, :]) / np.where(a1 != a0, a1 - a0, 1.0)[None, :], 0.5)
+            h = np.where(span, h0[None, :] + t * (h1 - h0)[None, :], -np.inf)
+            best = h.max(axis=1)
+            out[start: start + 256] = np.where(np.isfinite(best), best, np.nan)
+    ok = np.isfinite(out)
+    if not ok.any():
+        return np.full(az.shape, default)
+    if not ok.all():
+        out[~ok] = np.interp(az[~ok], az[ok], out[ok], period=360.0)
+    return out
+
+
+def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: float = 30.0,
+                 borders: list[Border] | None = None) -> UnrolledMap:
+    """Unroll the surface around the stem axis onto a regular (azimuth, height) grid.
+
+    Each grid cell takes the nearest vertex in the unrolled plane, where an
+    azimuth step is measured as arc length at the stem's median radius
+    (``mm_per_degree``) so that nearest means nearest on the surface. The
+    plane is padded by ``pad_deg`` on both sides so the map is continuous
+    across 0/360 degrees. HU is interpolated linearly on the Delaunay
+    triangulation of the unrolled vertices.
+
+    Args:
+        result: the analysis result.
+        width_px, height_px: grid size (cells).
+        pad_deg: periodic padding (degrees).
+        borders: from :func:`~.borders.zone_borders` (cut if ``None``).
+    """
+    from matplotlib.tri import LinearTriInterpolator, Triangulation
+
+    if borders is None:
+        borders = zone_borders(result.surface, result.frame, result.parameters.bands_axial)
+    frame = result.frame
+    v = result.vertices
+    az = v["azimuth_deg"].to_numpy(dtype=float)
+    h = v["height_mm"].to_numpy(dtype=float)
+    hu = v["hu"].to_numpy(dtype=float)
+    zone = v["gruen_zone"].to_numpy()
+    r = _radial(result)
+    below = zone > 0
+    r_med = float(np.median(r[below] if below.any() else r))
+    mm_per_deg = max(2.0 * math.pi * r_med / 360.0, 1e-3)
+
+    az_cols = (np.arange(width_px) + 0.5) * 360.0 / width_px
+    lines = [(b.kind, unroll_segments(frame, b.segments)) for b in borders]
+    top_default = float(h[below].max()) if below.any() else float(h.max())
+    cut = _column_heights(next(uv for k, uv in lines if k == "resection"), az_cols, top_default)
+    band_uv = [uv for k, uv in lines if k == "band"]
+    band_lines = np.stack([_column_heights(uv, az_cols, float(np.median(cut)) * (1 - f))
+                           for uv, f in zip(band_uv, (1 / 3, 2 / 3))]) if band_uv else np.zeros((2, width_px))
+    top = min(float(np.nanmax(cut)) + 3.0, float(h.max()))
+    heights = top - (np.arange(height_px) + 0.5) * top / height_px
+
+    keep = h <= top + 15.0
+    idx = np.nonzero(keep)[0]
+    lo = idx[az[idx] < pad_deg]
+    hi = idx[az[idx] > 360.0 - pad_deg]
+    # Periodic in azimuth; mirrored below the tip, where every azimuth meets (the pole of the map).
+    pole = idx[h[idx] < 5.0]
+    all_idx = np.concatenate([idx, lo, hi, pole])
+    x = np.concatenate([az[idx], az[lo] + 360.0, az[hi] - 360.0, az[pole]]) * mm_per_deg
+    y = np.concatenate([h[idx], h[lo], h[hi], -h[pole]])
+    # Coincident points (the apex of the tip) make Delaunay drop one of them: nudge them apart.
+    x = x + 1e-6 * np.arange(x.size) / max(x.size, 1)
+    tri = Triangulation(x, y)
+    gx, gy = np.meshgrid(az_cols * mm_per_deg, heights)
+    finder = tri.get_trifinder()
+    t = finder(gx, gy)
+    vid = np.full(gx.shape, -1, dtype=np.int64)
+    inside = t >= 0
+    corners = tri.triangles[t[inside]]
+    d2 = (x[corners] - gx[inside][:, None]) ** 2 + (y[corners] - gy[inside][:, None]) ** 2
+    nearest = corners[np.arange(corners.shape[0]), np.argmin(d2, axis=1)]
+    vid[inside] = all_idx[nearest]
+    hu_p = hu[all_idx]
+    ok = np.isfinite(hu_p)
+    # Linear interpolation needs a value at every vertex: interpolate with the gaps
+    # filled, then give cells whose triangle touches a vertex without HU the value
+    # of their nearest vertex (NaN when it has none).
+    vals = LinearTriInterpolator(tri, np.where(ok, hu_p, 0.0))(gx, gy)
+    hu_grid = np.where(np.ma.getmaskarray(vals), np.nan, np.ma.getdata(vals))
+    touch = np.zeros(gx.shape, dtype=bool)
+    touch[inside] = ~ok[corners].all(axis=1)
+    hu_grid[touch] = hu[vid[touch]]
+    hu_grid[vid < 0] = np.nan
+    return UnrolledMap(
+        azimuth_deg=az_cols,
+        height_mm=heights,
+        vertex_id=vid,
+        hu=hu_grid,
+        cut_height_mm=cut,
+        band_heights_mm=band_lines,
+        tip_length_mm=float(frame.tip_length_mm),
+        mm_per_degree=mm_per_deg,
+        lines=lines,
+    )
+
+
+def unrolled_rgb(result, umap: UnrolledMap, kind: str) -> np.ndarray:
+    """RGB (0..1) of the map cells: HU or class colours, grey above the resection line, white where no surface."""
+    if kind == "hu":
+        out = hu_to_rgb(umap.hu)
+    elif kind == "class":
+        per_vertex = vertex_colours(result, "class", grey_above_cut=False)
+        out = np.stack([umap.values(per_vertex[:, c], fill=1.0) for c in range(3)], axis=-1)
+    else:
+        raise ValueError(f"kind must be 'hu' or 'class', got {kind!r}")
+    out[umap.above_cut()] = rgb(ABOVE_CUT_COLOUR)
+    out[umap.vertex_id < 0] = _WHITE
+    return out
+
+
+def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -> Figure:
+    """The unrolled map (``kind`` ``"hu"`` or ``"class"``) with the Gruen zone grid and numbers.
+
+    Args:
+        result: the analysis result.
+        kind: colour by HU (fixed range) or by contact class.
+        umap: from :func:`unrolled_map` (computed if ``None``).
+    """
+    if umap is None:
+        umap = unrolled_map(result)
+    image = unrolled_rgb(result, umap, kind)
+    hgt, wid = image.shape[:2]
+    left, right, top, bottom = 90, 290, 96, 74
+    fig_w, fig_h = left + wid + right, top + hgt + bottom
+    fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((left / fig_w, bottom / fig_h, wid / fig_w, hgt / fig_h))
+    top_mm = float(umap.height_mm[0] + 0.5 * (umap.height_mm[0] - umap.height_mm[1]))
+    ax.imshow(image, extent=(0.0, 360.0, 0.0, top_mm), aspect="auto", interpolation="nearest", origin="upper")
+    ax.set_xlim(0, 360)
+    ax.set_ylim(0, top_mm)
+    ax.set_xticks([0, 45, 90, 135, 180, 225, 270, 315, 360])
+    ax.set_xticklabels(["0\u00b0\nmedial", "45\u00b0", "90\u00b0\nanterior", "135\u00b0", "180\u00b0\nlateral", "225\u00b0",
+                        "270\u00b0\nposterior", "315\u00b0", "360\u00b0\nmedial"], fontsize=9)
+    ax.set_ylabel("height above the tip (mm)", fontsize=10)
+    ax.tick_params(labelsize=9)
+    # White under black: readable on dark and light colours alike. The resection, band and tip borders as one
+    # line each (their unrolled heights per column); the sector borders, straight, dashed.
+    az = umap.azimuth_deg
+    solid = [np.stack([az, umap.cut_height_mm], axis=1)] + [np.stack([az, b], axis=1) for b in umap.band_heights_mm]
+    if umap.tip_length_mm > 0:
+        solid.append(np.array([[0.0, umap.tip_length_mm], [360.0, umap.tip_length_mm]]))
+    dashed = []
+    for line_kind, uv in umap.lines:
+        if line_kind != "sector" or uv.shape[0] == 0:
+            continue
+        a = float(np.median(uv[:, :, 0]))
+        dashed.append(np.array([[a, uv[:, :, 1].min()], [a, uv[:, :, 1].max()]]))
+    for segs, style in ((solid, "solid"), (dashed, (0, (5, 3)))):
+        ax.add_collection(LineCollection(segs, colors="white", linewidths=2.4, capstyle="butt"))
+        ax.add_collection(LineCollection(segs, colors="black", linewidths=1.3, linestyles=style, capstyle="butt"))
+    # Zone numbers at the middle of each cell of the grid.
+    sectors = {"medial": (7, 6, 5, 4), "anterior": (8, 9, 10, 11), "lateral": (1, 2, 3, 4), "posterior": (14, 13, 12, 11)}
+    centres = {"medial": (22.5, 337.5), "anterior": (90.0,), "lateral": (180.0,), "posterior": (270.0,)}
+    for sector, zones in sectors.items():
+        for a in centres[sector]:
+            k = min(int(a / 360.0 * len(az)), len(az) - 1)
+            levels = [umap.cut_height_mm[k], umap.band_heights_mm[0][k], umap.band_heights_mm[1][k], umap.tip_length_mm, 0.0]
+            for band in range(4):
+                if band == 3 and umap.tip_length_mm <= 0:
+                    continue
+                y = 0.5 * (levels[band] + levels[band + 1])
+                ax.text(a, y, str(zones[band]), ha="center", va="center", fontsize=11, weight="bold",
+                        bbox=dict(boxstyle="round,pad=0.22", fc="white", ec="#333333", lw=0.6, alpha=0.85))
+    title = "Unrolled contact map: " + ("HU at the stem surface" if kind == "hu" else "contact class at the stem surface")
+    fig.text(0.5, 1 - 14 / fig_h, title, ha="center", va="top", fontsize=15, weight="bold")
+    fig.text(0.5, 1 - 40 / fig_h, run_description(result), ha="center", va="top", fontsize=10, color="#222222")
+    fig.text(0.5, 1 - 58 / fig_h, "azimuth around the stem axis against height, from the resection line (top) to the tip; "
+             "lines: Gruen zone borders (dashed: sector borders)", ha="center", va="top", fontsize=9, color="#444444")
+    key = (1 - (right - 20) / fig_w, bottom / fig_h, (right - 40) / fig_w, hgt / fig_h)
+    draw_key(fig, result, kind, key, bar_fraction=0.68)
+    ax.set_label("unrolled")
+    return fig
