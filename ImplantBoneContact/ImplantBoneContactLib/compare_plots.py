@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib import colormaps
@@ -32,9 +33,11 @@ from matplotlib.colors import Normalize, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from .compare import Z_THRESHOLD, Comparison
-from .export import atomic_file
+from .atomicio import atomic_file
 from .frame import ZONE_ORDER
+
+if TYPE_CHECKING:  # only for the annotations: compare.py imports this module to draw its pictures
+    from .compare import Comparison
 
 #: Fixed colour range of HU change pictures: -range..+range (HU).
 CHANGE_RANGE_HU = 300.0
@@ -218,7 +221,8 @@ def zone_change_figure(comparison: Comparison) -> Figure:
     colours = change_to_rgb(values, limit)
     for x, v, c, s in zip(xs, values, colours, sig):
         ax.bar(x, v, width=0.75, color=c if s else "white", edgecolor="#333333", hatch=None if s else "///", lw=0.8)
-    ax.errorbar(xs, values, yerr=Z_THRESHOLD * np.nan_to_num(se), fmt="none", ecolor="black", capsize=3, lw=1)
+    z_threshold = float(comparison.summary["significance"]["z_threshold"])
+    ax.errorbar(xs, values, yerr=z_threshold * np.nan_to_num(se), fmt="none", ecolor="black", capsize=3, lw=1)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(xs)
     ax.set_xticklabels([str(z) for z in ZONE_ORDER])
@@ -234,7 +238,7 @@ def zone_change_figure(comparison: Comparison) -> Figure:
               loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, fontsize=9, frameon=False)
     fig.text(0.5, 0.97, "Change of mean per Gruen zone, follow-up minus baseline", ha="center", va="top", fontsize=14,
              weight="bold")
-    fig.text(0.5, 0.905, f"{_title(comparison)}; error bars \u00b1{Z_THRESHOLD:g} standard errors (noise, spread, registration)",
+    fig.text(0.5, 0.905, f"{_title(comparison)}; error bars \u00b1{z_threshold:g} standard errors (noise, spread, registration)",
              ha="center", va="top", fontsize=9.5, color="#333333")
     return fig
 

@@ -325,10 +325,9 @@ def write_tables_and_surface(result, folder: Path, parameters: bool = True) -> l
     if parameters:
         write_json(result.metadata(), folder / "parameters.json")
         names.append("parameters.json")
-    if getattr(result, "registration", None) is not None:
-        from .register import write_registration_files
-
-        names += write_registration_files(result.registration, folder, pictures=False)
+    registration = getattr(result, "registration", None)
+    if registration is not None:
+        names += registration.write_files(folder, pictures=False)
     return names
 
 
@@ -364,10 +363,9 @@ def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pic
 
             t = time.perf_counter()
             write_pictures(result, folder)
-            if getattr(result, "registration", None) is not None:
-                from .register import write_qc_picture
-
-                write_qc_picture(result.registration, folder / "registration_qc.png")
+            registration = getattr(result, "registration", None)
+            if registration is not None:
+                registration.write_files(folder, pictures=True)  # the QC picture (and the .tfm again)
             if isinstance(timings, dict):
                 timings["pictures"] = time.perf_counter() - t
         # Last, so that its timings_s holds the writing and the pictures.

@@ -120,6 +120,13 @@ class RegistrationResult:
     seconds: dict = field(default_factory=dict)
     qc: object = field(default=None, repr=False)
 
+    def write_files(self, folder: str | os.PathLike, pictures: bool = True) -> list[str]:
+        """Write ``stem_to_ct.tfm`` (and ``registration_qc.png``) into a result folder; return the names.
+
+        A method, so that the writer of a result folder (``export``) writes them without importing this module.
+        """
+        return write_registration_files(self, folder, pictures=pictures)
+
     def to_dict(self) -> dict:
         """The fit as JSON-able values (the ``registration`` block of ``parameters.json``)."""
         return {
