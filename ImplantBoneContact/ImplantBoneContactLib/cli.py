@@ -1,4 +1,4 @@
-"""Command line: ``implant-bone-contact analyze|demo``.
+"""Command line: ``implant-bone-contact analyze|demo|cohort``.
 
 Errors in the input become one line on stderr and exit code 2; an
 interruption (Ctrl-C, SIGTERM) exits with 130 and leaves no partial result.
@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-pictures", action="store_true", help="write tables only, no pictures or report")
     d.add_argument("--quiet", action="store_true", help="no progress messages and no summary table")
     d.add_argument("--progress", action="store_true", help="progress messages on stderr even when it is not a terminal")
+
+    from .cohort import add_cohort_parser
+
+    add_cohort_parser(sub)
     return parser
 
 
@@ -242,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return run_analysis(args)
+        if args.command == "cohort":
+            from .cohort import run_cohort_cli
+
+            return run_cohort_cli(args)
         return run_demo(args)
     except (InputError, OutputError) as exc:
         print(f"implant-bone-contact: error: {exc}", file=sys.stderr)
