@@ -180,12 +180,9 @@ def _defaults_namespace(parser: argparse.ArgumentParser, columns: dict, defaults
     if isinstance(defaults, argparse.Namespace):
         for action in columns.values():
             if hasattr(defaults, action.dest):
-                setattr(ns, action.dest, getattr(defaults, action.dest))
-        for name in ("transform",):
-            if getattr(defaults, name, None):
-                setattr(ns, name, str(Path(getattr(defaults, name)).resolve()))
-        if getattr(ns, "frame", None):
-            ns.frame = str(Path(ns.frame).resolve())
+                value = getattr(defaults, action.dest)
+                # A file named relative to the working folder (--frame, --classes FILE.json, ...) works from any worker.
+                setattr(ns, action.dest, _resolve_path_value(value, Path.cwd()) if isinstance(value, str) else value)
         return ns
     problems = []
     for key, value in dict(defaults).items():
