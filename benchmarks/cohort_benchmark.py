@@ -113,12 +113,13 @@ def case_peak_memory(folder: Path, voxels_mm: list[float], points: int) -> list[
         sub = folder / f"mem_{v}"
         manifest = write_cohort(sub, 1, v)
         code = f"""
-import json, sys, resource
+import json, sys
 sys.path.insert(0, {str(ROOT / 'ImplantBoneContact')!r})
 from ImplantBoneContactLib.cohort import read_manifest, run_case, _task
 from pathlib import Path
 c = read_manifest({str(manifest)!r}, {{"points": "{points}", "remesh": "fast"}})[0]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from ImplantBoneContactLib.cohort import _peak_rss_mb
+before = _peak_rss_mb()
 out = run_case(_task(c, Path({str(sub / 'out')!r}), "k", None))
 print(json.dumps({{"status": out["status"], "peak_mb": out.get("worker_peak_rss_mb"), "import_mb": before}}))
 """
@@ -146,6 +147,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="4 cases, 2 mm voxels, 1000 points, no pictures")
     ap.add_argument("--no-dask", action="store_true")
     ap.add_argument("--memory", default="2.0,1.0,0.7", help="voxel sizes for the peak-memory runs ('' for none)")
+    ap.add_argument("--configs", default="local1,local2,local1-nocache,local2-nocache,dask2",
+                    help="which runs, comma-separated (default: all five)")
     ap.add_argument("--json", help="write every number to this file")
     args = ap.parse_args()
     if args.quick:
@@ -155,11 +158,12 @@ def main() -> None:
     report: dict = {"machine": {"python": platform.python_version(), "cores": len(os.sched_getaffinity(0)),
                                 "load_avg_start": os.getloadavg()}, "settings": vars(args).copy(), "runs": []}
     try:
-        print(f"writing {args.cases} phantom cases ({args.voxel} mm voxels) ...", flush=True)
-        manifest = write_cohort(tmp / "inputs", args.cases, args.voxel)
-        configs = [("local", 1, True), ("local", 2, True), ("local", 1, False), ("local", 2, False)]
-        if not args.no_dask:
-            configs.append(("dask", 2, True))
+        if args.configs:
+            print(f"writing {args.cases} phantom cases ({args.voxel} mm voxels) ...", flush=True)
+            manifest = write_cohort(tmp / "inputs", args.cases, args.voxel)
+        known = {"local1": ("local", 1, True), "local2": ("local", 2, True), "local1-nocache": ("local", 1, False),
+                 "local2-nocache": ("local", 2, False), "dask2": ("dask", 2, True), "dask1": ("dask", 1, True)}
+        configs = [known[c] for c in args.configs.split(",") if c and not (args.no_dask and c.startswith("dask"))]
         print(f"{'path':6s} {'workers':>7s} {'design cache':>12s} {'wall s':>8s} {'cases/h':>8s} {'mean case s':>11s}")
         local2 = None
         for path, workers, cache in configs:

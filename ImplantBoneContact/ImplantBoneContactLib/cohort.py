@@ -62,10 +62,15 @@ CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 DESIGN_RECIPE = 1
 #: Median HU 2 mm inside the stem surface at or above which a CT counts as post-operative (metal in it).
 POSTOP_INSIDE_HU = 2000.0
-#: Memory a worker needs besides the CT (MB): interpreter, VTK, pandas, the remeshed surface and tables.
-WORKER_BASE_MB = 400.0
-#: Peak bytes per CT voxel during one case (the CT as read, its float copy for sampling, SimpleITK buffers).
-BYTES_PER_VOXEL = 14.0
+# Peak memory of one case, measured (benchmarks/cohort_benchmark.py and BENCHMARKS.md): 637 MB for a
+# 512x512x400 int16 CT and 937 MB for 512x512x1000 at 10 000 points (2.0 bytes per voxel: the CT is read
+# once and never copied), about 650-670 MB whenever the pictures are drawn, whatever the CT.
+#: Memory a worker needs besides the CT (MB): interpreter and libraries (256 MB), remesh, tables.
+WORKER_BASE_MB = 450.0
+#: Peak bytes per CT voxel during one case (int16 voxels as read; sampling gathers, it does not copy).
+BYTES_PER_VOXEL = 2.0
+#: A case never needs less than this (MB): drawing the pictures.
+MIN_CASE_MB = 700.0
 
 CohortProgress = Callable[[dict], None]
 
@@ -497,6 +502,14 @@ def _ct_kind(result, volume) -> tuple[str, float]:
 
 
 def _peak_rss_mb() -> float:
+    """This process's resident-set high-water mark (MB): VmHWM on Linux (not inherited across exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     try:
         import resource
 
@@ -514,32 +527,43 @@ def run_case(task: dict) -> dict:
     t0 = time.perf_counter()
     case_dir = Path(task["case_dir"])
     try:
-        from .analysis import AnalysisParameters, analyze_files
-        from .export import save_result
+        from .analysis import AnalysisParameters, analyze, load_inputs
+        from .export import write_result_folder, write_tables_and_surface
 
         for stale in case_dir.parent.glob(f".{case_dir.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a worker killed while writing
         if task.get("design"):
             result, volume = _analyze_with_design(task)
         else:
+            # What analyze_files does, keeping the CT for the post-operative check below.
             params = AnalysisParameters.from_dict(task["parameters"])
-            result = analyze_files(task["ct"], task["model"], params, transform=task["transform"])
-            from .volume import read_volume
-
-            volume = read_volume(task["ct"], series_uid=params.series_uid)
+            params.validate()
+            t = time.perf_counter()
+            volume, surface, inputs = load_inputs(task["ct"], task["model"], task["transform"], params.model_space, params.series_uid)
+            t_read = time.perf_counter() - t
+            result = analyze(volume, surface, params, None, inputs)
+            result.timings_s = {"read_inputs": t_read, **result.timings_s}
         kind, inside_hu = _ct_kind(result, volume)
         del volume
-        seconds = time.perf_counter() - t0
         result.inputs["cohort"] = {
             "case_id": task["case_id"],
             "case_key": task["key"],
             "design_key": (task.get("design") or {}).get("key"),
             "ct_kind": kind,
             "median_hu_2mm_inside_stem": inside_hu,
-            "seconds": seconds,
-            "worker_peak_rss_mb": _peak_rss_mb(),
         }
-        save_result(result, case_dir, overwrite=True, pictures=task["pictures"])
+
+        def writer(folder: Path) -> None:
+            # What save_result writes; the pictures first, so that the seconds in parameters.json count them.
+            if task["pictures"]:
+                from .plots import write_pictures
+
+                write_pictures(result, folder)
+            result.inputs["cohort"]["seconds"] = time.perf_counter() - t0
+            result.inputs["cohort"]["worker_peak_rss_mb"] = _peak_rss_mb()
+            write_tables_and_surface(result, folder)
+
+        write_result_folder(case_dir, writer, overwrite=True)
         return {"case_id": task["case_id"], "status": "ok", "seconds": time.perf_counter() - t0,
                 "worker_peak_rss_mb": _peak_rss_mb()}
     except (InputError, OutputError) as exc:
@@ -596,16 +620,16 @@ def _ct_voxels(path: str) -> int | None:
 def choose_workers(cases: list[CohortCase]) -> tuple[int, str]:
     """Worker processes for a local run: one per core, fewer if free memory cannot hold them.
 
-    A case's peak memory is estimated from its largest CT: ``WORKER_BASE_MB`` plus
-    ``BYTES_PER_VOXEL`` per voxel (measured with ``benchmarks/cohort_benchmark.py``);
-    80 % of the available memory is shared out.
+    A case's peak memory is estimated from the largest CT (of the first 50 cases):
+    ``WORKER_BASE_MB`` plus ``BYTES_PER_VOXEL`` per voxel, at least ``MIN_CASE_MB``
+    (measured, see BENCHMARKS.md); 80 % of the available memory is shared out.
     """
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
     voxels = [v for v in (_ct_voxels(c.ct) for c in cases[:50]) if v]
-    per_case = WORKER_BASE_MB + BYTES_PER_VOXEL * (max(voxels) if voxels else 512 * 512 * 400) / 2**20
+    per_case = max(MIN_CASE_MB, WORKER_BASE_MB + BYTES_PER_VOXEL * (max(voxels) if voxels else 512 * 512 * 1000) / 2**20)
     free = _available_memory_mb()
     by_memory = max(1, int(0.8 * free // per_case)) if free else cores
     n = max(1, min(cores, by_memory, len(cases)))
@@ -1138,6 +1162,10 @@ def run_cohort_cli(args: argparse.Namespace) -> int:
         result = run_cohort(args.manifest, args.out, defaults=args, executor=executor, workers=args.workers,
                             shard=args.shard, retry_failed=args.retry_failed, progress=bar,
                             design_cache=not args.no_design_cache, rerun=args.overwrite)
+    except KeyboardInterrupt:
+        print(f"\nimplant-bone-contact: interrupted; the finished cases are kept in {args.out} and the tables rebuilt: "
+              "run the same command again to go on", file=sys.stderr)
+        return 130
     finally:
         if client is not None:
             client.close()
