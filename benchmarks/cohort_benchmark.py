@@ -149,6 +149,7 @@ def main() -> None:
     ap.add_argument("--memory", default="2.0,1.0,0.7", help="voxel sizes for the peak-memory runs ('' for none)")
     ap.add_argument("--configs", default="local1,local2,local1-nocache,local2-nocache,dask2",
                     help="which runs, comma-separated (default: all five)")
+    ap.add_argument("--dask-profile", choices=("on", "off"), default="on", help="Dask's statistical profiler in the workers")
     ap.add_argument("--json", help="write every number to this file")
     args = ap.parse_args()
     if args.quick:
@@ -171,9 +172,11 @@ def main() -> None:
             if path == "local":
                 wall, result = timed_run(manifest, out, defaults, workers=workers, design_cache=cache)
             else:
+                import dask
                 from distributed import Client, LocalCluster
 
-                with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                # --dask-profile off: no statistical profiler thread in the workers (it takes the GIL every 10 ms).
+                with dask.config.set({"distributed.worker.profile.enabled": args.dask_profile == "on"}), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                   host="127.0.0.1") as cluster, Client(cluster) as client:
                     client.submit(_noop, 0).result()  # the cluster is up and its workers answer
                     wall, result = timed_run(manifest, out, defaults, executor=client.get_executor(), design_cache=cache)
