@@ -152,8 +152,9 @@ def design_map_figure(pts, faces, normals, hu_mean, share, axis, medial, anterio
     rows = (("mean HU", hu_mean, colormaps["viridis"], Normalize(*HU_RANGE)),
             (f"share of cases with {contact_class} contact", share, colormaps["magma"], Normalize(0.0, 1.0)))
     for r, (title, values, cmap, norm) in enumerate(rows):
-        face_values = np.nanmean(np.where(np.isfinite(values[faces]), values[faces], np.nan), axis=1) \
-            if np.isfinite(values).any() else np.full(len(faces), np.nan)
+        corner = values[faces]
+        n_finite = np.isfinite(corner).sum(axis=1)
+        face_values = np.where(n_finite > 0, np.nansum(corner, axis=1) / np.maximum(n_finite, 1), np.nan)
         for c, name in enumerate(_VIEWS):
             toward, right = views[name]
             ax = fig.add_axes((0.01 + c * 0.215, 0.50 - r * 0.46, 0.20, 0.40))
