@@ -1,4 +1,4 @@
-"""Command line: ``implant-bone-contact analyze|compare|demo|segment|register``.
+"""Command line: ``implant-bone-contact analyze|compare|cohort|demo|segment|register``.
 
 Errors in the input become one line on stderr and exit code 2; an
 interruption (Ctrl-C, SIGTERM) exits with 130 and leaves no partial result.
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_segment_parser(sub)
     add_register_parser(sub)
+    from .cohort import add_cohort_parser
+
+    add_cohort_parser(sub)
     return parser
 
 
@@ -319,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return run_analysis(args)
+        if args.command == "cohort":
+            from .cohort import run_cohort_cli
+
+            return run_cohort_cli(args)
         if args.command == "compare":
             from .compare import run_compare
 
