@@ -153,7 +153,7 @@ def report_html(result, pictures: dict[str, bytes], notes: list[str] | None = No
         f"<style>{_STYLE}</style></head><body>",
         "<h1>Implant-bone contact</h1>",
         f'<p class="muted">{_e(model_name(result))} in {_e(ct_name(result))}; {_e(result.frame.side)} femur; '
-        f"sampling {_e(sampling_words(result.parameters))}; implant-bone-contact {_e(__version__)}; "
+        f"sampling {_e(sampling_words(result.parameters, getattr(result, 'postop', None)))}; implant-bone-contact {_e(__version__)}; "
         f"report written {_e(time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime()))}</p>",
     ]
     all_row = zones[zones["zone"].astype(str) == "all"]

@@ -161,13 +161,17 @@ def slices_figure(result, volume=None, slices: list[Slice] | None = None) -> Fig
     long_ = slices[:2]
     px = SLICE_PIXEL_MM
     panel_h = max(s.hu.shape[0] for s in long_)
-    scale = min(1.0, 640.0 / panel_h)  # figure pixels per slice pixel
+    # Figure pixels per slice pixel: big slices shrink to 640 px, a short implant's grow (up to 3x) so that
+    # the three axial slices beside them stay readable and the key fits.
+    scale = min(3.0, 640.0 / panel_h)
     widths = [s.hu.shape[1] * scale for s in long_]
     heights = [s.hu.shape[0] * scale for s in long_]
     ax_side = (max(heights) - 2 * 34) / 3.0
     left, gap, top, bottom, key_w = 40, 40, 106, 40, 230
     fig_w = left + sum(widths) + gap * 2 + ax_side + gap + key_w
-    fig_h = top + max(heights) + bottom
+    n_keys = len(result.class_names) + 1
+    key_h = 34 + 22 * n_keys + 16 * sum(class_label(result, n).count("\n") for n in result.class_names) + 70
+    fig_h = top + max(max(heights), key_h) + bottom
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
     fig.text(0.5, 1 - 14 / fig_h, "Registration check: CT slices through the stem", ha="center", va="top",

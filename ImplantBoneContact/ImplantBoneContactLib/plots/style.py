@@ -146,10 +146,16 @@ def ct_name(result) -> str:
     return str(ct.get("name", "CT in memory"))
 
 
-def sampling_words(params) -> str:
-    """How the HU were sampled, in words: method, offset or profile, metal level."""
+def sampling_words(params, postop: dict | None = None) -> str:
+    """How the HU were sampled, in words: method, offset, profile or the metal-aware reading, metal level.
+
+    ``postop`` is the result's post-operative record (``AnalysisResult.postop``): when the bone was read past
+    the metal's bloom, that is what the words say.
+    """
     words = [params.sampling]
-    if params.profile is not None:
+    if postop and postop.get("metal_aware_sampling"):
+        words.append("post-operative CT: bone read past the metal's bloom")
+    elif params.profile is not None:
         words.append(f"profile {params.profile} mm ({params.profile_aggregate})")
     elif float(params.offset_mm) != 0.0:
         words.append(f"offset {float(params.offset_mm):g} mm")
@@ -163,4 +169,4 @@ def sampling_words(params) -> str:
 def run_description(result) -> str:
     """One line naming what was measured: model, CT, side, sampling (for every picture's subtitle)."""
     return (f"{model_name(result)} in {ct_name(result)}; {result.frame.side} femur; "
-            f"{sampling_words(result.parameters)}")
+            f"{sampling_words(result.parameters, getattr(result, 'postop', None))}")
