@@ -60,8 +60,6 @@ RUN_ONLY_OPTIONS = ("out", "overwrite", "quiet", "progress")
 CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 #: Version of the design-surface recipe; part of the cache key.
 DESIGN_RECIPE = 1
-#: Median HU 2 mm inside the stem surface at or above which a CT counts as post-operative (metal in it).
-POSTOP_INSIDE_HU = 2000.0
 # Peak memory of one case, measured (benchmarks/cohort_benchmark.py and BENCHMARKS.md): 637 MB for a
 # 512x512x400 int16 CT and 937 MB for 512x512x1000 at 10 000 points (2.0 bytes per voxel: the CT is read
 # once and never copied), about 650-670 MB whenever the pictures are drawn, whatever the CT.
@@ -443,15 +441,25 @@ def _analyze_with_design(task: dict):
         "model": {**describe_file(task["model"]), "space_in_file": model_info.space_in_file, "space_used": model_info.space_used},
     }
     matrix = np.eye(4)
+    registration = None
+    if params.register and task["transform"]:
+        raise InputError("give either a registration transform or register, not both")
     if task["transform"]:
         matrix = read_transform(task["transform"])
         inputs["transform"] = {**describe_file(task["transform"]), "matrix_ras": matrix.tolist()}
+    elif params.register:
+        from .register import register_stem
+
+        registration = register_stem(volume, model_surface)
+        matrix = registration.matrix_ras
+        inputs["transform"] = {"registered": True, "matrix_ras": matrix.tolist(), "file": "stem_to_ct.tfm"}
     design_surface, _ = read_model(design["file"], space="RAS")
     moved = transform_polydata(design_surface, matrix)
     design_points = points(moved)
     prepared = prepare_surface(moved, "design surface")
     t_read = time.perf_counter() - t
     result = analyze(volume, prepared, replace(params, remesh="none"), None, inputs)
+    result.registration = registration
     # Topology warnings are about the model as given (as analyze_files reports them), not its remeshed copy.
     of_copy = set(topology_warnings(prepared))
     kept = [w for w in result.warnings if w not in of_copy]
@@ -489,16 +497,9 @@ def _analyze_with_design(task: dict):
     return result, volume
 
 
-def _ct_kind(result, volume) -> tuple[str, float]:
-    """``"postoperative"`` when the CT holds metal inside the stem (median HU 2 mm inside its surface), else ``"preoperative"``."""
-    from .sampling import sample_surface
-
-    v = result.vertices
-    inside = sample_surface(volume, v[["x_mm", "y_mm", "z_mm"]].to_numpy(), v[["nx", "ny", "nz"]].to_numpy(),
-                            "trilinear", np.array([-2.0]), "max").hu
-    inside = inside[np.isfinite(inside)]
-    median = float(np.median(inside)) if inside.size else float("nan")
-    return ("postoperative" if median >= POSTOP_INSIDE_HU else "preoperative"), median
+def _ct_kind(result) -> str:
+    """The analysis's own verdict (``AnalysisResult.ct_kind``: ``"pre-operative"`` or ``"post-operative"``)."""
+    return str(getattr(result, "ct_kind", ""))
 
 
 def _peak_rss_mb() -> float:
@@ -527,7 +528,7 @@ def run_case(task: dict) -> dict:
     t0 = time.perf_counter()
     case_dir = Path(task["case_dir"])
     try:
-        from .analysis import AnalysisParameters, analyze, load_inputs
+        from .analysis import AnalysisParameters, analyze_files
         from .export import write_result_folder, write_tables_and_surface
 
         for stale in case_dir.parent.glob(f".{case_dir.name}.partial-*"):
@@ -535,22 +536,16 @@ def run_case(task: dict) -> dict:
         if task.get("design"):
             result, volume = _analyze_with_design(task)
         else:
-            # What analyze_files does, keeping the CT for the post-operative check below.
             params = AnalysisParameters.from_dict(task["parameters"])
-            params.validate()
-            t = time.perf_counter()
-            volume, surface, inputs = load_inputs(task["ct"], task["model"], task["transform"], params.model_space, params.series_uid)
-            t_read = time.perf_counter() - t
-            result = analyze(volume, surface, params, None, inputs)
-            result.timings_s = {"read_inputs": t_read, **result.timings_s}
-        kind, inside_hu = _ct_kind(result, volume)
+            result = analyze_files(task["ct"], task["model"], params, transform=task["transform"])
+            volume = None
+        kind = _ct_kind(result)
         del volume
         result.inputs["cohort"] = {
             "case_id": task["case_id"],
             "case_key": task["key"],
             "design_key": (task.get("design") or {}).get("key"),
             "ct_kind": kind,
-            "median_hu_2mm_inside_stem": inside_hu,
         }
 
         def writer(folder: Path) -> None:
@@ -559,6 +554,8 @@ def run_case(task: dict) -> dict:
                 from .plots import write_pictures
 
                 write_pictures(result, folder)
+                if getattr(result, "registration", None) is not None:
+                    result.registration.write_files(folder, pictures=True)
             result.inputs["cohort"]["seconds"] = time.perf_counter() - t0
             result.inputs["cohort"]["worker_peak_rss_mb"] = _peak_rss_mb()
             write_tables_and_surface(result, folder)

@@ -119,7 +119,7 @@ def test_cohort_tables_match_the_phantoms(reference, cohort_manifest):
             assert "does not overlap the CT" in cases.loc[cid, "error"]
         else:
             assert cases.loc[cid, "status"] == "ok", cases.loc[cid, "error"]
-            assert cases.loc[cid, "ct_kind"] == ("postoperative" if metal else "preoperative")
+            assert cases.loc[cid, "ct_kind"] == ("post-operative" if metal else "pre-operative")
             assert cases.loc[cid, "sampled_share"] > 0.99
             # The distal stem fills the diaphysis: the whole stem touches cortical bone on a good share.
             assert 0.1 < cases.loc[cid, "frac_cortical"] < 0.9
