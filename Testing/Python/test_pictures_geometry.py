@@ -146,7 +146,7 @@ def test_slice_outline_is_the_stem_cross_section_and_the_ct_is_where_it_is_drawn
         ok = np.isfinite(shown)
         assert np.corrcoef(shown[ok], true_hu[ok])[0, 1] > 0.8, s.name
         # Every outline segment carries a class of the result.
-        assert set(s.outline_class) <= set(result.class_names) | {"not_sampled", "unclassified"}
+        assert set(s.outline_class) <= set(result.class_names) | {"not_sampled", "unclassified", "above_resection"}
 
 
 def test_slices_png_is_written_with_the_other_pictures(result):

@@ -20,7 +20,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..display import HU_DISPLAY_RANGE, NOT_SAMPLED_COLOUR
+from ..display import ABOVE_CUT_COLOUR, HU_DISPLAY_RANGE, NOT_SAMPLED_COLOUR
 from ..sampling import sample
 from .borders import _cut
 from .style import DPI, class_colours, class_label, run_description
@@ -157,7 +157,7 @@ def slices_figure(result, volume=None, slices: list[Slice] | None = None) -> Fig
         if volume is None:
             raise ValueError("the CT is needed for the slices picture")
         slices = make_slices(result, volume)
-    colours = class_colours(result)
+    colours = {**class_colours(result), "above_resection": ABOVE_CUT_COLOUR}
     long_ = slices[:2]
     px = SLICE_PIXEL_MM
     panel_h = max(s.hu.shape[0] for s in long_)
@@ -169,7 +169,7 @@ def slices_figure(result, volume=None, slices: list[Slice] | None = None) -> Fig
     ax_side = (max(heights) - 2 * 34) / 3.0
     left, gap, top, bottom, key_w = 40, 40, 106, 40, 230
     fig_w = left + sum(widths) + gap * 2 + ax_side + gap + key_w
-    n_keys = len(result.class_names) + 1
+    n_keys = len(result.class_names) + 2
     key_h = 34 + 22 * n_keys + 16 * sum(class_label(result, n).count("\n") for n in result.class_names) + 70
     fig_h = top + max(max(heights), key_h) + bottom
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
@@ -228,6 +228,8 @@ def slices_figure(result, volume=None, slices: list[Slice] | None = None) -> Fig
     handles = [Patch(facecolor=colours[n], edgecolor="#555555", label=class_label(result, n)) for n in result.class_names]
     if any(c == "not_sampled" for s in slices for c in s.outline_class):
         handles.append(Patch(facecolor=NOT_SAMPLED_COLOUR, edgecolor="#555555", label="outside the CT (no HU)"))
+    if any(c == "above_resection" for s in slices for c in s.outline_class):
+        handles.append(Patch(facecolor=ABOVE_CUT_COLOUR, edgecolor="#555555", label="above the resection\n(not analysed)"))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=((fig_w - key_w + 10) / fig_w, 1 - top / fig_h),
                fontsize=9, frameon=False, title="Outline: contact class", title_fontsize=10, alignment="left")
     fig.text((fig_w - key_w + 10) / fig_w, (bottom + 40) / fig_h,
