@@ -234,8 +234,11 @@ def run_analysis(args: argparse.Namespace) -> int:
         result = analyze_files(args.ct, args.model, params, transform=args.transform, progress=progress.analysis)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    n_said = len(result.warnings)
     progress(0.9, f"writing results to {args.out}")
     save_result(result, args.out, overwrite=args.overwrite, pictures=not args.no_pictures)
+    for w in result.warnings[n_said:]:  # said while writing (a picture that could not be made)
+        print(f"warning: {w}", file=sys.stderr)
     progress(1.0, "done")
     if not args.quiet:
         _print_summary(result)

@@ -214,3 +214,28 @@ def test_csv_fast_path_writes_the_bytes_pandas_writes(tmp_path):
         assert not _write_plain_csv(df, io.StringIO())
         write_csv(df, tmp_path / "t.csv")
         assert (tmp_path / "t.csv").read_bytes() == _pandas_csv(df)
+
+
+def test_pictures_without_a_renderer_leave_out_the_3d_views_and_say_why(case, tmp_path, monkeypatch, capsys):
+    """A VTK without EGL on a machine without a display would abort the process when it renders: the 3D views
+    are left out, every other output is written, and a warning says why and what to do."""
+    import types
+
+    from ImplantBoneContactLib.plots import render
+
+    if render._WINDOW:
+        pytest.skip("this process already made its render window")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(render.sys, "platform", "linux")
+    monkeypatch.setitem(sys.modules, "vtkmodules.vtkRenderingOpenGL2", types.ModuleType("vtkRenderingOpenGL2"))
+    out = tmp_path / "res"
+    code = main(["analyze", "--ct", str(case / "ct.nrrd"), "--model", str(case / "stem.stl"), "--out", str(out),
+                 "--points", "1000", "--quiet"])
+    assert code == 0
+    assert not (out / "heatmap_hu.png").exists() and not (out / "zones.png").exists()
+    assert (out / "unrolled_hu.png").is_file() and (out / "zones.csv").is_file() and (out / "report.html").is_file()
+    err = capsys.readouterr().err
+    assert "cannot draw the 3D pictures" in err and "--no-pictures" in err
+    meta = json.loads((out / "parameters.json").read_text(encoding="utf-8"))
+    assert any("cannot draw the 3D pictures" in w for w in meta["warnings"])

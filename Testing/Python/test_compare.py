@@ -199,6 +199,7 @@ def test_change_colours_are_centred_and_diverging():
     assert np.allclose(rgb[3], rgb[3, 0])  # not sampled: grey
 
 
+@pytest.mark.render
 def test_save_comparison_pictures(study, tmp_path):
     c = compare(study["root"] / "baseline", study["root"] / "loss")
     save_comparison(c, tmp_path / "pics")

@@ -18,6 +18,9 @@ from ImplantBoneContactLib.frame import assign_zones
 from ImplantBoneContactLib.plots.slices import make_slices
 from ImplantBoneContactLib.plots.unrolled import unroll_segments
 
+# Every test here renders with VTK (offscreen) or draws the pictures.
+pytestmark = pytest.mark.render
+
 
 @pytest.fixture(scope="module")
 def result(phantom_result):

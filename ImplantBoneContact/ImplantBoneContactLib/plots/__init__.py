@@ -123,6 +123,9 @@ def write_pictures(result, folder: str | os.PathLike) -> list[str]:
     """
     folder = Path(folder)
     pictures, notes = make_pictures(result)
+    # A picture that could not be made is said where the user looks: the warnings (console, parameters.json).
+    if isinstance(getattr(result, "warnings", None), list):
+        result.warnings.extend(f"pictures: {note}" for note in notes if f"pictures: {note}" not in result.warnings)
     written = []
     for name in PICTURE_FILES:
         if name in pictures:

@@ -20,6 +20,7 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support as ns
 
+from ..errors import OutputError
 from ..mesh import points as mesh_points
 from ..mesh import polydata_from_arrays
 from ..mesh import triangles as mesh_triangles
@@ -141,18 +142,44 @@ class ViewGeometry:
         return out
 
 
+def _headless_linux() -> bool:
+    return sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")
+
+
+def rendering_unavailable_reason() -> str | None:
+    """Why this VTK cannot render offscreen here, or ``None`` when it can.
+
+    On Linux without a display VTK renders through EGL; a VTK build without
+    it (the PyPI wheels before 9.4) would open an X window and abort the
+    whole process, so the pictures are refused first, with advice.
+    """
+    if not _headless_linux():
+        return None
+    try:
+        from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow  # noqa: F401
+    except ImportError:
+        return (f"this VTK ({vtk.vtkVersion.GetVTKVersion()}) cannot draw the 3D pictures on a machine without a "
+                "display (no EGL offscreen rendering): use --no-pictures, run under a display (e.g. xvfb-run), or "
+                "install vtk 9.4 or newer")
+    return None
+
+
 def offscreen_window() -> vtk.vtkRenderWindow:
-    """The process's offscreen render window (made once); EGL on a Linux machine without a display."""
+    """The process's offscreen render window (made once); EGL on a Linux machine without a display.
+
+    Raises:
+        OutputError: this VTK cannot render here (see :func:`rendering_unavailable_reason`).
+    """
     if _WINDOW:
         return _WINDOW[0]
+    reason = rendering_unavailable_reason()
+    if reason is not None:
+        raise OutputError(reason)
     window = None
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        try:
-            from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
+    if _headless_linux():
+        from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow
 
-            window = vtkEGLRenderWindow()
-        except ImportError:
-            window = None
+        window = vtkEGLRenderWindow()
     if window is None:
         window = vtk.vtkRenderWindow()
     window.SetOffScreenRendering(1)
