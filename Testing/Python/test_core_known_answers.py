@@ -1,0 +1,225 @@
+"""Core behaviours checked against answers worked out by hand.
+
+Each test names the planted bug it catches; they were written to kill mutants
+that survived the rest of the suite (see TESTING.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from ImplantBoneContactLib import Volume, read_model, sample_surface
+from ImplantBoneContactLib.frame import StemFrame, assign_zones
+from ImplantBoneContactLib.mesh import points
+from ImplantBoneContactLib.stats import zone_table
+
+# ---------------------------------------------------------------- profile sampling
+
+
+def _ramp_ct() -> Volume:
+    """10 x 10 x 10 voxels of 1 mm, voxel centres at RAS = ijk (0..9 mm), HU = 10 * x."""
+    i = np.arange(10, dtype=np.float32)
+    arr = np.broadcast_to(10.0 * i[None, None, :], (10, 10, 10)).copy()
+    return Volume(arr, np.eye(4))
+
+
+@pytest.mark.parametrize("leaving_offset", [0, 1, 2])
+def test_a_profile_sample_outside_the_ct_marks_the_vertex_outside(leaving_offset):
+    """Catches: only the last (or first) offset of the profile deciding ``inside_ct``.
+
+    The vertex is placed so that exactly the sample ``leaving_offset`` falls outside the
+    box of voxel centres [0, 9] mm: the first (x = 0.5 - 1), the last (x = 8.5 + 1), or the
+    middle one (the vertex itself at x = 9.5, with offsets -1, 0, -2 inside at 8.5 and 7.5).
+    """
+    ct = _ramp_ct()
+    if leaving_offset == 0:
+        x, offsets, normal = 0.5, [-1.0, 0.0, 1.0], [1.0, 0.0, 0.0]
+    elif leaving_offset == 2:
+        x, offsets, normal = 8.5, [-1.0, 0.0, 1.0], [1.0, 0.0, 0.0]
+    else:
+        x, offsets, normal = 9.5, [-1.0, 0.0, -2.0], [1.0, 0.0, 0.0]
+    inside_vertex = [4.0, 4.0, 4.0]  # all three samples inside, at 10 HU per mm
+    inside_hu = sorted(10.0 * (4.0 + np.array(offsets)))
+    pts = np.array([[x, 4.0, 4.0], inside_vertex])
+    nrm = np.array([normal, [1.0, 0.0, 0.0]])
+    for aggregate in ("max", "mean", "median"):
+        s = sample_surface(ct, pts, nrm, offsets_mm=np.array(offsets), aggregate=aggregate)
+        assert s.inside_ct.tolist() == [False, True]
+        assert math.isnan(s.hu[0])
+        assert math.isnan(s.profile_hu[0, leaving_offset])
+        # the other samples of the leaving vertex are still measured: 10 HU per mm
+        others = [c for c in range(3) if c != leaving_offset]
+        np.testing.assert_allclose(s.profile_hu[0, others], 10.0 * (x + np.array(offsets)[others] * normal[0]), atol=1e-4)
+        expected = {"max": inside_hu[2], "mean": sum(inside_hu) / 3, "median": inside_hu[1]}[aggregate]
+        assert s.hu[1] == pytest.approx(expected, abs=1e-4)
+
+
+# ---------------------------------------------------------------- zones with a tilted cut
+
+
+def _upright_frame(resection_point, resection_normal, tip_length_mm: float = 10.0) -> StemFrame:
+    """Tip at the origin, axis pointing down (-z), medial +x, anterior +y: height above the tip = z."""
+    n = np.asarray(resection_normal, dtype=float)
+    return StemFrame(
+        proximal_point=np.array([0.0, 0.0, 100.0]),
+        axis=np.array([0.0, 0.0, -1.0]),
+        medial=np.array([1.0, 0.0, 0.0]),
+        anterior=np.array([0.0, 1.0, 0.0]),
+        tip=np.zeros(3),
+        resection_point=np.asarray(resection_point, dtype=float),
+        resection_normal=n / np.linalg.norm(n),
+        side="left",
+        tip_length_mm=tip_length_mm,
+    )
+
+
+# A cut tilted 45 degrees about the anterior axis: the plane z = 100 + x, normal (-1, 0, 1)/sqrt(2)
+# (pointing proximally). The cut meets the line parallel to the axis through (x, y) at height 100 + x.
+# Depth below the cut as a fraction of the cut's height: (100 + x - z) / (100 + x); bands are thirds.
+#   point          cut h   depth                         zone   (a cut perpendicular to the axis at 100 would give)
+#   (-10, 0, 95)    90     above the cut                   0     depth 0.05 -> 1
+#   ( 10, 0, 95)   110     15/110 = 0.136 -> proximal      7     7
+#   (-10, 0, 62)    90     28/90  = 0.311 -> proximal      1     0.38 -> 2
+#   ( 10, 0, 72)   110     38/110 = 0.345 -> middle        6     0.28 -> 7
+#   (-10, 0, 25)    90     65/90  = 0.722 -> distal        3     3
+#   ( 0, 10, 62)   100     38/100 = 0.38  -> middle        9     9   (anterior, on the tilt's hinge)
+#   ( 0,-10, 20)   100     0.8            -> distal       12    12   (posterior)
+#   ( 10, 0, 8)    110     tip (8 <= 10 mm)                4     4
+#   ( 0, 10, 8)    100     tip                            11    11
+_TILTED_POINTS = np.array(
+    [[-10, 0, 95], [10, 0, 95], [-10, 0, 62], [10, 0, 72], [-10, 0, 25], [0, 10, 62], [0, -10, 20], [10, 0, 8], [0, 10, 8]],
+    dtype=float,
+)
+_TILTED_ZONES = [0, 7, 1, 6, 3, 9, 12, 4, 11]
+
+
+@pytest.mark.parametrize(
+    "resection_point",
+    [
+        [0.0, 0.0, 100.0],  # on the axis
+        [20.0, 5.0, 120.0],  # off the axis, in the same plane (z = 100 + x): the zones must not change
+        [-30.0, -40.0, 70.0],
+    ],
+)
+def test_tilted_resection_plane_gives_hand_computed_zones(resection_point):
+    """Catches: cut height taken on the axis instead of through each point, a sign slip in the
+    plane's intersection, the cut point projected onto the axis, swapped band borders."""
+    frame = _upright_frame(resection_point, [-1.0, 0.0, 1.0])
+    z = assign_zones(frame, _TILTED_POINTS)
+    assert z["gruen_zone"].tolist() == _TILTED_ZONES
+    np.testing.assert_allclose(z["height_mm"], _TILTED_POINTS[:, 2], atol=1e-12)
+    np.testing.assert_allclose(frame.cut_height(_TILTED_POINTS), 100.0 + _TILTED_POINTS[:, 0], atol=1e-9)
+    np.testing.assert_allclose(z["azimuth_deg"], [180, 0, 180, 0, 180, 90, 270, 0, 90], atol=1e-9)
+    # The same plane with its normal turned round meets the same lines at the same heights.
+    flipped = _upright_frame(resection_point, [1.0, 0.0, -1.0])
+    np.testing.assert_allclose(flipped.cut_height(_TILTED_POINTS), 100.0 + _TILTED_POINTS[:, 0], atol=1e-9)
+
+
+def test_projection_zones_of_the_tilted_cut():
+    """AP view: medial half 7/6/5, lateral half 1/2/3; lateral view: anterior 8/9/10, posterior 14/13/12.
+    Points on the medial-lateral line (y = 0) fall in the anterior half (r . anterior >= 0)."""
+    z = assign_zones(_upright_frame([0, 0, 100], [-1, 0, 1]), _TILTED_POINTS)
+    assert z["gruen_zone_ap"].tolist() == [0, 7, 1, 6, 3, 6, 5, 4, 4]
+    assert z["gruen_zone_lateral"].tolist() == [0, 8, 8, 9, 10, 9, 12, 11, 11]
+
+
+# Two points 8 mm above the tip, lateral and anterior. Without the cap both are distal (depth
+# (100 - 8) / 100 = 0.92): lateral distal 3, anterior distal 10; inside the cap: tip 4 and 11.
+@pytest.mark.parametrize("tip_length, zones", [(0.0, [3, 10]), (5.0, [3, 10]), (8.0, [4, 11]), (30.0, [4, 11])])
+def test_tip_length_sets_the_tip_cap(tip_length, zones):
+    """Catches: a tip cap of fixed height, < instead of <= at the cap's top (a point exactly at 8 mm)."""
+    frame = _upright_frame([0, 0, 100], [0, 0, 1], tip_length_mm=tip_length)
+    pts = np.array([[-10.0, 0.0, 8.0], [0.0, 10.0, 8.0]])
+    assert assign_zones(frame, pts)["gruen_zone"].tolist() == zones
+
+
+# ---------------------------------------------------------------- zones.csv, projection scheme
+
+
+def test_projection_zone_table_by_hand():
+    """Under the projection scheme each sample counts in its AP zone and in its lateral-view zone;
+    the ``all`` row counts it once. Catches: only one of the two zone columns read, ``all`` doubled."""
+    v = pd.DataFrame(
+        {
+            "area_mm2": [1.0, 2.0, 3.0, 4.0],
+            "hu": [100.0, 700.0, 300.0, 900.0],
+            "contact_class": ["no_bone", "cortical", "cancellous", "cortical"],
+            "gruen_zone": [7, 8, 1, 0],  # the sector zone: only "all" uses it (0 = above the cut)
+            "gruen_zone_ap": [7, 7, 1, 0],
+            "gruen_zone_lateral": [8, 8, 14, 0],
+        }
+    )
+    t = zone_table(v, ["no_bone", "cancellous", "cortical"], scheme="projection").set_index("zone")
+    # zone 7 (AP view): samples 0 and 1, area 3, HU mean (100*1 + 700*2) / 3 = 500
+    assert t.loc["7", "n_vertices"] == 2 and t.loc["7", "area_mm2"] == 3.0
+    assert t.loc["7", "hu_mean"] == pytest.approx(500.0)
+    assert t.loc["7", "frac_no_bone"] == pytest.approx(1 / 3) and t.loc["7", "frac_cortical"] == pytest.approx(2 / 3)
+    # zone 8 (lateral view): the same two samples
+    assert t.loc["8", "n_vertices"] == 2 and t.loc["8", "area_mm2"] == 3.0
+    # zone 1 and 14: sample 2 alone, in both views
+    for zone in ("1", "14"):
+        assert t.loc[zone, "n_vertices"] == 1 and t.loc[zone, "hu_mean"] == 300.0 and t.loc[zone, "frac_cancellous"] == 1.0
+    for zone in ("2", "3", "4", "5", "6", "9", "10", "11", "12", "13"):
+        assert t.loc[zone, "n_vertices"] == 0 and t.loc[zone, "area_mm2"] == 0.0
+    # all: samples 0-2 once (sample 3 is above the cut)
+    assert t.loc["all", "n_vertices"] == 3 and t.loc["all", "area_mm2"] == 6.0
+    assert t.loc["all", "hu_mean"] == pytest.approx((100 + 1400 + 900) / 6)
+    # the sector scheme on the same table reads gruen_zone only
+    s = zone_table(v, ["no_bone", "cancellous", "cortical"]).set_index("zone")
+    assert s.loc["7", "n_vertices"] == 1 and s.loc["8", "n_vertices"] == 1 and s.loc["14", "n_vertices"] == 0
+
+
+# ---------------------------------------------------------------- warnings
+
+
+def test_no_metal_warning_on_a_preoperative_ct(phantom_result):
+    """The phantom CT has bone and soft tissue only (max 1800 HU < 2500): catches a metal warning
+    raised whatever the metal fraction (the post-operative case is in test_sampling)."""
+    assert not any("metal" in w for w in phantom_result.warnings), phantom_result.warnings
+    assert not (phantom_result.vertices["contact_class"] == "metal").any()
+
+
+# ---------------------------------------------------------------- OBJ and PLY files
+
+_TETRA = np.array([[10.0, 20.0, 30.0], [15.0, 20.0, 30.0], [10.0, 26.0, 30.0], [10.0, 20.0, 37.0]])
+_TETRA_FACES = [(0, 2, 1), (0, 1, 3), (0, 3, 2), (1, 2, 3)]
+
+
+def _write_obj(path, comment: str | None) -> None:
+    lines = [f"# {comment}"] if comment else ["# exported mesh"]
+    lines += [f"v {x:g} {y:g} {z:g}" for x, y, z in _TETRA]
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in _TETRA_FACES]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _write_ply(path, comment: str | None) -> None:
+    head = ["ply", "format ascii 1.0"]
+    head += [f"comment {comment}"] if comment else ["comment exported mesh"]
+    head += ["element vertex 4", "property float x", "property float y", "property float z",
+             "element face 4", "property list uchar int vertex_indices", "end_header"]
+    body = [f"{x:g} {y:g} {z:g}" for x, y, z in _TETRA] + [f"3 {a} {b} {c}" for a, b, c in _TETRA_FACES]
+    path.write_text("\n".join(head + body) + "\n")
+
+
+@pytest.mark.parametrize("writer, suffix", [(_write_obj, ".obj"), (_write_ply, ".ply")])
+@pytest.mark.parametrize("comment, space", [("SPACE=RAS", "RAS"), ("SPACE=LPS", "LPS"), (None, None)])
+def test_obj_and_ply_coordinates_follow_the_space_comment(tmp_path, writer, suffix, comment, space):
+    """The coordinates read back are the file's, in RAS: x and y negated unless the file says RAS.
+    Catches: the SPACE comment ignored, an LPS file not flipped, a flip of z."""
+    path = tmp_path / f"tetra{suffix}"
+    writer(path, comment)
+    poly, info = read_model(path)
+    assert info.space_in_file == space
+    assert info.space_used == (space or "LPS")
+    expected = _TETRA if space == "RAS" else _TETRA * np.array([-1.0, -1.0, 1.0])
+    got = points(poly)
+    assert got.shape == (4, 3)
+    # the reader may reorder nothing here, but compare as sets of rows to stay independent of it
+    np.testing.assert_allclose(np.array(sorted(map(tuple, got))), np.array(sorted(map(tuple, expected))), atol=1e-5)
+    # an explicit space overrides the comment
+    poly2, info2 = read_model(path, space="RAS")
+    assert info2.space_used == "RAS"
+    np.testing.assert_allclose(np.array(sorted(map(tuple, points(poly2)))), np.array(sorted(map(tuple, _TETRA))), atol=1e-5)
