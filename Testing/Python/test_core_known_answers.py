@@ -223,3 +223,66 @@ def test_obj_and_ply_coordinates_follow_the_space_comment(tmp_path, writer, suff
     poly2, info2 = read_model(path, space="RAS")
     assert info2.space_used == "RAS"
     np.testing.assert_allclose(np.array(sorted(map(tuple, points(poly2)))), np.array(sorted(map(tuple, _TETRA))), atol=1e-5)
+
+
+# ---------------------------------------------------------------- command-line option plumbing
+
+_COMMON = ["analyze", "--ct", "ct.nrrd", "--model", "stem.stl", "--out", "out"]
+
+
+def _params(options: list[str]):
+    from ImplantBoneContactLib.cli import _join_coordinate_values, build_parser, parameters_from_args
+
+    return parameters_from_args(build_parser().parse_args(_join_coordinate_values(_COMMON + options)))
+
+
+def test_command_line_defaults_are_the_library_defaults():
+    """Catches: a command-line default that differs from AnalysisParameters' (points, metal level, ...)."""
+    from ImplantBoneContactLib import AnalysisParameters
+
+    assert _params([]) == AnalysisParameters()
+
+
+def test_every_analysis_option_reaches_the_parameters():
+    """Each option given a value that is not its default, and the parameters written out by hand.
+    Catches: an option dropped, read into the wrong field, or its coordinates parsed out of order."""
+    from ImplantBoneContactLib import AnalysisParameters
+
+    got = _params(["--remesh", "none", "--points", "3000", "--subdivide", "2", "--sampling", "nearest", "--offset", "-1.5",
+                   "--profile", "0.5:3:0.5", "--profile-aggregate", "median", "--classes", "fixation", "--metal-hu", "3000",
+                   "--axis", "-10,2,3:4,5,-60", "--medial-point", "-1,2.5,3", "--resection-plane=1,2,3:0,0.2,1",
+                   "--side", "right", "--tip-length", "8", "--zone-scheme", "projection", "--zone-reference", "patient",
+                   "--bands-axial", "0.4,0.3,0.3", "--model-space", "ras", "--series-uid", "1.2.3"])
+    assert got == AnalysisParameters(
+        remesh="none", points=3000, subdivide=2, sampling="nearest", offset_mm=-1.5, profile="0.5:3:0.5",
+        profile_aggregate="median", classes="fixation", metal_hu=3000.0, zone_scheme="projection",
+        bands_axial=(0.4, 0.3, 0.3), tip_length_mm=8.0, axis=((-10.0, 2.0, 3.0), (4.0, 5.0, -60.0)),
+        medial_point=(-1.0, 2.5, 3.0), resection_point=(1.0, 2.0, 3.0), resection_normal=(0.0, 0.2, 1.0),
+        side="right", zone_reference="patient", model_space="RAS", series_uid="1.2.3",
+    )
+    assert _params(["--no-metal-class"]).metal_hu is None
+
+
+def test_frame_file_fills_the_frame_parameters_and_options_override_it(tmp_path):
+    """--frame gives axis (proximal point to tip), a medial point 10 mm from the tip along medial,
+    the resection plane and the side; --axis, --medial-point, --resection-plane, --side given as well win."""
+    import json
+
+    frame = _upright_frame([0.0, 0.0, 90.0], [0.0, 0.0, 1.0])
+    (tmp_path / "frame.json").write_text(frame.to_json())
+    p = _params(["--frame", str(tmp_path / "frame.json")])
+    assert p.axis == ((0.0, 0.0, 100.0), (0.0, 0.0, 0.0))
+    assert p.medial_point == (10.0, 0.0, 0.0)
+    assert (p.resection_point, p.resection_normal) == ((0.0, 0.0, 90.0), (0.0, 0.0, 1.0))
+    assert p.side == "left" and p.frame_file == str(tmp_path / "frame.json")
+    q = _params(["--frame", str(tmp_path / "frame.json"), "--axis", "1,2,3:4,5,6", "--medial-point", "7,8,9",
+                 "--resection-plane", "1,1,1:0,1,0", "--side", "right"])
+    assert (q.axis, q.medial_point, q.side) == (((1.0, 2.0, 3.0), (4.0, 5.0, 6.0)), (7.0, 8.0, 9.0), "right")
+    assert (q.resection_point, q.resection_normal) == ((1.0, 1.0, 1.0), (0.0, 1.0, 0.0))
+    (tmp_path / "bad.json").write_text(json.dumps({"axis": [0, 0, 1]}))
+    from ImplantBoneContactLib import InputError
+
+    with pytest.raises(InputError, match="bad.json"):
+        _params(["--frame", str(tmp_path / "bad.json")])
+    with pytest.raises(InputError, match="nope.json"):
+        _params(["--frame", str(tmp_path / "nope.json")])
