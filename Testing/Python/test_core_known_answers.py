@@ -286,3 +286,87 @@ def test_frame_file_fills_the_frame_parameters_and_options_override_it(tmp_path)
         _params(["--frame", str(tmp_path / "bad.json")])
     with pytest.raises(InputError, match="nope.json"):
         _params(["--frame", str(tmp_path / "nope.json")])
+
+
+# ---------------------------------------------------------------- contact classes
+
+
+@pytest.mark.parametrize(
+    "bands, message",
+    [
+        ([], "at least one contact class is needed"),
+        ([("a", float("nan"), 100.0)], "class 'a' has a NaN limit"),
+        ([("a", 0.0, float("nan"))], "class 'a' has a NaN limit"),
+        ([("a", 100.0, 100.0)], "class 'a' is empty or reversed: low 100.0 HU is not below high 100.0 HU"),
+        ([("b", 200.0, 300.0), ("a", 0.0, 200.0)], r"contact classes must be listed from low to high HU: b \[200.0, 300.0\), a \[0.0, 200.0\)"),
+        # the overlap is between the second and the third band: every neighbouring pair is checked
+        ([("a", 0.0, 100.0), ("b", 100.0, 200.0), ("c", 150.0, 300.0)], r"'b' \[100.0, 200.0\) and 'c' \[150.0, 300.0\) overlap"),
+    ],
+)
+def test_bad_bands_are_refused_with_the_reason(bands, message):
+    """Catches: a check dropped or loosened (``or`` to ``and``, ``<`` to ``<=``, only the first pair compared)."""
+    from ImplantBoneContactLib import ContactBand, InputError
+    from ImplantBoneContactLib.classes import validate_bands
+
+    with pytest.raises(InputError, match=message):
+        validate_bands([ContactBand(*b) for b in bands])
+
+
+def test_touching_bands_are_accepted_and_sorted():
+    from ImplantBoneContactLib import ContactBand
+    from ImplantBoneContactLib.classes import validate_bands
+
+    bands = [ContactBand("a", -math.inf, 0.0), ContactBand("b", 0.0, 1.0), ContactBand("c", 1.0, math.inf)]
+    assert validate_bands(bands) == tuple(bands)
+
+
+def test_bands_to_json_writes_infinities_as_text():
+    from ImplantBoneContactLib import ContactBand
+    from ImplantBoneContactLib.classes import bands_to_json
+
+    bands = (ContactBand("none", -math.inf, 150.0), ContactBand("bone", 150.0, math.inf))
+    assert bands_to_json(bands) == [
+        {"name": "none", "low_hu": "-inf", "high_hu": 150.0},
+        {"name": "bone", "low_hu": 150.0, "high_hu": "inf"},
+    ]
+
+
+def test_class_codes_and_labels_by_hand():
+    """Codes index class_labels: bands in order, metal, unclassified, not_sampled.
+    Band [low, high) includes low; metal from metal_hu up overrides a band; NaN and inf are not sampled."""
+    from ImplantBoneContactLib import ContactBand
+    from ImplantBoneContactLib.classes import class_labels, class_names, classify, classify_codes
+
+    bands = (ContactBand("low", 0.0, 100.0), ContactBand("high", 200.0, 3000.0))
+    hu = np.array([0.0, 99.9, 100.0, 150.0, 200.0, 2499.0, 2500.0, np.nan, np.inf, -1.0])
+    assert class_labels(bands) == ["low", "high", "metal", "unclassified", "not_sampled"]
+    assert class_labels(bands, include_metal=False) == ["low", "high", "unclassified", "not_sampled"]
+    assert class_names(bands) == ["low", "high", "metal"] and class_names(bands, False) == ["low", "high"]
+    assert classify_codes(hu, bands, 2500.0).tolist() == [0, 0, 3, 3, 1, 1, 2, 4, 4, 3]
+    assert classify_codes(hu, bands, None).tolist() == [0, 0, 2, 2, 1, 1, 1, 3, 3, 2]
+    assert classify(hu, bands, 2500.0).tolist() == ["low", "low", "unclassified", "unclassified", "high", "high",
+                                                    "metal", "not_sampled", "not_sampled", "unclassified"]
+
+
+def test_class_specs_from_text_and_files(tmp_path):
+    """Catches: spaces not stripped, the JSON file's bands not validated, a wrong message for a missing file."""
+    import json
+
+    from ImplantBoneContactLib import ContactBand, InputError, parse_classes
+
+    assert parse_classes("  soft : -inf : 150 ,  bone:150:inf ") == (
+        ContactBand("soft", -math.inf, 150.0), ContactBand("bone", 150.0, math.inf))
+    with pytest.raises(InputError, match="class file not found"):
+        parse_classes(str(tmp_path / "missing.json"))
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(InputError, match="cannot read classes from .*broken.json: expected a JSON list"):
+        parse_classes(str(tmp_path / "broken.json"))
+    (tmp_path / "nokey.json").write_text(json.dumps([{"name": "a", "low_hu": 0}]))
+    with pytest.raises(InputError, match="cannot read classes from"):
+        parse_classes(str(tmp_path / "nokey.json"))
+    (tmp_path / "overlap.json").write_text(json.dumps([{"name": "a", "low_hu": 0, "high_hu": 200},
+                                                       {"name": "b", "low_hu": 100, "high_hu": 300}]))
+    with pytest.raises(InputError, match="overlap"):
+        parse_classes(str(tmp_path / "overlap.json"))
+    (tmp_path / "bands.txt").write_text(json.dumps([{"name": "a", "low_hu": 0, "high_hu": 200}]))
+    assert parse_classes(str(tmp_path / "bands.txt")) == (ContactBand("a", 0.0, 200.0),)  # any existing file is JSON
