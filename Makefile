@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test test-big lint bench clean
+.PHONY: demo test test-big lint bench mutation clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,17 @@ test: $(VENV)/.installed-test
 # Big inputs (1M-triangle STL, 512x512x1500 CT): about 4 min, 2.2 GB RAM, 1 GB of temporary files.
 test-big: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow -s
+
+$(VENV)/.installed-mutation: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e ".[test,mutation]"
+	touch $(VENV)/.installed $(VENV)/.installed-test $@
+
+# Mutation testing of the core modules with mutmut, at the lowest CPU priority; not part of `make test`.
+# MODULES="classes stats" mutates some modules only; scores in build/mutation/<module>/score.json (see TESTING.md).
+MODULES ?=
+MUTATION_JOBS ?= 2
+mutation: $(VENV)/.installed-mutation
+	nice -n 19 $(BIN)/python Testing/Mutation/run_mutation.py --jobs $(MUTATION_JOBS) $(MODULES)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_benchmarks.py
