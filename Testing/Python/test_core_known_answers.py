@@ -370,3 +370,112 @@ def test_class_specs_from_text_and_files(tmp_path):
         parse_classes(str(tmp_path / "overlap.json"))
     (tmp_path / "bands.txt").write_text(json.dumps([{"name": "a", "low_hu": 0, "high_hu": 200}]))
     assert parse_classes(str(tmp_path / "bands.txt")) == (ContactBand("a", 0.0, 200.0),)  # any existing file is JSON
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _trilinear_function(i, j, k):
+    """A function trilinear interpolation reproduces exactly (every term of degree <= 1 in each index)."""
+    return 1.0 + 2.0 * i + 3.0 * j + 5.0 * k + 7.0 * i * j + 11.0 * j * k + 13.0 * i * k + 17.0 * i * j * k
+
+
+def _oblique_ct(shape_kji=(6, 5, 4), dtype=np.float64) -> Volume:
+    """Voxel (i, j, k) holds _trilinear_function(i, j, k); spacing 0.7/1.3/2.1 mm, rotated, shifted origin."""
+    k, j, i = np.meshgrid(*[np.arange(n, dtype=float) for n in shape_kji], indexing="ij")
+    c, s = math.cos(0.4), math.sin(0.4)
+    m = np.eye(4)
+    m[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([0.7, 1.3, 2.1])
+    m[:3, 3] = [-12.0, 30.5, 7.0]
+    return Volume(_trilinear_function(i, j, k).astype(dtype), m)
+
+
+def _ras(ct: Volume, ijk: np.ndarray) -> np.ndarray:
+    return ijk @ ct.ijk_to_ras[:3, :3].T + ct.ijk_to_ras[:3, 3]
+
+
+def test_trilinear_reproduces_a_trilinear_function_everywhere_inside():
+    """Exact (to rounding) at random points, on the voxel centres and on the upper faces of the box.
+    Catches: swapped weights (fi for 1 - fi), a wrong stride, the last cell's base not clamped."""
+    from ImplantBoneContactLib import sample
+
+    ct = _oblique_ct()
+    upper = np.array([3.0, 4.0, 5.0])
+    rng = np.random.default_rng(3)
+    ijk = np.vstack([rng.random((200, 3)) * upper, [[0, 0, 0], upper, [3, 0, 5], [0, 4, 0], [1.5, 4.0, 2.25]]])
+    hu, inside = sample(ct, _ras(ct, ijk), "trilinear")
+    assert inside.all()
+    np.testing.assert_allclose(hu, _trilinear_function(*ijk.T), rtol=1e-9, atol=1e-9)
+
+
+def test_trilinear_edge_tolerance_and_outside():
+    """Within 1e-3 voxel of the box of voxel centres: sampled, clamped to the face; 1e-2 outside: NaN."""
+    from ImplantBoneContactLib import sample
+
+    ct = _oblique_ct()
+    ijk = np.array([[-1e-3, 2.0, 2.0], [3.001, 2.0, 2.0], [1.0, -1e-3, 5.001], [-0.01, 2, 2], [3.01, 2, 2], [1, 4.01, 2],
+                    [1, 2, -0.01], [1, 2, 5.01], [np.nan, 1, 1]])
+    hu, inside = sample(ct, _ras(ct, ijk), "trilinear")
+    assert inside.tolist() == [True, True, True, False, False, False, False, False, False]
+    np.testing.assert_allclose(hu[:3], [_trilinear_function(0, 2, 2), _trilinear_function(3, 2, 2), _trilinear_function(1, 0, 5)],
+                               rtol=1e-12)
+    assert np.isnan(hu[3:]).all()
+
+
+def test_nearest_takes_the_closest_voxel_halves_up():
+    """Catches: rounding half to even or down, the box of voxel extents off by half a voxel."""
+    from ImplantBoneContactLib import sample
+
+    ct = _oblique_ct(dtype=np.int32)
+    ijk = np.array([[0.49, 1.0, 1.0], [0.5, 1.0, 1.0], [2.5, 3.5, 4.5], [-0.5, -0.5, -0.5], [3.49, 4.49, 5.49],
+                    [-0.51, 1, 1], [3.5, 1, 1], [1, 4.5, 1], [1, 1, 5.5], [1, 1, -0.51]])
+    hu, inside = sample(ct, _ras(ct, ijk), "nearest")
+    assert inside.tolist() == [True] * 5 + [False] * 5
+    expected = [_trilinear_function(0, 1, 1), _trilinear_function(1, 1, 1), _trilinear_function(3, 4, 5),
+                _trilinear_function(0, 0, 0), _trilinear_function(3, 4, 5)]
+    np.testing.assert_allclose(hu[:5], expected, rtol=1e-12)
+    assert np.isnan(hu[5:]).all()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_infinite_voxels_give_no_value_and_bad_methods_are_refused():
+    from ImplantBoneContactLib import InputError, sample
+
+    arr = np.zeros((3, 3, 3))
+    arr[0, 0, 0] = np.inf
+    ct = Volume(arr, np.eye(4))
+    # (1, 1, 1) is the corner of the cell [1, 2]^3, which holds no infinite voxel
+    hu, inside = sample(ct, np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]]), "trilinear")
+    assert inside.all() and np.isnan(hu[:2]).all() and hu[2] == 0.0
+    hu, _ = sample(ct, np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), "nearest")
+    assert np.isnan(hu[0]) and hu[1] == 0.0
+    with pytest.raises(InputError, match="unknown sampling method 'cubic'"):
+        sample(ct, np.zeros((1, 3)), "cubic")
+    with pytest.raises(InputError, match="unknown profile aggregate 'min'"):
+        sample_surface(ct, np.zeros((1, 3)), np.array([[1.0, 0, 0]]), offsets_mm=np.array([0.0, 0.5]), aggregate="min")
+
+
+@pytest.mark.parametrize(
+    "text, offsets",
+    [("0:3:0.5", [0, 0.5, 1, 1.5, 2, 2.5, 3]), ("0:1:0.3", [0, 0.3, 0.6, 0.9]), ("-1:1:1", [-1, 0, 1]), ("2:2:1", [2]),
+     ("0:0.3:0.1", [0, 0.1, 0.2, 0.3]), ("0:999:1", list(range(1000)))],
+)
+def test_profile_offsets(text, offsets):
+    """STOP is included when reached (also when STEP does not divide it exactly in binary), never passed."""
+    from ImplantBoneContactLib.sampling import parse_profile
+
+    np.testing.assert_allclose(parse_profile(text), offsets, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("0:3", "START:STOP:STEP in mm"), ("0:3:0.5:1", "START:STOP:STEP in mm"), ("a:1:1", "three numbers"),
+     ("0:inf:1", "finite"), ("nan:1:1", "finite"), ("0:1:0", "STEP must be positive"), ("0:1:-1", "STEP must be positive"),
+     ("2:1:1", r"STOP \(1.0\) is below START \(2.0\)"), ("0:1000:1", "1001 offsets: at most 1000")],
+)
+def test_bad_profiles_are_refused(text, message):
+    from ImplantBoneContactLib import InputError
+    from ImplantBoneContactLib.sampling import parse_profile
+
+    with pytest.raises(InputError, match=message):
+        parse_profile(text)
