@@ -479,3 +479,102 @@ def test_bad_profiles_are_refused(text, message):
 
     with pytest.raises(InputError, match=message):
         parse_profile(text)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_zone_table_with_categorical_classes_and_a_separate_vertex_table():
+    """As analysis builds it: classes as a pandas Categorical (with labels outside the reported
+    classes and a missing entry), area integrated over the samples, counts from the vertices.
+    Catches: category codes mapped to the wrong class, a missing entry counted as a class,
+    the vertex counts taken from the samples."""
+    names = ["no_bone", "cortical"]
+    samples = pd.DataFrame(
+        {
+            "area_mm2": [1.0, 2.0, 4.0, 8.0, 16.0],
+            "hu": [50.0, 900.0, 3000.0, 100.0, np.nan],
+            # categories in another order than names, one (metal) not reported, one entry missing
+            "contact_class": pd.Categorical(["no_bone", "cortical", "metal", None, "no_bone"],
+                                            categories=["metal", "cortical", "no_bone"]),
+            "gruen_zone": [1, 1, 1, 1, 1],
+        }
+    )
+    vertices = pd.DataFrame({"hu": [10.0, np.nan, 20.0], "gruen_zone": [1, 1, 2]})
+    t = zone_table(samples, names, vertices=vertices).set_index("zone")
+    # sampled area 1 + 2 + 4 + 8 = 15: no_bone 1, cortical 2 (metal and the missing class are in no column)
+    assert t.loc["1", "area_mm2"] == 31.0 and t.loc["1", "area_sampled_mm2"] == 15.0
+    assert t.loc["1", "frac_no_bone"] == pytest.approx(1 / 15) and t.loc["1", "frac_cortical"] == pytest.approx(2 / 15)
+    assert (t.loc["1", "n_vertices"], t.loc["1", "n_sampled"]) == (2, 1)
+    assert (t.loc["2", "n_vertices"], t.loc["2", "n_sampled"], t.loc["2", "area_mm2"]) == (1, 1, 0.0)
+    assert math.isnan(t.loc["2", "frac_no_bone"])
+    assert (t.loc["all", "n_vertices"], t.loc["all", "n_sampled"]) == (3, 2)
+
+
+def test_zone_table_reads_nullable_integer_columns():
+    """HU and area as pandas nullable integers (pd.NA for a vertex outside the CT) are numbers, NA is not sampled."""
+    v = pd.DataFrame(
+        {
+            "area_mm2": pd.array([1, 3, 2], dtype="Int64"),
+            "hu": pd.array([100, 300, None], dtype="Int64"),
+            "contact_class": ["no_bone", "cortical", "not_sampled"],
+            "gruen_zone": [5, 5, 5],
+        }
+    )
+    t = zone_table(v, ["no_bone", "cortical"]).set_index("zone")
+    assert t.loc["5", "hu_mean"] == pytest.approx(250.0) and t.loc["5", "area_sampled_mm2"] == 4.0
+    assert t.loc["5", "n_sampled"] == 2 and t.loc["5", "area_mm2"] == 6.0
+
+
+def test_weighted_stats_by_hand():
+    """Zero weights and NaN values leave a value out of every statistic, min and max included.
+    Values 100, 200, 400 with weights 1, 2, 1: mean 225, variance (125^2 + 2*25^2 + 175^2) / 4,
+    inverted-CDF quantiles: cumulative weight 1/4, 3/4, 1 -> p05, p25: 100; median, p75: 200; p95: 400."""
+    from ImplantBoneContactLib.stats import weighted_stats
+
+    s = weighted_stats(np.array([100.0, 200.0, 400.0, 1000.0, np.nan, -50.0]), np.array([1.0, 2.0, 1.0, 0.0, 3.0, -1.0]))
+    assert s["hu_mean"] == pytest.approx(225.0)
+    assert s["hu_std"] == pytest.approx(math.sqrt((125**2 + 2 * 25**2 + 175**2) / 4))
+    assert (s["hu_min"], s["hu_max"]) == (100.0, 400.0)
+    assert [s[k] for k in ("hu_p05", "hu_p25", "hu_median", "hu_p75", "hu_p95")] == [100.0, 100.0, 200.0, 200.0, 400.0]
+    empty = weighted_stats(np.array([5.0]), np.array([0.0]))
+    assert list(empty) == ["hu_mean", "hu_std", "hu_min", "hu_p05", "hu_p25", "hu_median", "hu_p75", "hu_p95", "hu_max"]
+    assert all(math.isnan(x) for x in empty.values())
+
+
+def test_triangle_samples_by_hand():
+    """One right triangle (legs 3 and 4 mm, area 6) with HU linear in x: 2 x 2 sub-triangles, each
+    sample at a sub-triangle's centroid worth 1.5 mm^2; with max_samples below 4 the centroid alone."""
+    from ImplantBoneContactLib.stats import _centre_weights, triangle_samples
+
+    np.testing.assert_allclose(
+        _centre_weights(2), [[2 / 3, 1 / 6, 1 / 6], [1 / 3, 1 / 3, 1 / 3], [1 / 6, 1 / 6, 2 / 3], [1 / 6, 2 / 3, 1 / 6]], atol=1e-15
+    )
+    pts = np.array([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 4.0, 0.0], [9.0, 9.0, 9.0]])
+    faces = np.array([[0, 1, 2]])
+    hu = np.array([0.0, 300.0, 0.0, np.nan])  # 100 HU per mm of x; the unused vertex is unsampled
+    s = triangle_samples(pts, faces, hu)
+    assert s.subdivisions == 2
+    expected_points = np.array([[0.5, 2 / 3, 0], [1.0, 4 / 3, 0], [0.5, 8 / 3, 0], [2.0, 2 / 3, 0]])
+    np.testing.assert_allclose(s.points, expected_points, atol=1e-12)
+    np.testing.assert_allclose(s.hu, 100.0 * expected_points[:, 0], atol=1e-9)
+    np.testing.assert_allclose(s.area_mm2, [1.5] * 4)
+    one = triangle_samples(pts, faces, hu, max_samples=3)
+    assert one.subdivisions == 1
+    np.testing.assert_allclose(one.points, [[1.0, 4 / 3, 0.0]])
+    np.testing.assert_allclose((one.hu, one.area_mm2), ([100.0], [6.0]))
+    # a field is sampled at the sample points, with the vertex normals interpolated and made unit length
+    seen = {}
+
+    def field(p, n):
+        seen["p"], seen["n"] = p, n
+        return p[:, 1] * 10.0
+
+    normals = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])
+    f = triangle_samples(pts, faces, hu, field=field, normals=normals)
+    np.testing.assert_allclose(f.hu, 10.0 * expected_points[:, 1], atol=1e-9)
+    np.testing.assert_allclose(seen["n"], [[0, 0, 1]] * 4, atol=1e-12)
+    # a triangle with an unsampled corner gives NaN samples, the field is not asked about it
+    seen.clear()
+    g = triangle_samples(pts, np.array([[0, 1, 3]]), hu, field=field, normals=normals)
+    assert np.isnan(g.hu).all() and "p" not in seen
