@@ -294,7 +294,7 @@ def test_frame_file_fills_the_frame_parameters_and_options_override_it(tmp_path)
 @pytest.mark.parametrize(
     "bands, message",
     [
-        ([], "at least one contact class is needed"),
+        ([], "^at least one contact class is needed$"),
         ([("a", float("nan"), 100.0)], "class 'a' has a NaN limit"),
         ([("a", 0.0, float("nan"))], "class 'a' has a NaN limit"),
         ([("a", 100.0, 100.0)], "class 'a' is empty or reversed: low 100.0 HU is not below high 100.0 HU"),
