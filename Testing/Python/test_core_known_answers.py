@@ -420,6 +420,20 @@ def test_trilinear_edge_tolerance_and_outside():
     np.testing.assert_allclose(hu[:3], [_trilinear_function(0, 2, 2), _trilinear_function(3, 2, 2), _trilinear_function(1, 0, 5)],
                                rtol=1e-12)
     assert np.isnan(hu[3:]).all()
+    # the tolerance is 1e-3 of a voxel diagonal, 1.732e-3 voxel, as vtkProbeFilter's (accepts 1.72e-3, refuses 1.74e-3)
+    edge = np.array([[-1.730e-3, 1, 1], [1, 1, 5 + 1.730e-3], [-1.735e-3, 1, 1], [1, 1, 5 + 1.735e-3]])
+    assert sample(ct, _ras(ct, edge), "trilinear")[1].tolist() == [True, True, False, False]
+
+
+def test_trilinear_on_a_ct_two_voxels_thick():
+    """With two voxels along an axis there is one cell: the upper face uses it with weight 1."""
+    from ImplantBoneContactLib import sample
+
+    ct = _oblique_ct(shape_kji=(2, 2, 2))
+    ijk = np.array([[1.0, 1.0, 1.0], [0.25, 0.5, 1.0], [1.0, 0.0, 0.75]])
+    hu, inside = sample(ct, _ras(ct, ijk), "trilinear")
+    assert inside.all()
+    np.testing.assert_allclose(hu, _trilinear_function(*ijk.T), rtol=1e-12)
 
 
 def test_nearest_takes_the_closest_voxel_halves_up():
