@@ -592,3 +592,28 @@ def test_triangle_samples_by_hand():
     seen.clear()
     g = triangle_samples(pts, np.array([[0, 1, 3]]), hu, field=field, normals=normals)
     assert np.isnan(g.hu).all() and "p" not in seen
+
+
+@pytest.mark.parametrize("block", [4, 8, 12, 1_000_000])
+def test_field_sampled_block_by_block_gives_every_sample(monkeypatch, block):
+    """The field is asked for blocks of triangles (to bound memory); with blocks of 1, 2 or 3 triangles
+    of 4 samples each every sample still gets the field at its own position and normal."""
+    from ImplantBoneContactLib import stats
+
+    monkeypatch.setattr(stats, "_FIELD_BLOCK", block)
+    rng = np.random.default_rng(11)
+    pts = rng.random((9, 3)) * 20.0
+    faces = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [6, 7, 8], [8, 0, 3], [1, 5, 7], [0, 4, 8]])
+    normals = rng.normal(size=(9, 3))
+
+    def field(p, n):
+        return 3.0 * p[:, 0] - 2.0 * p[:, 1] + p[:, 2] + 100.0 * n[:, 0]
+
+    s = stats.triangle_samples(pts, faces, np.zeros(9), field=field, normals=normals)
+    bary = stats._centre_weights(2)
+    corners = pts[faces]  # (F, 3, 3)
+    positions = np.einsum("sc,fcd->fsd", bary, corners).reshape(-1, 3)
+    n = np.einsum("sc,fcd->fsd", bary, normals[faces]).reshape(-1, 3)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    np.testing.assert_allclose(s.points, positions, atol=1e-12)
+    np.testing.assert_allclose(s.hu, field(positions, n), atol=1e-9)
