@@ -162,6 +162,9 @@ def test_projection_zone_table_by_hand():
     # zone 1 and 14: sample 2 alone, in both views
     for zone in ("1", "14"):
         assert t.loc[zone, "n_vertices"] == 1 and t.loc[zone, "hu_mean"] == 300.0 and t.loc[zone, "frac_cancellous"] == 1.0
+        # the classes with no area there are 0, not missing (cortical is the last class)
+        assert (t.loc[zone, "frac_no_bone"], t.loc[zone, "frac_cortical"]) == (0.0, 0.0)
+    assert t.loc["all", "region"] == "whole stem below the resection plane"
     for zone in ("2", "3", "4", "5", "6", "9", "10", "11", "12", "13"):
         assert t.loc[zone, "n_vertices"] == 0 and t.loc[zone, "area_mm2"] == 0.0
     # all: samples 0-2 once (sample 3 is above the cut)
@@ -514,6 +517,8 @@ def test_zone_table_with_categorical_classes_and_a_separate_vertex_table():
             "gruen_zone": [1, 1, 1, 1, 1],
         }
     )
+    # a sixth sample in zone 3 with an area below 1 mm2: its fractions are fractions all the same
+    samples.loc[5] = [0.25, 200.0, "cortical", 3]
     vertices = pd.DataFrame({"hu": [10.0, np.nan, 20.0], "gruen_zone": [1, 1, 2]})
     t = zone_table(samples, names, vertices=vertices).set_index("zone")
     # sampled area 1 + 2 + 4 + 8 = 15: no_bone 1, cortical 2 (metal and the missing class are in no column)
@@ -523,6 +528,7 @@ def test_zone_table_with_categorical_classes_and_a_separate_vertex_table():
     assert (t.loc["2", "n_vertices"], t.loc["2", "n_sampled"], t.loc["2", "area_mm2"]) == (1, 1, 0.0)
     assert math.isnan(t.loc["2", "frac_no_bone"])
     assert (t.loc["all", "n_vertices"], t.loc["all", "n_sampled"]) == (3, 2)
+    assert (t.loc["3", "frac_cortical"], t.loc["3", "frac_no_bone"], t.loc["3", "area_mm2"]) == (1.0, 0.0, 0.25)
 
 
 def test_zone_table_reads_nullable_integer_columns():
