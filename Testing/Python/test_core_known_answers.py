@@ -349,6 +349,10 @@ def test_class_codes_and_labels_by_hand():
     assert classify_codes(hu, bands, None).tolist() == [0, 0, 2, 2, 1, 1, 1, 3, 3, 2]
     assert classify(hu, bands, 2500.0).tolist() == ["low", "low", "unclassified", "unclassified", "high", "high",
                                                     "metal", "not_sampled", "not_sampled", "unclassified"]
+    assert classify(hu, bands, None).tolist() == ["low", "low", "unclassified", "unclassified", "high", "high",
+                                                  "high", "not_sampled", "not_sampled", "unclassified"]
+    # documented types: one byte per code (millions of surface samples), Python strings for the labels
+    assert classify_codes(hu, bands).dtype == np.int8 and classify(hu, bands).dtype == object
 
 
 def test_class_specs_from_text_and_files(tmp_path):
