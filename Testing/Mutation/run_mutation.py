@@ -119,13 +119,24 @@ def mutant_names(module: str) -> list[str]:
     return [f"{PACKAGE}.{module}.{g}" for g in globs]
 
 
-def score(module: str) -> dict:
-    """Killed / survived / no-test counts of the selected mutants, from mutmut's .meta file."""
+def _meta_codes(module: str) -> dict:
+    meta = STAGE / module / "mutants" / "src" / PACKAGE / f"{module}.py.meta"
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+
+
+def score(module: str, previous: dict | None = None) -> dict:
+    """Killed / survived / no-test counts of the selected mutants, from mutmut's .meta file.
+
+    ``previous``: exit codes of an earlier run, kept for the mutants this run did not test
+    (a rerun of the survivors only); the merged codes are saved in ``exit_codes.json``.
+    """
     d = STAGE / module
-    meta = d / "mutants" / "src" / PACKAGE / f"{module}.py.meta"
-    if not meta.exists():
+    codes = _meta_codes(module)
+    if previous:
+        codes = {k: (v if v is not None else previous.get(k)) for k, v in codes.items()}
+    if not codes:
         return {}
-    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    (d / "exit_codes.json").write_text(json.dumps(codes, indent=1) + "\n")
     pats = mutant_names(module)
     sel = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in pats)}
     killed = sorted(k for k, v in sel.items() if v in (1, 3))
@@ -145,15 +156,28 @@ def score(module: str) -> dict:
     return out
 
 
-def run(module: str, jobs: int, fresh: bool, exclude: list[str]) -> dict:
+def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool = False) -> dict:
+    """Mutate ``module`` and run its tests; with ``survivors`` only the mutants that survived the last run
+    (after new tests were written), keeping the earlier verdicts of the others."""
+    previous = None
+    names = mutant_names(module)
+    if survivors:
+        saved = STAGE / module / "exit_codes.json"
+        if not saved.exists():
+            sys.exit(f"no earlier run of {module} to take the survivors from")
+        previous = json.loads(saved.read_text())
+        names = [k for k, v in previous.items() if v in (0, 5, 33)]
+        if not names:
+            return score(module, previous)
+        fresh = False
     d = stage(module, fresh, exclude)
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)  # the mutated copy must be the one imported
     env.setdefault("IBC_SHARED_DATA", str(REPO.parent / "shared" / "data"))
     env.setdefault("MPLBACKEND", "Agg")
     t0 = time.time()
-    subprocess.run([_mutmut(), "run", "--max-children", str(jobs), *mutant_names(module)], cwd=d, env=env, check=False)
-    s = score(module)
+    subprocess.run([_mutmut(), "run", "--max-children", str(jobs), *names], cwd=d, env=env, check=False)
+    s = score(module, previous)
     s["minutes"] = round((time.time() - t0) / 60.0, 1)
     (d / "score.json").write_text(json.dumps(s, indent=2) + "\n")
     return s
@@ -164,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("modules", nargs="*", help=f"modules to mutate, of {', '.join(ORDER)} (default: all)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutants tested in parallel")
     ap.add_argument("--keep", action="store_true", help="reuse the results of the last run of unchanged functions")
+    ap.add_argument("--survivors", action="store_true",
+                    help="test again only the mutants that survived the last run (after writing tests for them)")
     ap.add_argument("--report", action="store_true", help="only print the scores of the last runs")
     ap.add_argument("--exclude-tests", nargs="*", default=[], metavar="FILE",
                     help="test files to leave out (to measure the score without them)")
@@ -175,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for m in modules:
         if args.report:
-            s = score(m)
+            saved = STAGE / m / "exit_codes.json"
+            s = score(m, json.loads(saved.read_text()) if saved.exists() else None)
         else:
-            s = run(m, args.jobs, fresh=not args.keep, exclude=args.exclude_tests)
+            s = run(m, args.jobs, fresh=not args.keep, exclude=args.exclude_tests, survivors=args.survivors)
         rows.append(s)
         print(json.dumps(s), flush=True)
     print(f"\n{'module':10s} {'total':>6s} {'killed':>7s} {'survived':>9s} {'no test':>8s} {'score %':>8s}")
