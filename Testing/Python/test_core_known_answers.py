@@ -627,3 +627,64 @@ def test_field_sampled_block_by_block_gives_every_sample(monkeypatch, block):
     n /= np.linalg.norm(n, axis=1, keepdims=True)
     np.testing.assert_allclose(s.points, positions, atol=1e-12)
     np.testing.assert_allclose(s.hu, field(positions, n), atol=1e-9)
+
+
+def test_coordinate_values_are_joined_to_their_option():
+    """Values starting with "-" after a coordinate option are glued to it; other options and a last
+    option without value are left alone."""
+    from ImplantBoneContactLib.cli import _join_coordinate_values
+
+    argv = ["analyze", "--axis", "-1,2,3:4,5,6", "--points", "-5", "--medial-point", "-7,8,9", "--resection-plane",
+            "-1,0,0:0,0,1", "--bands-axial", "0.5,0.25,0.25", "--side"]
+    assert _join_coordinate_values(argv) == [
+        "analyze", "--axis=-1,2,3:4,5,6", "--points", "-5", "--medial-point=-7,8,9", "--resection-plane=-1,0,0:0,0,1",
+        "--bands-axial=0.5,0.25,0.25", "--side"]
+    assert _join_coordinate_values(["--axis"]) == ["--axis"]
+    assert _join_coordinate_values([]) == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("1,2", "--axis must be three finite numbers X,Y,Z in RAS mm, got '1,2'"),
+     ("1,2,x", "--axis must be three numbers X,Y,Z in RAS mm, got '1,2,x'"),
+     ("1,2,nan", "--axis must be three finite numbers"), ("1,inf,2", "--axis must be three finite numbers"),
+     ("-inf,1,2", "--axis must be three finite numbers"), ("1,2,3,4", "--axis must be three finite numbers")],
+)
+def test_bad_points_are_refused(text, message):
+    from ImplantBoneContactLib import InputError
+    from ImplantBoneContactLib.cli import _point
+
+    with pytest.raises(InputError, match=f"^{message.replace('(', '[(]')}"):
+        _point(text, "--axis")
+
+
+def test_points_and_pairs_by_hand():
+    from ImplantBoneContactLib import InputError
+    from ImplantBoneContactLib.cli import _pair, _point
+
+    assert _point(" -1.5, 2e1 ,3", "x") == (-1.5, 20.0, 3.0)
+    assert _pair("1,2,3:-4,-5,-6", "x") == ((1.0, 2.0, 3.0), (-4.0, -5.0, -6.0))
+    for bad in ("1,2,3", "1,2,3:4,5,6:7,8,9"):
+        with pytest.raises(InputError, match=f"^--resection-plane must be X,Y,Z:X,Y,Z, got '{bad}'$"):
+            _pair(bad, "--resection-plane")
+
+
+def test_parser_choices_and_defaults():
+    """The demo subcommand's defaults and the analysis options' choices, as documented in the README."""
+    from ImplantBoneContactLib.cli import build_parser
+
+    p = build_parser()
+    demo = p.parse_args(["demo", "--out", "d"])
+    assert (demo.command, demo.voxel, demo.side, demo.metal, demo.overwrite, demo.no_pictures, demo.quiet, demo.progress) == (
+        "demo", 0.7, "left", False, False, False, False, False)
+    a = p.parse_args(["analyze", "--ct", "c", "--model", "m", "--out", "o", "--model-space", "lps"])
+    assert (a.command, a.model_space, a.frame, a.overwrite, a.quiet, a.progress, a.no_pictures) == (
+        "analyze", "LPS", None, False, False, False, False)
+    for option, bad in (("--remesh", "quadric"), ("--sampling", "cubic"), ("--profile-aggregate", "min"),
+                        ("--side", "up"), ("--zone-scheme", "radial"), ("--zone-reference", "world"), ("--model-space", "xyz")):
+        with pytest.raises(SystemExit):
+            p.parse_args(["analyze", "--ct", "c", "--model", "m", "--out", "o", option, bad])
+    with pytest.raises(SystemExit):
+        p.parse_args(["analyze", "--ct", "c", "--model", "m"])  # --out is required
+    with pytest.raises(SystemExit):
+        p.parse_args([])  # a subcommand is required
