@@ -375,6 +375,8 @@ def test_class_specs_from_text_and_files(tmp_path):
                                                        {"name": "b", "low_hu": 100, "high_hu": 300}]))
     with pytest.raises(InputError, match="overlap"):
         parse_classes(str(tmp_path / "overlap.json"))
+    with pytest.raises(InputError, match=r"use name:low:high \(HU\), .* or a preset: default, pedicle-screw, fixation$"):
+        parse_classes("a:0")
     (tmp_path / "bands.txt").write_text(json.dumps([{"name": "a", "low_hu": 0, "high_hu": 200}]))
     assert parse_classes(str(tmp_path / "bands.txt")) == (ContactBand("a", 0.0, 200.0),)  # any existing file is JSON
 
