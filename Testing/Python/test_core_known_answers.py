@@ -600,6 +600,13 @@ def test_triangle_samples_by_hand():
     f = triangle_samples(pts, faces, hu, field=field, normals=normals)
     np.testing.assert_allclose(f.hu, 10.0 * expected_points[:, 1], atol=1e-9)
     np.testing.assert_allclose(seen["n"], [[0, 0, 1]] * 4, atol=1e-12)
+    # no normals: the field gets zero normals; normals that cancel at a sample give a zero normal there, not
+    # NaN: corners 0, 1, 2 with normals 0, +x, -x cancel at the two samples weighting corners 1 and 2 alike
+    triangle_samples(pts, faces, hu, field=field)
+    np.testing.assert_array_equal(seen["n"], np.zeros((4, 3)))
+    cancelling = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    triangle_samples(pts, faces, hu, field=field, normals=cancelling)
+    np.testing.assert_array_equal(seen["n"], [[0, 0, 0], [0, 0, 0], [-1, 0, 0], [1, 0, 0]])
     # a triangle with an unsampled corner gives NaN samples, the field is not asked about it
     seen.clear()
     g = triangle_samples(pts, np.array([[0, 1, 3]]), hu, field=field, normals=normals)
