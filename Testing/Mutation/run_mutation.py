@@ -166,7 +166,7 @@ def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool
         if not saved.exists():
             sys.exit(f"no earlier run of {module} to take the survivors from")
         previous = json.loads(saved.read_text())
-        names = [k for k, v in previous.items() if v in (0, 5, 33)]
+        names = [k for k, v in previous.items() if v in (0, 5, 33, None)]  # survived, no test, or never checked
         if not names:
             return score(module, previous)
         fresh = False
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutants tested in parallel")
     ap.add_argument("--keep", action="store_true", help="reuse the results of the last run of unchanged functions")
     ap.add_argument("--survivors", action="store_true",
-                    help="test again only the mutants that survived the last run (after writing tests for them)")
+                    help="test again only the mutants that survived the last run or were not checked (after writing tests for them)")
     ap.add_argument("--report", action="store_true", help="only print the scores of the last runs")
     ap.add_argument("--exclude-tests", nargs="*", default=[], metavar="FILE",
                     help="test files to leave out (to measure the score without them)")
