@@ -603,6 +603,7 @@ def test_triangle_samples_by_hand():
     # no normals: the field gets zero normals; normals that cancel at a sample give a zero normal there, not
     # NaN: corners 0, 1, 2 with normals 0, +x, -x cancel at the two samples weighting corners 1 and 2 alike
     triangle_samples(pts, faces, hu, field=field)
+    assert seen["n"].shape == (4, 3) and seen["n"].dtype == np.float64
     np.testing.assert_array_equal(seen["n"], np.zeros((4, 3)))
     cancelling = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     triangle_samples(pts, faces, hu, field=field, normals=cancelling)
@@ -697,3 +698,19 @@ def test_parser_choices_and_defaults():
         p.parse_args(["analyze", "--ct", "c", "--model", "m"])  # --out is required
     with pytest.raises(SystemExit):
         p.parse_args([])  # a subcommand is required
+
+
+@pytest.mark.parametrize("max_samples, m", [(28, 2), (27, 1), (7, 1), (0, 1)])
+def test_subdivisions_follow_the_sample_budget(max_samples, m):
+    """7 triangles: 2 x 2 sub-triangles each while 4 * 7 = 28 samples fit the budget, else the centroid
+    alone (also when even 7 samples do not fit: 1 is the last resort)."""
+    from ImplantBoneContactLib.stats import triangle_samples
+
+    rng = np.random.default_rng(2)
+    pts = rng.random((9, 3)) * 10.0
+    faces = np.array([[0, 1, 2], [2, 3, 4], [4, 5, 6], [6, 7, 8], [8, 0, 3], [1, 5, 7], [0, 4, 8]])
+    s = triangle_samples(pts, faces, np.ones(9), max_samples=max_samples)
+    assert s.subdivisions == m and len(s.hu) == 7 * m * m
+    # faces given as floats (as from a text file) are indices all the same
+    f = triangle_samples(pts, faces.astype(float), np.ones(9), max_samples=max_samples)
+    np.testing.assert_array_equal(f.points, s.points)
