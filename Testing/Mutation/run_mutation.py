@@ -74,6 +74,13 @@ DESELECT = [
     "test_stats_classes.py::test_contact_classes_match_phantom_truth",
     "test_stats_classes.py::test_zone_statistics_do_not_depend_on_mesh_density",
     "test_core_known_answers.py::test_no_metal_warning_on_a_preoperative_ct",
+    # phantom CT and surface (session fixtures), the post-operative phantom and the real pelvis CT
+    "test_sampling.py::test_trilinear_vs_cli_integer_output_is_within_half_hu",
+    "test_sampling.py::test_phantom_hu_matches_ground_truth_away_from_tissue_boundaries",
+    "test_sampling.py::test_offset_samples_along_outward_normal",
+    "test_sampling.py::test_profile_aggregates",
+    "test_sampling.py::test_profile_sees_bone_past_metal_blooming",
+    "test_sampling.py::test_outside_ct_is_nan_never_zero_on_pelvis_with_implant_at_scan_edge",
 ]
 
 
