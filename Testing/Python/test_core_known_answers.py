@@ -714,3 +714,56 @@ def test_subdivisions_follow_the_sample_budget(max_samples, m):
     # faces given as floats (as from a text file) are indices all the same
     f = triangle_samples(pts, faces.astype(float), np.ones(9), max_samples=max_samples)
     np.testing.assert_array_equal(f.points, s.points)
+
+
+def test_sampling_box_edges_are_inclusive_on_an_identity_grid():
+    """With voxel index = RAS mm the box edges are hit exactly: trilinear accepts points exactly at the
+    edge tolerance on both sides, nearest accepts -0.5 and refuses upper + 0.5 (half-open voxel extents);
+    a non-finite point is outside without taking the others with it."""
+    from ImplantBoneContactLib import sample
+    from ImplantBoneContactLib.sampling import _EDGE_TOLERANCE
+
+    ct = _ramp_ct()  # 10 voxels a side, HU = 10 x
+    t = _EDGE_TOLERANCE
+    pts = np.array([[-t, 4, 4], [4, -t, 4], [4, 4, -t], [9 + t, 4, 4], [4, 9 + t, 4], [4, 4, 9 + t]])
+    hu, inside = sample(ct, pts, "trilinear")
+    assert inside.all()
+    np.testing.assert_allclose(hu, [0, 40, 40, 90, 40, 40], atol=1e-9)
+    pts = np.array([[-0.5, 4, 4], [9.5, 4, 4], [4, 9.5, 4], [4, 4, 9.5], [np.nan, 4, 4], [2.2, 4, 4]])
+    hu, inside = sample(ct, pts, "nearest")
+    assert inside.tolist() == [True, False, False, False, False, True]
+    assert hu[0] == 0.0 and hu[5] == 20.0 and np.isnan(hu[1:5]).all()
+
+
+def test_fortran_ordered_ct_samples_as_c_ordered():
+    from ImplantBoneContactLib import sample
+
+    ct = _oblique_ct()
+    fortran = Volume(np.asfortranarray(ct.array), ct.ijk_to_ras)
+    pts = _ras(ct, np.random.default_rng(4).random((50, 3)) * np.array([3.0, 4.0, 5.0]))
+    for method in ("trilinear", "nearest"):
+        np.testing.assert_array_equal(sample(fortran, pts, method)[0], sample(ct, pts, method)[0])
+
+
+def test_surface_sampling_options_by_hand():
+    """On the ramp (HU = 10 x): the default offset is 0, the method is passed on, two offsets are a
+    profile, each vertex is aggregated over its own profile only, and the offsets are reported."""
+    from ImplantBoneContactLib import InputError, sample
+
+    ct = _ramp_ct()
+    pts = np.array([[2.3, 4.0, 4.0], [5.6, 4.0, 4.0]])
+    nrm = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    s = sample_surface(ct, pts, nrm)
+    np.testing.assert_allclose(s.hu, [23.0, 56.0], atol=1e-9)
+    assert s.hu.dtype == np.float64 and s.offsets_mm.tolist() == [0.0]
+    np.testing.assert_allclose(sample_surface(ct, pts, nrm, method="nearest").hu, [20.0, 60.0])
+    two = sample_surface(ct, pts, nrm, offsets_mm=np.array([0.0, 1.0]), aggregate="max")
+    np.testing.assert_allclose(two.hu, [33.0, 66.0], atol=1e-9)
+    assert two.offsets_mm.tolist() == [0.0, 1.0] and two.hu.dtype == np.float64
+    np.testing.assert_allclose(two.profile_hu, [[23.0, 33.0], [56.0, 66.0]], atol=1e-9)
+    mean = sample_surface(ct, pts, nrm, offsets_mm=[0.0, 1.0, 2.0], aggregate="mean")
+    np.testing.assert_allclose(mean.hu, [33.0, 66.0], atol=1e-9)
+    with pytest.raises(InputError, match="use one of trilinear, nearest$"):
+        sample(ct, pts, "cubic")
+    with pytest.raises(InputError, match="use one of max, mean, median$"):
+        sample_surface(ct, pts, nrm, offsets_mm=[0.0, 1.0], aggregate="min")
