@@ -767,3 +767,18 @@ def test_surface_sampling_options_by_hand():
         sample(ct, pts, "cubic")
     with pytest.raises(InputError, match="use one of max, mean, median$"):
         sample_surface(ct, pts, nrm, offsets_mm=[0.0, 1.0], aggregate="min")
+
+
+def test_coordinate_messages_name_the_option():
+    """A bad coordinate value is reported under the option that carried it, for either point of a pair."""
+    from ImplantBoneContactLib import InputError
+    from ImplantBoneContactLib.cli import _join_coordinate_values, _pair
+
+    assert _join_coordinate_values(["--axis", "-1,2,3:4,5,6"]) == ["--axis=-1,2,3:4,5,6"]
+    for text in ("1,2:3,4,5", "1,2,3:4,5"):
+        with pytest.raises(InputError, match="^--resection-plane must be three finite numbers"):
+            _pair(text, "--resection-plane")
+    for option, value in (("--axis", "1,2:3,4,5"), ("--medial-point", "1,2"), ("--resection-plane", "1,2,3:4,x,6"),
+                          ("--bands-axial", "0.5,0.5"), ("--bands-axial", "a,b,c")):
+        with pytest.raises(InputError, match=f"^{option} must be"):
+            _params([f"{option}={value}"])
