@@ -782,3 +782,25 @@ def test_coordinate_messages_name_the_option():
                           ("--bands-axial", "0.5,0.5"), ("--bands-axial", "a,b,c")):
         with pytest.raises(InputError, match=f"^{option} must be"):
             _params([f"{option}={value}"])
+
+
+def test_parser_names_itself_and_documents_every_option(capsys):
+    """The program's name starts every error line (batch logs are grepped for it), --version prints it
+    with the package version, and every option and subcommand has a help text."""
+    import argparse
+
+    from ImplantBoneContactLib import __version__
+    from ImplantBoneContactLib.cli import build_parser
+
+    p = build_parser()
+    assert p.prog == "implant-bone-contact" and p.description
+    with pytest.raises(SystemExit):
+        p.parse_args(["--version"])
+    assert capsys.readouterr().out.strip() == f"implant-bone-contact {__version__}"
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"analyze", "demo"}
+    assert all(c.help for c in sub._choices_actions)
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help and action.help.strip(), (name, action.option_strings)
