@@ -804,3 +804,30 @@ def test_parser_names_itself_and_documents_every_option(capsys):
         for action in parser._actions:
             if not isinstance(action, argparse._HelpAction):
                 assert action.help and action.help.strip(), (name, action.option_strings)
+
+
+def test_every_documented_choice_is_accepted_and_required_options_are_required():
+    """Each choice the README documents parses to itself, numbers parse to numbers, and --ct, --model,
+    --out (analyze) and --out (demo) cannot be left out."""
+    from ImplantBoneContactLib.cli import build_parser
+
+    p = build_parser()
+    base = ["analyze", "--ct", "c", "--model", "m", "--out", "o"]
+    choices = {"--remesh": ("acvd", "fast", "none"), "--sampling": ("trilinear", "nearest"),
+               "--profile-aggregate": ("max", "mean", "median"), "--side": ("left", "right"),
+               "--zone-scheme": ("sector", "projection"), "--zone-reference": ("implant", "patient"),
+               "--model-space": ("RAS", "LPS")}
+    for option, values in choices.items():
+        for value in values:
+            args = p.parse_args(base + [option, value])
+            assert getattr(args, option[2:].replace("-", "_")) == value
+    args = p.parse_args(base + ["--points", "123", "--subdivide", "2", "--offset", "1.5", "--metal-hu", "3000",
+                                "--tip-length", "12.5"])
+    assert (args.points, args.subdivide, args.offset, args.metal_hu, args.tip_length) == (123, 2, 1.5, 3000.0, 12.5)
+    assert p.parse_args(["demo", "--out", "d", "--voxel", "1.5", "--side", "right", "--metal"]).voxel == 1.5
+    for missing in ("--ct", "--model", "--out"):
+        i = base.index(missing)
+        with pytest.raises(SystemExit):
+            p.parse_args(base[:i] + base[i + 2:])
+    with pytest.raises(SystemExit):
+        p.parse_args(["demo"])
