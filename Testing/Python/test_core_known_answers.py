@@ -825,6 +825,10 @@ def test_every_documented_choice_is_accepted_and_required_options_are_required()
                                 "--tip-length", "12.5"])
     assert (args.points, args.subdivide, args.offset, args.metal_hu, args.tip_length) == (123, 2, 1.5, 3000.0, 12.5)
     assert p.parse_args(["demo", "--out", "d", "--voxel", "1.5", "--side", "right", "--metal"]).voxel == 1.5
+    assert p.parse_args(["demo", "--out", "d", "--side", "left"]).side == "left"
+    assert p.parse_args(base + ["--transform", "t.tfm", "--series-uid", "1.2", "--frame", "f.json"]).transform == "t.tfm"
+    with pytest.raises(SystemExit):
+        p.parse_args(["demo", "--out", "d", "--side", "up"])
     for missing in ("--ct", "--model", "--out"):
         i = base.index(missing)
         with pytest.raises(SystemExit):
