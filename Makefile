@@ -22,7 +22,7 @@ COMPAT_PYTEST_ARGS ?= -m "not slow and not mrml and not render" --ignore=Testing
                       --deselect Testing/Python/test_properties.py::test_translation_and_rotation_about_anterior_change_nothing \
                       -q -p no:cacheprovider -W ignore::DeprecationWarning
 
-.PHONY: demo test test-compat test-big lint bench clean
+.PHONY: demo test test-compat test-big lint bench mutation clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,17 @@ test-compat: $(COMPAT_VENV)/.installed
 # Big inputs (1M-triangle STL, 512x512x1500 CT): about 4 min, 2.2 GB RAM, 1 GB of temporary files.
 test-big: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow -s
+
+$(VENV)/.installed-mutation: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e ".[test,mutation]"
+	touch $(VENV)/.installed $(VENV)/.installed-test $@
+
+# Mutation testing of the core modules with mutmut, at the lowest CPU priority; not part of `make test`.
+# MODULES="classes stats" mutates some modules only; scores in build/mutation/<module>/score.json (see TESTING.md).
+MODULES ?=
+MUTATION_JOBS ?= 2
+mutation: $(VENV)/.installed-mutation
+	nice -n 19 $(BIN)/python Testing/Mutation/run_mutation.py --jobs $(MUTATION_JOBS) $(MODULES)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run_benchmarks.py

@@ -684,10 +684,6 @@ def test_command_line_behaviour(case: Case, tmp_path: Path, base: Baseline, capf
     assert len(zones) == 15 and list(zones["zone"].astype(str))[-1] == "all"
 
 
-def test_catalogue_size() -> None:
-    assert len(CASES) + len(OUTPUT_CASES) >= 30
-
-
 # --------------------------------------------------------------------------- companions
 
 

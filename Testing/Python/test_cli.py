@@ -93,13 +93,45 @@ def test_coordinates_with_minus_sign_in_both_forms(case, tmp_path, phantom):
     np.testing.assert_allclose(fa["axis"], fb["axis"])
 
 
-def test_frame_json_reuse_gives_same_zones(case, first_run, tmp_path):
+def test_frame_file_sets_the_zones(case, first_run, tmp_path):
+    """--frame is used: the first run's frame.json with the cut moved 20 mm distally gives a zone 0
+    that follows the moved cut, not the automatic one (a rerun of the same inputs without the file
+    would find the first cut again). --tip-length and --zone-scheme projection reach the result too."""
+    frame = json.loads((first_run / "frame.json").read_text())
+    axis = np.array(frame["axis"])
+    normal = np.array(frame["resection_normal"])
+    moved = np.array(frame["resection_point"]) + 20.0 * axis
+    frame["resection_point"] = moved.tolist()
+    (tmp_path / "moved.json").write_text(json.dumps(frame))
     out = tmp_path / "again"
     assert main(["analyze", "--ct", str(case / "ct.nrrd"), "--model", str(case / "stem.stl"), "--out", str(out),
-                 "--points", "3000", "--no-pictures", "--quiet", "--frame", str(first_run / "frame.json")]) == 0
-    a = pd.read_csv(first_run / "vertices.csv")
-    b = pd.read_csv(out / "vertices.csv")
-    np.testing.assert_array_equal(a["gruen_zone"], b["gruen_zone"])
+                 "--points", "3000", "--no-pictures", "--quiet", "--frame", str(tmp_path / "moved.json"),
+                 "--tip-length", "25", "--zone-scheme", "projection"]) == 0
+    used = json.loads((out / "frame.json").read_text())
+    np.testing.assert_allclose(used["resection_point"], moved, atol=1e-9)
+    np.testing.assert_allclose(used["axis"], axis, atol=1e-9)
+    assert used["tip_length_mm"] == 25.0
+    v = pd.read_csv(out / "vertices.csv")
+    xyz = v[["x_mm", "y_mm", "z_mm"]].to_numpy()
+    side = (xyz - moved) @ normal
+    clear = np.abs(side) > 1e-3
+    np.testing.assert_array_equal((v["gruen_zone"] == 0)[clear], (side > 0)[clear])
+    first = pd.read_csv(first_run / "vertices.csv")
+    assert (v["gruen_zone"] == 0).sum() > (first["gruen_zone"] == 0).sum() + 50
+    # height above the tip along the file's axis; the tip cap is 25 mm high
+    np.testing.assert_allclose(v["height_mm"], (np.array(used["tip"]) - xyz) @ axis, atol=1e-4)
+    below = v["gruen_zone"] > 0
+    in_cap = below & (v["height_mm"] <= 25.0)
+    assert (in_cap & (v["height_mm"] > 10.0)).sum() > 20
+    assert set(v.loc[in_cap, "gruen_zone"]) <= {4, 11} and set(v.loc[in_cap, "gruen_zone_ap"]) == {4}
+    assert not set(v.loc[below & ~in_cap, "gruen_zone"]) & {4, 11}
+    # zones.csv under the projection scheme counts each vertex in its AP zone (1-7) and its lateral-view zone (8-14)
+    z = pd.read_csv(out / "zones.csv", keep_default_na=False, na_values=["NaN"]).set_index("zone")
+    for zone in range(1, 15):
+        column = "gruen_zone_ap" if zone <= 7 else "gruen_zone_lateral"
+        assert z.loc[str(zone), "n_vertices"] == (v[column] == zone).sum(), zone
+    assert z["n_vertices"].iloc[:14].sum() == 2 * below.sum()
+    assert z.loc["all", "n_vertices"] == below.sum()
 
 
 def test_existing_result_needs_overwrite(case, first_run, tmp_path, capsys):

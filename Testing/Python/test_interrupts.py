@@ -323,11 +323,14 @@ def test_signal_right_after_the_partial_folder_is_made(result, tmp_path: Path, m
 
     monkeypatch.setattr(export_module.tempfile, "mkdtemp", mkdtemp)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # as the CLI handles SIGTERM
+    # Python's own SIGINT handler, whatever the runner inherited (a background job starts with SIGINT ignored).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
             save_result(result, tmp_path / "results", pictures=False)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     assert leftovers(tmp_path) == []
     assert not (tmp_path / "results").exists()
 

@@ -412,7 +412,18 @@ def test_nodes_under_transforms_give_the_result_of_the_world_inputs(node_run):
     # Vertices of the marching-cubes phantom lie exactly on sector boundaries; 1e-14 mm
     # of transform round-off may tip a handful of them into the neighbouring zone.
     assert np.mean(v1["gruen_zone"].to_numpy() == v0["gruen_zone"].to_numpy()) > 0.995
-    np.testing.assert_allclose(result.zones["area_mm2"], direct.zones["area_mm2"], rtol=0.02)
+    # Zone areas: the inputs agree to round-off, so a zone's area changes only by the surface samples that
+    # tip across a border with their vertices (triangles lying in a border plane). Bound: the area of the
+    # vertices that changed zone (measured: 4.0 mm2 of vertices, 0.20 mm2 moved between zones 4 and 11);
+    # zones no tipped vertex enters or leaves, and the whole stem, agree to round-off.
+    tipped = v1["gruen_zone"].to_numpy() != v0["gruen_zone"].to_numpy()
+    moved = set(v0["gruen_zone"][tipped].astype(str)) | set(v1["gruen_zone"][tipped].astype(str))
+    a1 = result.zones.set_index("zone")["area_mm2"]
+    a0 = direct.zones.set_index("zone")["area_mm2"]
+    assert (np.abs(a1 - a0) <= v0["area_mm2"][tipped].sum() + 1e-9 * a0).all()
+    steady = [z for z in a0.index if z not in moved]
+    np.testing.assert_allclose(a1[steady], a0[steady], rtol=1e-9)
+    assert "all" in steady and len(steady) >= 9
     assert result.inputs["model"]["parent_transform"] == "Registration"
     # The user's model node still holds its own (untransformed) surface.
     np.testing.assert_array_equal(mesh_points(model.GetPolyData()), model.model_local_points)

@@ -479,15 +479,50 @@ def test_random_small_inputs_never_crash(volume, mesh, params) -> None:
     assert_valid_result(result)
 
 
+@st.composite
+def valid_inputs(draw):
+    """A CT of random HU around a stem-like mesh (a long ellipsoid with a neck ball, 20-40 mm on
+    each side inside the CT), the frame given, random parameters with the mesh kept: every one is a
+    valid analysis, so an InputError here is a regression (the fuzz test above would pass it)."""
+    sphere = vtk.vtkSphereSource()
+    sphere.SetThetaResolution(draw(st.integers(8, 16)))
+    sphere.SetPhiResolution(draw(st.integers(8, 16)))
+    pts, faces = _source_arrays(sphere)
+    pts = pts * np.array([draw(st.floats(8, 14)), draw(st.floats(8, 14)), draw(st.floats(60, 100))])
+    spacing = draw(st.sampled_from([0.8, 1.0, 1.5]))
+    n = int(np.ceil(80 / spacing))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    array = rng.normal(draw(st.floats(-200, 1500)), draw(st.floats(0, 400)), (n, n, n)).astype(np.float32)
+    m = np.diag([spacing, spacing, spacing, 1.0])
+    m[:3, 3] = -spacing * (n - 1) / 2.0
+    params = draw(random_parameters())
+    params.remesh = "none"
+    params.axis = ((0.0, 0.0, 25.0), (0.0, 0.0, -35.0))
+    params.medial_point = (10.0, 0.0, 0.0)
+    params.resection_point, params.resection_normal = (0.0, 0.0, 20.0), (0.0, 0.0, 1.0)
+    return Volume(array, m), polydata_from_arrays(pts, faces), params
+
+
+@settings(max_examples=10, deadline=None)
+@given(inputs=valid_inputs())
+def test_random_valid_inputs_give_a_result(inputs) -> None:
+    volume, mesh, params = inputs
+    assert_valid_result(analyze(volume, mesh, params))
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
+    intact=st.booleans(),
     noise=st.floats(0.0, 3.0),
     drop=st.floats(0.0, 0.3),
     seed=st.integers(0, 2**31 - 1),
     params=random_parameters(),
 )
-def test_damaged_phantom_stem_never_crashes(ct, stem, noise, drop, seed, params) -> None:
-    """The real stem with jittered points and missing triangles: a result or an InputError."""
+def test_damaged_phantom_stem_never_crashes(ct, stem, intact, noise, drop, seed, params) -> None:
+    """The real stem with jittered points and missing triangles: a result or an InputError;
+    the stem left intact always gives a result."""
+    if intact:
+        noise, drop = 0.0, 0.0
     rng = np.random.default_rng(seed)
     pts = mesh_points(stem) + rng.normal(0.0, noise, (stem.GetNumberOfPoints(), 3))
     from ImplantBoneContactLib.mesh import triangles
@@ -499,6 +534,7 @@ def test_damaged_phantom_stem_never_crashes(ct, stem, noise, drop, seed, params)
     try:
         result = analyze(ct, polydata_from_arrays(pts, faces), params)
     except InputError as exc:
+        assert not intact, f"the intact phantom stem was refused: {exc}"
         assert str(exc) and "\n" not in str(exc)
         return
     assert_valid_result(result)

@@ -79,11 +79,29 @@ def test_dicom_series_geometry_and_rescale_against_pydicom(shared_data):
     np.testing.assert_allclose(vol.ijk_to_ras, LPS_TO_RAS @ lps, atol=1e-4)
     assert vol.array.shape == (len(datasets), int(datasets[0].Rows), int(datasets[0].Columns))
     assert str(datasets[0].file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.4.90"  # JPEG 2000 lossless
-    # Rescale applied (intercept -1024): air reads -1024 HU, the densest bone 1839 HU.
+    # Rescale applied: every voxel is pydicom's decoded pixel times the slope plus the intercept (-1024).
     assert float(datasets[0].RescaleIntercept) == -1024
+    full = sorted((pydicom.dcmread(f) for f in folder.iterdir()),
+                  key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, dtype=float), normal)))
+    expected = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in full])
+    np.testing.assert_array_equal(vol.array, expected)
     assert vol.array.min() == -1024
-    assert vol.array.max() == 1839
     assert vol.metadata["series_instance_uid"] == str(datasets[0].SeriesInstanceUID)
+
+
+def test_dicom_rescale_slope_is_applied(shared_data, tmp_path):
+    """The shared series has slope 1; the same files with slope 2 and intercept -2048 read as twice the HU
+    (2 * raw - 2048 = 2 * (raw - 1024)), the pixel data untouched."""
+    pydicom = pytest.importorskip("pydicom")
+    folder = shared_data / "abdomen_ct_dicom"
+    for f in sorted(folder.iterdir()):
+        d = pydicom.dcmread(f)
+        d.RescaleSlope, d.RescaleIntercept = 2, -2048
+        d.save_as(tmp_path / f.name)
+    original = read_volume(folder)
+    doubled = read_volume(tmp_path)
+    np.testing.assert_array_equal(doubled.array, 2.0 * original.array.astype(np.float64))
+    np.testing.assert_allclose(doubled.ijk_to_ras, original.ijk_to_ras)
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".mha"])

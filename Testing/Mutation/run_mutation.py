@@ -1,0 +1,229 @@
+"""Mutation testing of the core modules with mutmut (``make mutation``).
+
+mutmut plants one small change (a mutant) at a time in a copy of the library and
+runs the tests that execute the changed function; a mutant that no test notices
+"survives".  mutmut expects the package in ``./``, ``src/`` or ``source/``, so each
+module is staged in ``build/mutation/<module>/src/ImplantBoneContactLib`` together
+with a copy of ``Testing/`` and a ``pyproject.toml`` that names the module and the
+test files that exercise it.  mutmut records which test executes which function
+and runs, for each mutant, only those tests (first to fail stops the run).
+
+Usage (from the repository root)::
+
+    nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli
+    nice -n 19 python Testing/Mutation/run_mutation.py classes stats   # some modules
+    python Testing/Mutation/run_mutation.py --report                    # scores of the last runs
+
+Scores are printed and written to ``build/mutation/<module>/score.json``, the
+surviving mutants to ``build/mutation/<module>/survivors.txt`` (see them with
+``cd build/mutation/<module> && mutmut show <name>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "ImplantBoneContactLib"
+STAGE = REPO / "build" / "mutation"
+
+# module -> (functions to mutate, glob on the function name; test files that exercise them).
+# Test files are chosen for speed: the unit, property and known-answer tests of the module,
+# not the slow end-to-end ones (they would run for every mutant of every function they touch).
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
+    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
+    "sampling": (["*"], ["test_sampling.py", "test_stats_classes.py", "test_core_known_answers.py"]),
+    "frame": (["*"], ["test_frame_zones.py", "test_core_known_answers.py", "test_stats_classes.py"]),
+    # geometry and orientation only (readers and writers are covered by test_bad_inputs / test_cli)
+    "mesh": (
+        [
+            "x_points*", "x_triangles*", "x_polydata_from_arrays*", "x_transform_polydata*",
+            "x_triangle_areas*", "x_vertex_areas*", "x__corner_sums*", "x_signed_volume*",
+            "x_surface_geometry*", "x__repeated_rows*", "x__edge_counts*", "x__component_labels*",
+            "x_check_registration_matrix*", "x_prepare_surface*", "x__drop_unused_points*",
+        ],
+        ["test_mesh.py", "test_core_known_answers.py"],
+    ),
+    # atomic writes
+    "export": (
+        ["x_check_output_folder*", "x_atomic_file*", "x_write_csv*", "x_write_json*", "x_write_result_folder*",
+         "x__silent_unlink*", "x_save_result*", "x_write_tables_and_surface*"],
+        ["test_core_known_answers.py", "test_cli.py", "test_interrupts.py"],
+    ),
+    # option plumbing (run_analysis and main are end to end: test_cli runs them on the phantom, too slow per mutant)
+    "cli": (
+        ["x__join_coordinate_values*", "x__point*", "x__pair*", "x_build_parser*", "x__add_analysis_options*",
+         "x_parameters_from_args*"],
+        ["test_core_known_answers.py"],
+    ),
+}
+ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame"]
+# What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
+# scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). mesh, frame, export by name.
+DEFAULT = ["classes", "stats", "sampling", "cli"]
+
+# Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a
+# session fixture that every mutant's fresh pytest session would build again). They run in `make test`.
+DESELECT = [
+    "test_stats_classes.py::test_contact_classes_match_phantom_truth",
+    "test_stats_classes.py::test_zone_statistics_do_not_depend_on_mesh_density",
+    "test_core_known_answers.py::test_no_metal_warning_on_a_preoperative_ct",
+    # phantom CT and surface (session fixtures), the post-operative phantom and the real pelvis CT
+    "test_sampling.py::test_trilinear_vs_cli_integer_output_is_within_half_hu",
+    "test_sampling.py::test_phantom_hu_matches_ground_truth_away_from_tissue_boundaries",
+    "test_sampling.py::test_offset_samples_along_outward_normal",
+    "test_sampling.py::test_profile_aggregates",
+    "test_sampling.py::test_profile_sees_bone_past_metal_blooming",
+    "test_sampling.py::test_outside_ct_is_nan_never_zero_on_pelvis_with_implant_at_scan_edge",
+]
+
+
+def _mutmut() -> str:
+    exe = Path(sys.executable).with_name("mutmut")
+    if not exe.exists():
+        sys.exit("mutmut is not installed in this Python: pip install -e '.[mutation]'")
+    return str(exe)
+
+
+def stage(module: str, fresh: bool, exclude: list[str]) -> Path:
+    """Copy the package and the tests into ``build/mutation/<module>`` with mutmut's settings."""
+    globs, tests = MODULES[module]
+    d = STAGE / module
+    if fresh and d.exists():
+        shutil.rmtree(d)
+    (d / "src").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "ImplantBoneContact" / PACKAGE, d / "src" / PACKAGE, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "Testing" / "Python", d / "Testing" / "Python", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    test_paths = ", ".join(f'"Testing/Python/{t}"' for t in tests
+                           if (REPO / "Testing" / "Python" / t).exists() and t not in exclude)
+    deselect = "".join(f', "--deselect", "Testing/Python/{t}"' for t in DESELECT)
+    (d / "pyproject.toml").write_text(
+        f"""[tool.mutmut]
+source_paths = ["src/{PACKAGE}"]
+only_mutate = ["src/{PACKAGE}/{module}.py"]
+pytest_add_cli_args_test_selection = [{test_paths}]
+pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider"{deselect}]
+use_git_change_detection = false
+also_copy = ["Testing"]
+
+[tool.pytest.ini_options]
+markers = ["slow: long tests", "mrml: tests on Slicer's MRML classes"]
+filterwarnings = ["ignore::DeprecationWarning"]
+""")
+    return d
+
+
+def mutant_names(module: str) -> list[str]:
+    globs, _ = MODULES[module]
+    return [f"{PACKAGE}.{module}.{g}" for g in globs]
+
+
+def _meta_codes(module: str) -> dict:
+    meta = STAGE / module / "mutants" / "src" / PACKAGE / f"{module}.py.meta"
+    return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+
+
+def score(module: str, previous: dict | None = None) -> dict:
+    """Killed / survived / no-test counts of the selected mutants, from mutmut's .meta file.
+
+    ``previous``: exit codes of an earlier run, kept for the mutants this run did not test
+    (a rerun of the survivors only); the merged codes are saved in ``exit_codes.json``.
+    """
+    d = STAGE / module
+    codes = _meta_codes(module)
+    if previous:
+        codes = {k: (v if v is not None else previous.get(k)) for k, v in codes.items()}
+    if not codes:
+        return {}
+    (d / "exit_codes.json").write_text(json.dumps(codes, indent=1) + "\n")
+    pats = mutant_names(module)
+    sel = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in pats)}
+    killed = sorted(k for k, v in sel.items() if v in (1, 3))
+    timeout = sorted(k for k, v in sel.items() if v in (36, 24, -24, 152, 255))
+    survived = sorted(k for k, v in sel.items() if v == 0)
+    no_tests = sorted(k for k, v in sel.items() if v in (5, 33))
+    unchecked = sorted(k for k, v in sel.items() if v is None)
+    other = sorted(k for k in sel if k not in set(killed + timeout + survived + no_tests + unchecked))
+    checked = len(killed) + len(timeout) + len(survived) + len(no_tests)
+    out = {
+        "module": module, "total": len(sel), "killed": len(killed), "timeout": len(timeout),
+        "survived": len(survived), "no_tests": len(no_tests), "not_checked": len(unchecked), "other": len(other),
+        # timeouts count as killed: the mutant made the tests hang (e.g. an endless loop)
+        "score_percent": round(100.0 * (len(killed) + len(timeout)) / checked, 1) if checked else None,
+    }
+    (d / "survivors.txt").write_text("\n".join(survived + no_tests + other) + "\n")
+    return out
+
+
+def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool = False) -> dict:
+    """Mutate ``module`` and run its tests; with ``survivors`` only the mutants that survived the last run
+    (after new tests were written), keeping the earlier verdicts of the others."""
+    previous = None
+    names = mutant_names(module)
+    if survivors:
+        saved = STAGE / module / "exit_codes.json"
+        if not saved.exists():
+            sys.exit(f"no earlier run of {module} to take the survivors from")
+        previous = json.loads(saved.read_text())
+        names = [k for k, v in previous.items() if v in (0, 5, 33, None)]  # survived, no test, or never checked
+        if not names:
+            return score(module, previous)
+        fresh = False
+    d = stage(module, fresh, exclude)
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)  # the mutated copy must be the one imported
+    env.setdefault("IBC_SHARED_DATA", str(REPO.parent / "shared" / "data"))
+    env.setdefault("MPLBACKEND", "Agg")
+    t0 = time.time()
+    subprocess.run([_mutmut(), "run", "--max-children", str(jobs), *names], cwd=d, env=env, check=False)
+    s = score(module, previous)
+    s["minutes"] = round((time.time() - t0) / 60.0, 1)
+    (d / "score.json").write_text(json.dumps(s, indent=2) + "\n")
+    return s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("modules", nargs="*", help=f"modules to mutate, of {', '.join(ORDER)} (default: {', '.join(DEFAULT)})")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="mutants tested in parallel")
+    ap.add_argument("--keep", action="store_true", help="reuse the results of the last run of unchanged functions")
+    ap.add_argument("--survivors", action="store_true",
+                    help="test again only the mutants that survived the last run or were not checked (after writing tests for them)")
+    ap.add_argument("--report", action="store_true", help="only print the scores of the last runs")
+    ap.add_argument("--exclude-tests", nargs="*", default=[], metavar="FILE",
+                    help="test files to leave out (to measure the score without them)")
+    args = ap.parse_args(argv)
+    modules = args.modules or DEFAULT
+    unknown = sorted(set(modules) - set(ORDER))
+    if unknown:
+        ap.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    rows = []
+    for m in modules:
+        if args.report:
+            saved = STAGE / m / "exit_codes.json"
+            s = score(m, json.loads(saved.read_text()) if saved.exists() else None)
+        else:
+            s = run(m, args.jobs, fresh=not args.keep, exclude=args.exclude_tests, survivors=args.survivors)
+        rows.append(s)
+        print(json.dumps(s), flush=True)
+    print(f"\n{'module':10s} {'total':>6s} {'killed':>7s} {'survived':>9s} {'no test':>8s} {'score %':>8s}")
+    for s in rows:
+        if s:
+            print(f"{s['module']:10s} {s['total']:6d} {s['killed'] + s['timeout']:7d} {s['survived']:9d} "
+                  f"{s['no_tests']:8d} {s['score_percent']!s:>8s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
