@@ -86,13 +86,16 @@ def test_mask_restricts_the_surface_to_the_label():
 
 
 def test_ball_volume_position_and_no_shrinking(ball):
-    true_volume = 4.0 / 3.0 * np.pi * 10.0**3
+    # The half-way iso-surface of a Gaussian-blurred ball lies inside the ball by about sigma^2 / R (curvature):
+    # 0.7^2 / 10 = 0.049 mm of radius, 3 * 0.049 / 10 = 1.5 % of volume.
+    sigma, radius = 0.7, 10.0
+    true_volume = 4.0 / 3.0 * np.pi * radius**3 * (1.0 - 3.0 * sigma**2 / radius**2)
     level = 0.5 * (3000 + 40)
     smooth = segment_surface(ball, threshold_hu=level)
     raw = segment_surface(ball, threshold_hu=level, smoothing=False)
     for r in (smooth, raw):
         assert r.closed and r.n_components == 1
-        assert abs(r.volume_mm3 - true_volume) < 0.02 * true_volume
+        assert abs(r.volume_mm3 - true_volume) < 0.01 * true_volume  # measured: 0.2 % (VTK 9.6), 0.6 % (9.3, smoothed)
         radii = np.linalg.norm(points(r.surface) - np.array([12.0, -30.0, 40.0]), axis=1)
         assert abs(np.median(radii) - 10.0) < 0.1  # RAS place right on an oblique grid, no voxel-block offset
     # Windowed-sinc smoothing does not shrink (Laplacian smoothing would lose several percent).
