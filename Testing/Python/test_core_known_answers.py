@@ -798,7 +798,7 @@ def test_parser_names_itself_and_documents_every_option(capsys):
         p.parse_args(["--version"])
     assert capsys.readouterr().out.strip() == f"implant-bone-contact {__version__}"
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(sub.choices) == {"analyze", "demo"}
+    assert set(sub.choices) == {"analyze", "compare", "cohort", "demo", "segment", "register"}
     assert all(c.help for c in sub._choices_actions)
     for name, parser in sub.choices.items():
         for action in parser._actions:
