@@ -555,7 +555,7 @@ def run_case(task: dict) -> dict:
 
                 write_pictures(result, folder)
                 if getattr(result, "registration", None) is not None:
-                    result.registration.write_files(folder, pictures=True)
+                    result.registration.write_qc_picture(folder)  # the .tfm is written with the tables
             result.inputs["cohort"]["seconds"] = time.perf_counter() - t0
             result.inputs["cohort"]["worker_peak_rss_mb"] = _peak_rss_mb()
             write_tables_and_surface(result, folder)

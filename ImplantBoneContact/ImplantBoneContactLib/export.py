@@ -365,7 +365,7 @@ def save_result(result, out_dir: str | os.PathLike, overwrite: bool = False, pic
             write_pictures(result, folder)
             registration = getattr(result, "registration", None)
             if registration is not None:
-                registration.write_files(folder, pictures=True)  # the QC picture (and the .tfm again)
+                registration.write_qc_picture(folder)  # the .tfm is written with the tables
             if isinstance(timings, dict):
                 timings["pictures"] = time.perf_counter() - t
         # Last, so that its timings_s holds the writing and the pictures.

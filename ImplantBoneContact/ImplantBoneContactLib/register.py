@@ -127,6 +127,13 @@ class RegistrationResult:
         """
         return write_registration_files(self, folder, pictures=pictures)
 
+    def write_qc_picture(self, folder: str | os.PathLike) -> list[str]:
+        """Write ``registration_qc.png`` into a result folder (when the fit kept its QC data); return the names."""
+        if self.qc is None:
+            return []
+        write_qc_picture(self, Path(folder) / "registration_qc.png")
+        return ["registration_qc.png"]
+
     def to_dict(self) -> dict:
         """The fit as JSON-able values (the ``registration`` block of ``parameters.json``)."""
         return {
