@@ -143,7 +143,7 @@ def change_views_figure(comparison: Comparison) -> Figure:
 
 def unrolled_change_figure(comparison: Comparison) -> Figure:
     """The change unrolled around the stem axis, with the Gruen zone grid and each zone's mean change."""
-    from .plots import unrolled_map
+    from .plots.unrolled import draw_zone_grid, unrolled_axes, unrolled_map, zone_cell_centres
 
     view = _view_result(comparison)
     umap = unrolled_map(view)
@@ -155,48 +155,17 @@ def unrolled_change_figure(comparison: Comparison) -> Figure:
     rgb[zone < 0] = 1.0
     hgt, wid = rgb.shape[:2]
     left, right, top, bottom = 90, 200, 86, 74
+    fig, ax = unrolled_axes(rgb, umap, (left, right, top, bottom), minor_ticks=False)
     fig_w, fig_h = left + wid + right, top + hgt + bottom
-    fig = Figure(figsize=(fig_w / _DPI, fig_h / _DPI), dpi=_DPI, facecolor="white")
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((left / fig_w, bottom / fig_h, wid / fig_w, hgt / fig_h))
-    top_mm = float(umap.height_mm[0] + 0.5 * (umap.height_mm[0] - umap.height_mm[1]))
-    ax.imshow(rgb, extent=(0.0, 360.0, 0.0, top_mm), aspect="auto", interpolation="nearest", origin="upper")
-    ax.set_xlim(0, 360)
-    ax.set_ylim(0, top_mm)
-    ax.set_xticks([0, 90, 180, 270, 360])
-    ax.set_xticklabels(["0\u00b0\nmedial", "90\u00b0\nanterior", "180\u00b0\nlateral", "270\u00b0\nposterior", "360\u00b0\nmedial"],
-                       fontsize=9)
-    ax.set_ylabel("height above the tip (mm)", fontsize=10)
-    az = umap.azimuth_deg
-
-    def line(xs, ys, dashed=False):
-        ax.plot(xs, ys, color="white", lw=2.4)
-        ax.plot(xs, ys, color="black", lw=1.2, ls=(0, (5, 3)) if dashed else "-")
-
-    line(az, umap.cut_height_mm)
-    for b in umap.band_heights_mm:
-        line(az, b)
-    if umap.tip_length_mm > 0:
-        line([0, 360], [umap.tip_length_mm] * 2)
-    for a in (45, 135, 225, 315):
-        k = min(int(a / 360.0 * len(az)), len(az) - 1)
-        line([a, a], [0, umap.cut_height_mm[k]], dashed=True)
+    draw_zone_grid(ax, umap)
     zones = comparison.zones.set_index("zone")
-    sectors = {(7, 6, 5, 4): (22.5, 337.5), (8, 9, 10, 11): (90.0,), (1, 2, 3, 4): (180.0,), (14, 13, 12, 11): (270.0,)}
-    for numbers, centres in sectors.items():
-        for a in centres:
-            k = min(int(a / 360.0 * len(az)), len(az) - 1)
-            levels = [umap.cut_height_mm[k], umap.band_heights_mm[0][k], umap.band_heights_mm[1][k], umap.tip_length_mm, 0.0]
-            for band in range(4):
-                if band == 3 and umap.tip_length_mm <= 0:
-                    continue
-                z = str(numbers[band])
-                r = zones.loc[z]
-                sig = bool(r["significant_density"] if comparison.has_density else r["significant"])
-                text = f"{z}\n{float(r[zcol]):+.0f}{'*' if sig else ''}"
-                ax.text(a, 0.5 * (levels[band] + levels[band + 1]), text, ha="center", va="center", fontsize=9,
-                        weight="bold" if sig else "normal",
-                        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="#333333", lw=0.6, alpha=0.85))
+    for number, azimuth, height in zone_cell_centres(umap):
+        z = str(number)
+        r = zones.loc[z]
+        sig = bool(r["significant_density"] if comparison.has_density else r["significant"])
+        text = f"{z}\n{float(r[zcol]):+.0f}{'*' if sig else ''}"
+        ax.text(azimuth, height, text, ha="center", va="center", fontsize=9, weight="bold" if sig else "normal",
+                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="#333333", lw=0.6, alpha=0.85))
     fig.text(0.5, 1 - 16 / fig_h, "Unrolled change map, follow-up minus baseline", ha="center", va="top", fontsize=15,
              weight="bold")
     fig.text(0.5, 1 - 42 / fig_h, f"{_title(comparison)}: zone number, mean change ({unit}); * significant beyond noise",

@@ -230,6 +230,38 @@ def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -
     image = unrolled_rgb(result, umap, kind)
     hgt, wid = image.shape[:2]
     left, right, top, bottom = 90, 290, 96, 74
+    fig, ax = unrolled_axes(image, umap, (left, right, top, bottom), minor_ticks=True)
+    fig_w, fig_h = left + wid + right, top + hgt + bottom
+    draw_zone_grid(ax, umap)
+    # Zone numbers at the middle of each cell of the grid.
+    for zone, azimuth, height in zone_cell_centres(umap):
+        ax.text(azimuth, height, str(zone), ha="center", va="center", fontsize=11, weight="bold",
+                bbox=dict(boxstyle="round,pad=0.22", fc="white", ec="#333333", lw=0.6, alpha=0.85))
+    title = "Unrolled contact map: " + ("HU at the stem surface" if kind == "hu" else "contact class at the stem surface")
+    fig.text(0.5, 1 - 14 / fig_h, title, ha="center", va="top", fontsize=15, weight="bold")
+    fig.text(0.5, 1 - 40 / fig_h, run_description(result), ha="center", va="top", fontsize=10, color="#222222")
+    fig.text(0.5, 1 - 58 / fig_h, "azimuth around the stem axis against height, from the resection line (top) to the tip; "
+             "lines: Gruen zone borders (dashed: sector borders)", ha="center", va="top", fontsize=9, color="#444444")
+    key = (1 - (right - 20) / fig_w, bottom / fig_h, (right - 40) / fig_w, hgt / fig_h)
+    draw_key(fig, result, kind, key, bar_fraction=0.68)
+    ax.set_label("unrolled")
+    return fig
+
+
+def unrolled_axes(image: np.ndarray, umap: UnrolledMap, margins_px: tuple, minor_ticks: bool = True):
+    """A figure with the unrolled ``image`` (rows from the resection line down to the tip) on azimuth/height axes.
+
+    Args:
+        image: RGB rows x columns, as :func:`unrolled_rgb` makes it.
+        umap: the map the image was made from (heights of its rows).
+        margins_px: left, right, top, bottom margins of the figure in pixels.
+        minor_ticks: also label 45, 135, 225 and 315 degrees.
+
+    Returns:
+        ``(figure, axes)``; the axes are labelled ``"unrolled"``.
+    """
+    left, right, top, bottom = margins_px
+    hgt, wid = image.shape[:2]
     fig_w, fig_h = left + wid + right, top + hgt + bottom
     fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
@@ -238,13 +270,22 @@ def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -
     ax.imshow(image, extent=(0.0, 360.0, 0.0, top_mm), aspect="auto", interpolation="nearest", origin="upper")
     ax.set_xlim(0, 360)
     ax.set_ylim(0, top_mm)
-    ax.set_xticks([0, 45, 90, 135, 180, 225, 270, 315, 360])
-    ax.set_xticklabels(["0\u00b0\nmedial", "45\u00b0", "90\u00b0\nanterior", "135\u00b0", "180\u00b0\nlateral", "225\u00b0",
-                        "270\u00b0\nposterior", "315\u00b0", "360\u00b0\nmedial"], fontsize=9)
+    named = {0: "0\u00b0\nmedial", 90: "90\u00b0\nanterior", 180: "180\u00b0\nlateral", 270: "270\u00b0\nposterior",
+             360: "360\u00b0\nmedial"}
+    ticks = list(range(0, 361, 45 if minor_ticks else 90))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([named.get(t, f"{t}\u00b0") for t in ticks], fontsize=9)
     ax.set_ylabel("height above the tip (mm)", fontsize=10)
     ax.tick_params(labelsize=9)
-    # White under black: readable on dark and light colours alike. The resection, band and tip borders as one
-    # line each (their unrolled heights per column); the sector borders, straight, dashed.
+    return fig, ax
+
+
+def draw_zone_grid(ax, umap: UnrolledMap) -> None:
+    """The Gruen zone borders on unrolled axes, white under black so they read on dark and light colours alike.
+
+    The resection, band and tip borders as one line each (their unrolled heights per column); the sector
+    borders, cut from the geometry, straight and dashed.
+    """
     az = umap.azimuth_deg
     solid = [np.stack([az, umap.cut_height_mm], axis=1)] + [np.stack([az, b], axis=1) for b in umap.band_heights_mm]
     if umap.tip_length_mm > 0:
@@ -258,9 +299,18 @@ def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -
     for segs, style in ((solid, "solid"), (dashed, (0, (5, 3)))):
         ax.add_collection(LineCollection(segs, colors="white", linewidths=2.4, capstyle="butt"))
         ax.add_collection(LineCollection(segs, colors="black", linewidths=1.3, linestyles=style, capstyle="butt"))
-    # Zone numbers at the middle of each cell of the grid.
+
+
+def zone_cell_centres(umap: UnrolledMap) -> list[tuple[int, float, float]]:
+    """``(zone, azimuth_deg, height_mm)`` at the middle of each Gruen zone's cell of the unrolled grid.
+
+    The medial sector straddles 0/360 degrees, so its zones appear twice; without a tip zone (tip length 0)
+    the tip zones are left out.
+    """
+    az = umap.azimuth_deg
     sectors = {"medial": (7, 6, 5, 4), "anterior": (8, 9, 10, 11), "lateral": (1, 2, 3, 4), "posterior": (14, 13, 12, 11)}
     centres = {"medial": (22.5, 337.5), "anterior": (90.0,), "lateral": (180.0,), "posterior": (270.0,)}
+    out = []
     for sector, zones in sectors.items():
         for a in centres[sector]:
             k = min(int(a / 360.0 * len(az)), len(az) - 1)
@@ -268,15 +318,5 @@ def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -
             for band in range(4):
                 if band == 3 and umap.tip_length_mm <= 0:
                     continue
-                y = 0.5 * (levels[band] + levels[band + 1])
-                ax.text(a, y, str(zones[band]), ha="center", va="center", fontsize=11, weight="bold",
-                        bbox=dict(boxstyle="round,pad=0.22", fc="white", ec="#333333", lw=0.6, alpha=0.85))
-    title = "Unrolled contact map: " + ("HU at the stem surface" if kind == "hu" else "contact class at the stem surface")
-    fig.text(0.5, 1 - 14 / fig_h, title, ha="center", va="top", fontsize=15, weight="bold")
-    fig.text(0.5, 1 - 40 / fig_h, run_description(result), ha="center", va="top", fontsize=10, color="#222222")
-    fig.text(0.5, 1 - 58 / fig_h, "azimuth around the stem axis against height, from the resection line (top) to the tip; "
-             "lines: Gruen zone borders (dashed: sector borders)", ha="center", va="top", fontsize=9, color="#444444")
-    key = (1 - (right - 20) / fig_w, bottom / fig_h, (right - 40) / fig_w, hgt / fig_h)
-    draw_key(fig, result, kind, key, bar_fraction=0.68)
-    ax.set_label("unrolled")
-    return fig
+                out.append((zones[band], a, 0.5 * (levels[band] + levels[band + 1])))
+    return out
