@@ -49,6 +49,13 @@ def phantom_stem(phantom):
 
 
 @pytest.fixture(scope="session")
+def phantom_files(phantom, tmp_path_factory) -> dict:
+    """The phantom written as a user gets it: ``phantom_ct.nrrd``, ``phantom_stem.stl`` (LPS) and its truth.
+    Read only: a test that changes a file copies it first."""
+    return phantom.write(tmp_path_factory.mktemp("phantom_files"))
+
+
+@pytest.fixture(scope="session")
 def phantom_result(phantom, phantom_ct, phantom_stem):
     """Default analysis of the phantom with the phantom's true frame (6000 points)."""
     return analyze(phantom_ct, phantom_stem, AnalysisParameters(points=6000, **frame_parameters(phantom.true_frame())))

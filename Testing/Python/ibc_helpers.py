@@ -79,3 +79,123 @@ def scanned_stem_in_phantom(phantom) -> np.ndarray:
     local[:3, :3] = np.column_stack([[0, 0, -1], [-1, 0, 0], [0, 1, 0]]).astype(float)
     local[:3, 3] = [-11.8, -17.8, -130.0]
     return phantom.local_to_ras @ local
+
+
+# ------------------------------------------------------------------------------------------------
+# Surfaces and the independent implementations the library is compared with
+# ------------------------------------------------------------------------------------------------
+def vtk_sphere(radius: float = 20.0, center=(0.0, 0.0, 0.0), resolution: int = 40, phi_resolution: int | None = None):
+    """A closed, outward-wound triangulated sphere (``vtkSphereSource``), radius and centre in mm;
+    ``resolution`` points round the equator, ``phi_resolution`` (default the same) from pole to pole."""
+    import vtk
+
+    src = vtk.vtkSphereSource()
+    src.SetRadius(radius)
+    src.SetCenter(*center)
+    src.SetThetaResolution(resolution)
+    src.SetPhiResolution(phi_resolution or resolution)
+    src.Update()
+    return src.GetOutput()
+
+
+def sphere_arrays(radius: float = 20.0, center=(0.0, 0.0, 0.0), resolution: int = 40,
+                  phi_resolution: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`vtk_sphere` as float points (mm) and an (n, 3) array of outward triangles."""
+    from vtk.util import numpy_support as ns
+
+    poly = vtk_sphere(radius, center, resolution, phi_resolution)
+    pts = ns.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
+    return pts, ns.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).reshape(-1, 3).astype(np.int64)
+
+
+def surface_toolbox_remesh(poly, subdivide: int, clusters: int):
+    """The calls of ``SurfaceToolboxLogic.remesh`` (Slicer/SlicerSurfaceToolbox) on a vtkPolyData:
+    vtkTriangleFilter, ``pyacvd.Clustering``, ``subdivide`` (when > -1), ``cluster``, ``create_mesh``."""
+    import warnings
+
+    import pyacvd
+    import pyvista as pv
+    import vtk
+
+    tri_filter = vtk.vtkTriangleFilter()
+    tri_filter.SetInputData(poly)
+    tri_filter.Update()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyacvd 0.3.1 uses a pyvista attribute newer pyvista deprecates
+        clus = pyacvd.Clustering(pv.wrap(tri_filter.GetOutput()))
+        if subdivide > -1:
+            clus.subdivide(subdivide)
+        clus.cluster(clusters)
+        out = vtk.vtkPolyData()
+        out.DeepCopy(clus.create_mesh())
+    return out
+
+
+def probe_in_ijk(volume, pts_ras: np.ndarray, dtype=None, array_name: str = "hu"):
+    """Probe Volume With Model's core, in memory: the voxels on an image of spacing 1 and origin 0, the
+    points moved into IJK by a ``vtkTransformFilter`` with the RAS-to-IJK matrix, ``vtkProbeFilter``.
+
+    ``dtype``: the voxel type of the image (default: the CT's own; the CLI keeps it, so an int16 CT
+    gives rounded values). Returns ``(values, valid, probed)``: the probed values (in that type), the
+    ``vtkValidPointMask`` as booleans, and the probe's output polydata (points in IJK).
+    """
+    import vtk
+    from vtk.util import numpy_support as ns
+
+    arr = np.ascontiguousarray(volume.array, dtype=dtype if dtype is not None else volume.array.dtype)
+    nk, nj, ni = arr.shape
+    image = vtk.vtkImageData()
+    image.SetDimensions(ni, nj, nk)
+    scalars = ns.numpy_to_vtk(arr.reshape(-1), deep=True, array_type=ns.get_vtk_array_type(arr.dtype))
+    scalars.SetName(array_name)
+    image.GetPointData().SetScalars(scalars)
+    vpts = vtk.vtkPoints()
+    vpts.SetData(ns.numpy_to_vtk(np.ascontiguousarray(pts_ras, dtype=float), deep=True))
+    poly = vtk.vtkPolyData()
+    poly.SetPoints(vpts)
+    matrix = vtk.vtkMatrix4x4()
+    matrix.DeepCopy(np.asarray(volume.ras_to_ijk, dtype=float).ravel())
+    transform = vtk.vtkTransform()
+    transform.SetMatrix(matrix)
+    to_ijk = vtk.vtkTransformFilter()
+    to_ijk.SetTransform(transform)
+    to_ijk.SetInputData(poly)
+    probe = vtk.vtkProbeFilter()
+    probe.SetSourceData(image)
+    probe.SetInputConnection(to_ijk.GetOutputPort())
+    probe.Update()
+    out = probe.GetOutput()
+    values = ns.vtk_to_numpy(out.GetPointData().GetArray(array_name)).copy()
+    valid = ns.vtk_to_numpy(out.GetPointData().GetArray("vtkValidPointMask")).astype(bool)
+    return values, valid, out
+
+
+def metal_surface_of(volume, threshold: float = 2000.0):
+    """The implant's surface from a CT's own metal (RAS mm): voxels >= ``threshold`` HU, the largest
+    connected part, iso-surface at ``threshold``.
+
+    Where the implant leaves the scan at the inferior edge, three slices of metal are added below
+    it so that the surface closes (the nail of the real post-operative CT does).
+    """
+    import SimpleITK as sitk
+    import vtk
+    from ImplantBoneContactLib.mesh import transform_polydata
+    from vtk.util import numpy_support as ns
+
+    arr = volume.array
+    mask = sitk.GetImageFromArray((arr >= threshold).astype(np.uint8))
+    labels = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(mask)))
+    largest = labels == 1
+    field = np.where(largest, arr, np.minimum(arr, threshold - 500)).astype(np.float32)
+    pad = 3
+    field = np.concatenate([np.repeat(np.where(largest[:1], 3000.0, -1000.0).astype(np.float32), pad, axis=0), field])
+    nk, nj, ni = field.shape
+    image = vtk.vtkImageData()
+    image.SetDimensions(ni, nj, nk)
+    image.SetOrigin(0, 0, -pad)
+    image.GetPointData().SetScalars(ns.numpy_to_vtk(field.ravel(), deep=True))
+    contour = vtk.vtkFlyingEdges3D()
+    contour.SetInputData(image)
+    contour.SetValue(0, threshold)
+    contour.Update()
+    return transform_polydata(contour.GetOutput(), volume.ijk_to_ras)

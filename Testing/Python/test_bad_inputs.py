@@ -35,13 +35,11 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import vtk
-from ibc_helpers import shared_data_dir
+from ibc_helpers import shared_data_dir, sphere_arrays
 from ImplantBoneContactLib import (
     AnalysisParameters,
-    FemurPhantom,
     InputError,
     OutputError,
-    PhantomSpec,
     Volume,
     analyze_files,
     read_volume,
@@ -51,7 +49,6 @@ from ImplantBoneContactLib import (
 from ImplantBoneContactLib import export as export_module
 from ImplantBoneContactLib.cli import main
 from ImplantBoneContactLib.mesh import triangle_areas, triangles
-from vtk.util import numpy_support as ns
 
 RESULT_FILES = ("vertices.csv", "zones.csv", "surface.vtp", "frame.json", "parameters.json")
 LPS = np.array([-1.0, -1.0, 1.0])  # RAS <-> LPS flip of x and y
@@ -83,19 +80,6 @@ def write_matrix(path: Path, m) -> Path:
     return path
 
 
-def sphere(center_ras, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    src = vtk.vtkSphereSource()
-    src.SetCenter(*center_ras)
-    src.SetRadius(radius)
-    src.SetThetaResolution(16)
-    src.SetPhiResolution(16)
-    src.Update()
-    poly = src.GetOutput()
-    pts = ns.vtk_to_numpy(poly.GetPoints().GetData()).astype(float)
-    faces = ns.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).reshape(-1, 3)
-    return pts, faces
-
-
 # --------------------------------------------------------------------------- baseline
 
 
@@ -115,9 +99,9 @@ class Baseline:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Baseline:
-    folder = tmp_path_factory.mktemp("baseline")
-    paths = FemurPhantom(PhantomSpec(voxel_mm=1.0)).write(folder)
+def base(phantom_files) -> Baseline:
+    paths = phantom_files
+    folder = paths["ct"].parent
     pts, faces = read_stl(paths["model"])
     result = analyze_files(paths["ct"], paths["model"], AnalysisParameters(remesh="none"))
     return Baseline(folder, paths["ct"], paths["model"], read_volume(paths["ct"]), pts, faces, result)
@@ -468,7 +452,7 @@ def _model_triangle_strips(tmp, b):
 
 def _model_two_parts(tmp, b):
     # A loose 3 mm bead 25 mm lateral of the stem, inside the CT.
-    bead, bead_faces = sphere(_patch_centre(b) - 25.0 * b.result.frame.medial, 3.0)
+    bead, bead_faces = sphere_arrays(3.0, _patch_centre(b) - 25.0 * b.result.frame.medial, resolution=16)
     pts = np.vstack([b.file_pts, bead * LPS])
     return model_variant(b, tmp, pts, np.vstack([b.faces, bead_faces + len(b.file_pts)]))
 
@@ -484,7 +468,7 @@ def _hu_unchanged_where_vertices_kept(result, b):
 
 def _check_two_parts(result, b):
     _hu_unchanged_where_vertices_kept(result, b)
-    assert len(result.vertices) == len(b.result.vertices) + len(sphere((0, 0, 0), 3.0)[0])
+    assert len(result.vertices) == len(b.result.vertices) + len(sphere_arrays(3.0, resolution=16)[0])
 
 
 # ----- transform cases

@@ -8,12 +8,17 @@ comparison shows the remeshing, not the noise of two frame estimates.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import vtk
-from ibc_helpers import frame_parameters, scanned_stem_in_phantom, shared_file
+from ibc_helpers import (
+    frame_parameters,
+    probe_in_ijk,
+    scanned_stem_in_phantom,
+    shared_file,
+    sphere_arrays,
+    surface_toolbox_remesh,
+)
 from ImplantBoneContactLib import AnalysisParameters, analyze
 from ImplantBoneContactLib.fastremesh import (
     close_dual_mesh,
@@ -37,7 +42,6 @@ from ImplantBoneContactLib.mesh import (
 )
 from ImplantBoneContactLib.remesh import remesh, remesh_acvd
 from ImplantBoneContactLib.sampling import sample
-from vtk.util import numpy_support as ns
 
 POINTS = 30000
 SUBDIVIDE = {"phantom": 3, "scan": 4}  # the same for both methods: what auto_subdivide picks at 30 000 points
@@ -77,16 +81,6 @@ def _same_way_half_edges(faces: np.ndarray) -> int:
     half = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]).astype(np.int64)
     _, count = np.unique(half[:, 0] * (faces.max() + 1) + half[:, 1], return_counts=True)
     return int((count > 1).sum())
-
-
-def _sphere(theta: int, phi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Points (mm) and outward triangles of a closed VTK sphere of radius 10 mm."""
-    sphere = vtk.vtkSphereSource()
-    sphere.SetThetaResolution(theta)
-    sphere.SetPhiResolution(phi)
-    sphere.SetRadius(10.0)
-    sphere.Update()
-    return points(sphere.GetOutput()).astype(float), triangles(sphere.GetOutput())
 
 
 def _max_distance_to(surface: vtk.vtkPolyData, pts: np.ndarray) -> float:
@@ -177,7 +171,7 @@ def test_fast_mesh_is_even_closed_and_on_the_surface(which, request):
 
 def test_refinement_is_conforming_and_keeps_the_surface():
     """Adaptive refinement: no triangle over the limit, no hanging vertex (closed stays closed), same area and winding."""
-    pts, faces = _sphere(12, 6)
+    pts, faces = sphere_arrays(10.0, resolution=12, phi_resolution=6)
     # One very large triangle region: stretch one pole so that sizes differ a lot.
     pts[pts[:, 2] > 9, 2] *= 4
     limit = 0.5
@@ -219,7 +213,7 @@ def test_mesh_from_clusters_on_a_known_partition():
 
 def test_close_dual_mesh_fills_holes_and_folds_wound_like_their_neighbours():
     """Holes of 3, 4 and 7 sides and a triangle folded onto an edge (shared by three) are closed, wound outward."""
-    pts, faces = _sphere(24, 12)
+    pts, faces = sphere_arrays(10.0, resolution=24, phi_resolution=12)
     assert _edge_counts(faces) == (0, 0) and signed_volume(pts, faces) > 0
     # Holes: one triangle, two neighbours (a quad), and a vertex's whole fan (its ring of 6 + itself dropped).
     centre_vertex = 100
@@ -362,25 +356,7 @@ def test_library_hu_equals_probe_volume_with_model_at_the_same_points(phantom_ct
     pts = points(fast).astype(float)
     lib, inside = sample(phantom_ct, pts)
     for dtype in (np.float64, phantom_ct.array.dtype):
-        arr = np.ascontiguousarray(phantom_ct.array, dtype=dtype)
-        image = vtk.vtkImageData()
-        nk, nj, ni = arr.shape
-        image.SetDimensions(ni, nj, nk)  # spacing 1, origin 0: the CLI's vtkImageChangeInformation
-        image.GetPointData().SetScalars(ns.numpy_to_vtk(arr.reshape(-1), deep=True, array_type=ns.get_vtk_array_type(arr.dtype)))
-        transform = vtk.vtkTransform()
-        m = vtk.vtkMatrix4x4()
-        m.DeepCopy(phantom_ct.ras_to_ijk.ravel())
-        transform.SetMatrix(m)
-        to_ijk = vtk.vtkTransformFilter()
-        to_ijk.SetTransform(transform)
-        to_ijk.SetInputData(polydata_from_arrays(pts, triangles(fast)))
-        probe = vtk.vtkProbeFilter()
-        probe.SetSourceData(image)
-        probe.SetInputConnection(to_ijk.GetOutputPort())
-        probe.Update()
-        out = probe.GetOutput().GetPointData()
-        valid = ns.vtk_to_numpy(out.GetArray("vtkValidPointMask")).astype(bool)
-        values = ns.vtk_to_numpy(out.GetScalars())
+        values, valid, _ = probe_in_ijk(phantom_ct, pts, dtype=dtype)
         np.testing.assert_array_equal(valid, inside)
         diff = lib[inside] - values[inside]
         if dtype == np.float64:
@@ -403,17 +379,6 @@ def test_fast_is_an_analysis_option(phantom_ct, phantom_stem):
 
 def test_acvd_is_still_surface_toolbox(phantom_stem):
     """The parity path is untouched: remesh_acvd gives pyacvd's own mesh, point for point."""
-    import pyacvd
-    import pyvista as pv
-
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputData(phantom_stem)
-    tri.Update()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pyacvd 0.3.1 uses a pyvista attribute newer pyvista deprecates
-        clus = pyacvd.Clustering(pv.wrap(tri.GetOutput()))
-        clus.subdivide(0)
-        clus.cluster(2000)
-        ref = clus.create_mesh()
+    ref = surface_toolbox_remesh(phantom_stem, subdivide=0, clusters=2000)
     ours = remesh_acvd(phantom_stem, 2000, 0)
-    np.testing.assert_array_equal(points(ours), np.asarray(ref.points))
+    np.testing.assert_array_equal(points(ours), points(ref))

@@ -62,16 +62,6 @@ def _box_ct(lo, hi, hu: float = 40.0, voxel: float = 2.0) -> Volume:
     return Volume(np.full(shape[::-1], hu, dtype=np.int16), m)
 
 
-@pytest.fixture(scope="module")
-def left_phantom() -> FemurPhantom:
-    return FemurPhantom(PhantomSpec(voxel_mm=1.0))
-
-
-@pytest.fixture(scope="module")
-def left_stem(left_phantom):
-    return left_phantom.make_stem_surface()
-
-
 # ------------------------------------------------------------------------------------------------
 # 1. a nail with a neck screw, from the real post-operative CT
 # ------------------------------------------------------------------------------------------------
@@ -129,10 +119,10 @@ def test_nail_with_given_axis_is_a_left_femur_tip_down(nail):
         assert np.isin(zones, [4, 11]).any()
 
 
-def test_stem_upside_down_in_a_patient_ct_is_refused(left_phantom, left_stem):
+def test_stem_upside_down_in_a_patient_ct_is_refused(phantom, phantom_stem):
     """A stem turned upside down in patient space: the tip points superior. Refused in a CT, accepted as CAD."""
     flip = np.diag([1.0, -1.0, -1.0, 1.0])  # 180 degrees about R
-    geom = surface_geometry(transform_polydata(left_stem, flip))
+    geom = surface_geometry(transform_polydata(phantom_stem, flip))
     frame, _ = estimate_frame(geom.points, geom.faces, geom.areas)  # no CT: any orientation is fine
     assert frame.axis[2] > 0.9
     ct_box = np.array([geom.points.min(0) - 20, geom.points.max(0) + 20])
@@ -140,14 +130,14 @@ def test_stem_upside_down_in_a_patient_ct_is_refused(left_phantom, left_stem):
         estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(ct_bounds_ras=ct_box))
 
 
-def test_side_against_position_in_the_ct_is_warned(left_phantom, left_stem):
+def test_side_against_position_in_the_ct_is_warned(phantom, phantom_stem):
     """A right-shaped stem (mirrored in place) lying at the left femur of a 400 mm wide CT: the side
     from the neck (right) contradicts the position (80 mm left of the centre): warned with numbers."""
-    geom = surface_geometry(left_stem)
+    geom = surface_geometry(phantom_stem)
     cx = (geom.points[:, 0] * geom.areas).sum() / geom.areas.sum()
     mirror_in_place = np.diag([-1.0, 1.0, 1.0, 1.0])
     mirror_in_place[0, 3] = 2 * cx
-    mirrored = surface_geometry(transform_polydata(left_stem, mirror_in_place))
+    mirrored = surface_geometry(transform_polydata(phantom_stem, mirror_in_place))
     wide = np.array([[cx + 80 - 200, -300, -300], [cx + 80 + 200, 300, 300]])  # centre 80 mm right of the stem
     frame, warnings = estimate_frame(mirrored.points, mirrored.faces, mirrored.areas, FrameOptions(ct_bounds_ras=wide))
     assert frame.side == "right"
@@ -222,9 +212,9 @@ def test_zone_reference_option_reaches_the_parameters():
 # ------------------------------------------------------------------------------------------------
 # 6. an axis given distal point first
 # ------------------------------------------------------------------------------------------------
-def test_reversed_axis_is_turned_round_with_a_warning(left_phantom, left_stem):
-    truth = left_phantom.true_frame()
-    geom = surface_geometry(left_stem)
+def test_reversed_axis_is_turned_round_with_a_warning(phantom, phantom_stem):
+    truth = phantom.true_frame()
+    geom = surface_geometry(phantom_stem)
     right_way = (tuple(truth.proximal_point), tuple(truth.tip))
     good, good_warnings = estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(axis_points=right_way))
     frame, warnings = estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(axis_points=right_way[::-1]))
@@ -240,22 +230,22 @@ def test_reversed_axis_is_turned_round_with_a_warning(left_phantom, left_stem):
 # ------------------------------------------------------------------------------------------------
 # 8. --side that contradicts the neck
 # ------------------------------------------------------------------------------------------------
-def test_side_against_the_neck_records_what_was_used(left_phantom, left_stem):
+def test_side_against_the_neck_records_what_was_used(phantom, phantom_stem):
     """The neck of a left stem points to the patient's right: ``--side right`` is overruled and said so,
     and the frame (what frame.json holds) is the left one the zones were computed with."""
-    geom = surface_geometry(left_stem)
+    geom = surface_geometry(phantom_stem)
     frame, warnings = estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(side="right"))
     assert frame.side == "left" and frame.medial[0] > 0.99
     assert frame.to_dict()["side"] == "left"
     assert any("--side right disagrees" in w and "side left, as frame.json records" in w for w in warnings)
     # The calcar (zone 7) is under the neck: medial, just below the cut.
-    local = geom.points @ left_phantom.ras_to_local[:3, :3].T + left_phantom.ras_to_local[:3, 3]
+    local = geom.points @ phantom.ras_to_local[:3, :3].T + phantom.ras_to_local[:3, 3]
     az = np.degrees(np.arctan2(local[:, 1], local[:, 0] + 3.0))
     calcar = (np.abs(az) < 25) & (local[:, 2] < -5) & (local[:, 2] > -35)
     assert calcar.sum() > 30
     assert np.all(assign_zones(frame, geom.points)["gruen_zone"][calcar] == 7)
 
-    truth = left_phantom.true_frame()
+    truth = phantom.true_frame()
     opts = FrameOptions(side="right", **{"medial_point": tuple(truth.tip + 10 * truth.medial)})
     frame, warnings = estimate_frame(geom.points, geom.faces, geom.areas, opts)
     assert frame.side == "left"
@@ -336,7 +326,7 @@ def left_case(tmp_path_factory):
     return paths, d / "right_frame.json"
 
 
-def test_frame_of_a_right_stem_on_a_left_stem_names_the_frame_file(left_case, tmp_path, capsys):
+def test_frame_of_a_right_stem_on_a_phantom_stem_names_the_frame_file(left_case, tmp_path, capsys):
     """Before: every vertex in zones 4-7 (the axis 160 mm away, all on its medial side) or 'check
     --resection-plane', an option not given. Now: the frame file is named, with the distance."""
     paths, right_frame = left_case
@@ -350,10 +340,10 @@ def test_frame_of_a_right_stem_on_a_left_stem_names_the_frame_file(left_case, tm
     assert not (tmp_path / "r").exists()
 
 
-def test_right_medial_point_on_a_left_stem_is_warned(left_phantom, left_stem):
+def test_right_medial_point_on_a_left_stem_is_warned(phantom, phantom_stem):
     """A medial direction taken from the other side's frame, about the right axis: warned with the angle."""
-    truth = left_phantom.true_frame()
-    geom = surface_geometry(left_stem)
+    truth = phantom.true_frame()
+    geom = surface_geometry(phantom_stem)
     opts = FrameOptions(axis_points=(tuple(truth.proximal_point), tuple(truth.tip)),
                         medial_point=tuple(truth.tip - 10 * truth.medial))
     frame, warnings = estimate_frame(geom.points, geom.faces, geom.areas, opts)
@@ -378,8 +368,8 @@ def test_frame_file_with_two_element_vectors_is_an_input_error(left_case, tmp_pa
     assert "frame.json" in err[0] and f"'{key}' must be three" in err[0]
 
 
-def test_given_axis_with_two_numbers_is_an_input_error(left_stem):
-    geom = surface_geometry(left_stem)
+def test_given_axis_with_two_numbers_is_an_input_error(phantom_stem):
+    geom = surface_geometry(phantom_stem)
     with pytest.raises(InputError, match="three"):
         estimate_frame(geom.points, geom.faces, geom.areas, FrameOptions(axis_points=((0, 0), (0, 0, -100))))
 

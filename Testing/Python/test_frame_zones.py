@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import vtk
-from ibc_helpers import frame_parameters, scanned_stem_in_phantom, scanned_stem_placement, shared_file
+from ibc_helpers import frame_parameters, scanned_stem_in_phantom, scanned_stem_placement, shared_file, vtk_sphere
 from ImplantBoneContactLib import (
     AnalysisParameters,
     FemurPhantom,
@@ -182,13 +182,6 @@ def test_custom_axial_bands(phantom, phantom_stem):
         assign_zones(phantom.true_frame(), pts, bands_axial=(0.5, 0.4, 0.4))
 
 
-def _sphere(radius=20.0):
-    s = vtk.vtkSphereSource()
-    s.SetRadius(radius)
-    s.SetThetaResolution(40)
-    s.SetPhiResolution(40)
-    s.Update()
-    return s.GetOutput()
 
 
 def _vtk_contour_segments(pts, faces, t_pts, values):
@@ -232,7 +225,7 @@ def test_plane_segments_are_vtk_contour_filter_segments(phantom, phantom_stem, n
 
 
 def test_sphere_has_no_stem_axis():
-    geom = surface_geometry(_sphere())
+    geom = surface_geometry(vtk_sphere())
     with pytest.raises(InputError, match="not elongated"):
         estimate_frame(geom.points, geom.faces, geom.areas)
 

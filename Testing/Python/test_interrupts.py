@@ -27,17 +27,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import vtk
-from ImplantBoneContactLib import AnalysisParameters, FemurPhantom, PhantomSpec, analyze_files, save_result
+from ImplantBoneContactLib import AnalysisParameters, analyze_files, save_result
 from ImplantBoneContactLib import export as export_module
 from ImplantBoneContactLib.cli import _raise_interrupt
 
 TABLES = ("vertices.csv", "zones.csv", "surface.vtp", "frame.json", "parameters.json")
 RUN_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def phantom_files(tmp_path_factory) -> dict[str, Path]:
-    return FemurPhantom(PhantomSpec(voxel_mm=1.0)).write(tmp_path_factory.mktemp("phantom"))
 
 
 @pytest.fixture(scope="module")

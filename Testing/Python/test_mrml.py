@@ -20,6 +20,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package has no MRML classes (slicer-core)", allow_module_level=True)
 
 import vtk  # noqa: E402
+from ibc_helpers import probe_in_ijk  # noqa: E402
 from ImplantBoneContactLib import (  # noqa: E402
     AnalysisParameters,
     FemurPhantom,
@@ -62,10 +63,9 @@ def _rigid(rx: float, rz: float, t) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def femur():
-    """Left femur phantom at 1 mm (CT, stem surface, truth)."""
-    phantom = FemurPhantom(PhantomSpec(voxel_mm=1.0))
-    return phantom, phantom.make_ct(), phantom.make_stem_surface()
+def femur(phantom, phantom_ct, phantom_stem):
+    """Left femur phantom at 1 mm (truth, CT, stem surface)."""
+    return phantom, phantom_ct, phantom_stem
 
 
 @pytest.fixture()
@@ -435,10 +435,13 @@ def test_contact_classes_match_phantom_tissue(node_run):
     pts = v[["x_mm", "y_mm", "z_mm"]].to_numpy()
     truth = phantom.tissue_at(pts)
     expected = np.where(truth == CORTICAL, "cortical", np.where(truth == CANCELLOUS, "cancellous", "no_bone"))
-    sel = (v["gruen_zone"].to_numpy() > 0) & phantom.distance_to_tissue_boundary(pts, 1.5)
+    # Beyond 2.5 blur sigmas plus half a voxel diagonal from a tissue boundary the CT holds the tissue's HU
+    # within 15 HU (test_sampling), far from every class border: every vertex there has its true class.
+    radius = 2.5 * phantom.spec.blur_sigma_mm + 0.5 * np.sqrt(3) * phantom.spec.voxel_mm
+    sel = (v["gruen_zone"].to_numpy() > 0) & phantom.distance_to_tissue_boundary(pts, radius)
     assert sel.sum() > 3000
     assert set(expected[sel]) == {"cortical", "cancellous", "no_bone"}
-    assert np.mean(v["contact_class"].to_numpy()[sel] == expected[sel]) > 0.98
+    np.testing.assert_array_equal(v["contact_class"].to_numpy()[sel], expected[sel])
 
 
 def test_output_model_holds_the_per_vertex_table(node_run):
@@ -528,18 +531,7 @@ def test_probe_helpers_turn_invalid_points_into_nan(femur):
     inside_pts = mesh_points(stem)[:200]
     outside_pts = inside_pts + np.array([0.0, 0.0, 1000.0])
     pts = np.vstack([inside_pts, outside_pts])
-    image = vtk.vtkImageData()
-    nk, nj, ni = ct.array.shape
-    image.SetDimensions(ni, nj, nk)
-    image.GetPointData().SetScalars(ns.numpy_to_vtk(ct.array.ravel(), deep=True))
-    ijk = pts @ ct.ras_to_ijk[:3, :3].T + ct.ras_to_ijk[:3, 3]
-    probe = vtk.vtkProbeFilter()
-    probe.SetSourceData(image)
-    probe.SetInputData(mrml.probe_input_polydata(ijk))
-    probe.Update()
-    probed = probe.GetOutput()
-    probed.GetPointData().GetScalars().SetName(mrml.PROBE_ARRAY_NAME)
-    raw = ns.vtk_to_numpy(probed.GetPointData().GetScalars())
+    raw, _, probed = probe_in_ijk(ct, pts, array_name=mrml.PROBE_ARRAY_NAME)
     assert np.all(raw[200:] == 0)  # what the CLI would report as 0 HU
     hu, inside = mrml.samples_from_probe_output(probed, len(pts))
     assert inside[:200].all() and not inside[200:].any()

@@ -11,14 +11,12 @@ import json
 
 import numpy as np
 import pytest
-import vtk
-from ibc_helpers import frame_parameters, nail_axis_ras, shared_file
+from ibc_helpers import frame_parameters, metal_surface_of, nail_axis_ras, shared_file
 from ImplantBoneContactLib import AnalysisParameters, InputError, Volume, analyze, parse_classes, read_volume
 from ImplantBoneContactLib import postop as postop_lib
 from ImplantBoneContactLib.cli import main
 from ImplantBoneContactLib.mesh import surface_geometry, transform_polydata, write_polydata
 from ImplantBoneContactLib.phantom import CORTICAL, ContactPhantom, FemurPhantom, PhantomSpec
-from vtk.util import numpy_support as ns
 
 POINTS = 3000
 
@@ -45,20 +43,22 @@ def cortical_errors(phantom, result) -> np.ndarray:
     return np.array(out)
 
 
-@pytest.fixture(scope="module")
-def contact_postop():
-    ph = ContactPhantom(PhantomSpec(voxel_mm=1.0, metal=True, metal_hu=3500.0, bloom_hu=0.0, noise_hu=10.0))
+def _contact_case(**spec):
+    """The contact phantom (1 mm voxels, 10 HU noise), its CT, its stem and their default analysis."""
+    ph = ContactPhantom(PhantomSpec(voxel_mm=1.0, noise_hu=10.0, **spec))
     ct = ph.make_ct()
     stem = ph.make_stem_surface()
     return ph, ct, stem, _analyze(ph, ct, stem)
+
+
+@pytest.fixture(scope="module")
+def contact_postop():
+    return _contact_case(metal=True, metal_hu=3500.0, bloom_hu=0.0)
 
 
 @pytest.fixture(scope="module")
 def contact_preop():
-    ph = ContactPhantom(PhantomSpec(voxel_mm=1.0, metal=False, noise_hu=10.0))
-    ct = ph.make_ct()
-    stem = ph.make_stem_surface()
-    return ph, ct, stem, _analyze(ph, ct, stem)
+    return _contact_case(metal=False)
 
 
 @pytest.fixture(scope="module")
@@ -247,32 +247,6 @@ def test_resolution_statement_at_coarse_voxels():
 
 
 # ----------------------------------------------------------------------------- real post-operative CT
-
-
-def metal_surface_of(volume: Volume, threshold: float = 2000.0) -> vtk.vtkPolyData:
-    """Implant surface from the CT's own metal: voxels >= threshold, largest component, iso-surface (RAS).
-
-    The implant touches the scan's inferior edge: a few metal slices are added below so the surface closes.
-    """
-    import SimpleITK as sitk
-
-    arr = volume.array
-    mask = sitk.GetImageFromArray((arr >= threshold).astype(np.uint8))
-    labels = sitk.GetArrayFromImage(sitk.RelabelComponent(sitk.ConnectedComponent(mask)))
-    largest = labels == 1
-    field = np.where(largest, arr, np.minimum(arr, threshold - 500)).astype(np.float32)
-    pad = 3
-    field = np.concatenate([np.repeat(np.where(largest[:1], 3000.0, -1000.0).astype(np.float32), pad, axis=0), field])
-    nk, nj, ni = field.shape
-    image = vtk.vtkImageData()
-    image.SetDimensions(ni, nj, nk)
-    image.SetOrigin(0, 0, -pad)
-    image.GetPointData().SetScalars(ns.numpy_to_vtk(field.ravel(), deep=True))
-    contour = vtk.vtkFlyingEdges3D()
-    contour.SetInputData(image)
-    contour.SetValue(0, threshold)
-    contour.Update()
-    return transform_polydata(contour.GetOutput(), volume.ijk_to_ras)
 
 
 @pytest.fixture(scope="module")

@@ -45,9 +45,7 @@ from ibc_helpers import frame_parameters, rotation
 from ImplantBoneContactLib import (
     AnalysisParameters,
     AnalysisResult,
-    FemurPhantom,
     InputError,
-    PhantomSpec,
     Volume,
     analyze,
     transform_polydata,
@@ -61,18 +59,13 @@ NUMERIC_ZONE_COLUMNS = ["n_vertices", "n_sampled", "area_mm2", "area_sampled_mm2
 
 
 @pytest.fixture(scope="module")
-def phantom():
-    return FemurPhantom(PhantomSpec(voxel_mm=1.0))
+def ct(phantom_ct) -> Volume:
+    return phantom_ct
 
 
 @pytest.fixture(scope="module")
-def ct(phantom) -> Volume:
-    return phantom.make_ct()
-
-
-@pytest.fixture(scope="module")
-def stem(phantom) -> vtk.vtkPolyData:
-    return phantom.make_stem_surface()
+def stem(phantom_stem) -> vtk.vtkPolyData:
+    return phantom_stem
 
 
 @pytest.fixture(scope="module")

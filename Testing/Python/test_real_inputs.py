@@ -43,9 +43,9 @@ HIDDEN = (".partial-", ".old-")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(phantom_files) -> dict[str, Path]:
     """The phantom written as a user gets it: NRRD CT and an STL in LPS."""
-    return FemurPhantom(PhantomSpec(voxel_mm=1.0)).write(tmp_path_factory.mktemp("inputs"))
+    return phantom_files
 
 
 @pytest.fixture(scope="module")

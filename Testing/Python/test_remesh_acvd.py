@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
-import vtk
-from ibc_helpers import shared_file
+from ibc_helpers import shared_file, surface_toolbox_remesh
 from ImplantBoneContactLib import InputError, read_model
 from ImplantBoneContactLib.analysis import auto_subdivide
 from ImplantBoneContactLib.mesh import surface_geometry
 from ImplantBoneContactLib.remesh import remesh_acvd
 from vtk.util import numpy_support as ns
-
-
-def _surface_toolbox_remesh(poly: vtk.vtkPolyData, subdivide: int, clusters: int) -> vtk.vtkPolyData:
-    """The call sequence of SurfaceToolboxLogic.remesh (Slicer/SlicerSurfaceToolbox), on a vtkPolyData."""
-    import pyacvd
-    import pyvista as pv
-
-    tri_filter = vtk.vtkTriangleFilter()
-    tri_filter.SetInputData(poly)
-    tri_filter.Update()
-    mesh = pv.wrap(tri_filter.GetOutput())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clus = pyacvd.Clustering(mesh)
-        if subdivide > -1:
-            clus.subdivide(subdivide)
-        clus.cluster(clusters)
-        out = vtk.vtkPolyData()
-        out.DeepCopy(clus.create_mesh())
-    return out
 
 
 def test_acvd_is_surface_toolbox_remesh_on_scanned_stem():
@@ -41,7 +18,7 @@ def test_acvd_is_surface_toolbox_remesh_on_scanned_stem():
     assert pyacvd.__version__ == "0.3.1"  # the version Surface Toolbox installs
     poly, _ = read_model(shared_file("hip_implant_surface_scan.stl"))
     ours = remesh_acvd(poly, points=3000, subdivide=2)
-    theirs = _surface_toolbox_remesh(poly, subdivide=2, clusters=3000)
+    theirs = surface_toolbox_remesh(poly, subdivide=2, clusters=3000)
     np.testing.assert_array_equal(ns.vtk_to_numpy(ours.GetPoints().GetData()), ns.vtk_to_numpy(theirs.GetPoints().GetData()))
     np.testing.assert_array_equal(
         ns.vtk_to_numpy(ours.GetPolys().GetConnectivityArray()), ns.vtk_to_numpy(theirs.GetPolys().GetConnectivityArray())

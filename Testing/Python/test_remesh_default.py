@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import vtk
+from ibc_helpers import vtk_sphere
 from ImplantBoneContactLib.analysis import AnalysisParameters, remesh_warnings
 from ImplantBoneContactLib.cli import build_parser
 from ImplantBoneContactLib.mesh import points, polydata_from_arrays, triangles
-
-
-def _sphere(radius: float = 20.0) -> vtk.vtkPolyData:
-    src = vtk.vtkSphereSource()
-    src.SetRadius(radius)
-    src.SetThetaResolution(40)
-    src.SetPhiResolution(40)
-    src.Update()
-    return src.GetOutput()
 
 
 def test_fast_is_the_default_remesh_and_acvd_stays_available():
@@ -27,7 +18,7 @@ def test_fast_is_the_default_remesh_and_acvd_stays_available():
 
 
 def test_no_warning_for_a_remesh_that_keeps_the_surface():
-    s = _sphere()
+    s = vtk_sphere()
     assert remesh_warnings(s, s, "fast") == []
     # 0.5 % more area (radius x 1.0025): under the 1 % limit.
     bigger = polydata_from_arrays(points(s) * 1.0025, triangles(s))
@@ -35,7 +26,7 @@ def test_no_warning_for_a_remesh_that_keeps_the_surface():
 
 
 def test_area_change_over_one_percent_is_reported_with_its_size():
-    s = _sphere()
+    s = vtk_sphere()
     bigger = polydata_from_arrays(points(s) * 1.02, triangles(s))  # area x 1.0404
     w = remesh_warnings(s, bigger, "acvd")
     assert len(w) == 1 and "+4.0%" in w[0] and "acvd" in w[0]
@@ -44,7 +35,7 @@ def test_area_change_over_one_percent_is_reported_with_its_size():
 
 
 def test_a_remesh_that_opens_a_closed_surface_is_reported():
-    s = _sphere()
+    s = vtk_sphere()
     faces = triangles(s)
     holed = polydata_from_arrays(points(s), faces[np.arange(len(faces)) % 400 != 7])  # a few triangles gone
     w = remesh_warnings(s, holed, "acvd")

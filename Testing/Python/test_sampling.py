@@ -4,37 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import vtk
-from ibc_helpers import nail_axis_ras, rotation, shared_file
+from ibc_helpers import metal_surface_of, nail_axis_ras, probe_in_ijk, rotation, shared_file
 from ImplantBoneContactLib import AnalysisParameters, Volume, analyze, read_volume, sample, sample_surface
-from ImplantBoneContactLib.mesh import points, surface_geometry, transform_polydata, triangle_areas, triangles
+from ImplantBoneContactLib.mesh import points, surface_geometry, triangle_areas, triangles
 from ImplantBoneContactLib.phantom import CANCELLOUS, CORTICAL, MARROW
-from vtk.util import numpy_support as ns
-
-
-def _probe_like_the_cli(volume: Volume, pts_ras: np.ndarray, as_float: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Probe Volume With Model's algorithm with VTK: points to IJK, vtkProbeFilter on a spacing-1 image."""
-    nk, nj, ni = volume.array.shape
-    image = vtk.vtkImageData()
-    image.SetDimensions(ni, nj, nk)
-    image.SetSpacing(1, 1, 1)
-    image.SetOrigin(0, 0, 0)
-    data = volume.array.astype(np.float64) if as_float else volume.array
-    arr = ns.numpy_to_vtk(np.ascontiguousarray(data).ravel(), deep=True, array_type=ns.get_vtk_array_type(data.dtype))
-    arr.SetName("hu")
-    image.GetPointData().SetScalars(arr)
-    poly = vtk.vtkPolyData()
-    vpts = vtk.vtkPoints()
-    ijk = pts_ras @ volume.ras_to_ijk[:3, :3].T + volume.ras_to_ijk[:3, 3]
-    vpts.SetData(ns.numpy_to_vtk(np.ascontiguousarray(ijk), deep=True))
-    poly.SetPoints(vpts)
-    probe = vtk.vtkProbeFilter()
-    probe.SetSourceData(image)
-    probe.SetInputData(poly)
-    probe.Update()
-    out = probe.GetOutput()
-    values = ns.vtk_to_numpy(out.GetPointData().GetArray("hu")).astype(float)
-    valid = ns.vtk_to_numpy(out.GetPointData().GetArray("vtkValidPointMask")).astype(bool)
-    return values, valid
 
 
 def _oblique_volume(rng) -> Volume:
@@ -51,7 +24,7 @@ def test_trilinear_equals_vtk_probe_filter_on_random_points():
     ijk = rng.uniform([-3, -3, -3], [40, 34, 26], size=(20000, 3))
     pts = np.c_[ijk, np.ones(len(ijk))] @ vol.ijk_to_ras.T
     hu, inside = sample(vol, pts[:, :3], "trilinear")
-    ref, valid = _probe_like_the_cli(vol, pts[:, :3], as_float=True)
+    ref, valid, _ = probe_in_ijk(vol, pts[:, :3], dtype=np.float64)
     # vtkProbeFilter accepts points up to 1e-3 of a cell diagonal outside; skip points
     # within 1e-5 voxel of that limit, where rounding decides.
     outside_by = np.max(np.maximum(-ijk, ijk - np.array([36, 30, 22])), axis=1)
@@ -68,7 +41,7 @@ def test_trilinear_vs_cli_integer_output_is_within_half_hu(phantom_ct, phantom_s
     """The CLI stores probe results in the volume's type (int16): rounded HU, at most 0.5 HU away."""
     pts = points(phantom_stem)
     hu, inside = sample(phantom_ct, pts)
-    ref, valid = _probe_like_the_cli(phantom_ct, pts, as_float=False)
+    ref, valid, _ = probe_in_ijk(phantom_ct, pts)
     np.testing.assert_array_equal(inside, valid)
     diff = np.abs(hu[inside] - ref[inside])
     assert diff.max() <= 0.5 + 1e-9
@@ -152,28 +125,7 @@ def test_profile_sees_bone_past_metal_blooming():
 def test_outside_ct_is_nan_never_zero_on_pelvis_with_implant_at_scan_edge():
     """The pelvis CT's implant touches the inferior edge: its lower part cannot be sampled."""
     vol = read_volume(shared_file("pelvis_ct_with_femoral_implant.nii.gz"))
-    image = vtk.vtkImageData()
-    nk, nj, ni = vol.array.shape
-    image.SetDimensions(ni, nj, nk)
-    arr = ns.numpy_to_vtk(vol.array.astype(np.float32).ravel(), deep=True)
-    image.GetPointData().SetScalars(arr)
-    # Pad one slice below the scan with metal so the contour closes beyond the edge.
-    pad = vtk.vtkImageConstantPad()
-    pad.SetInputData(image)
-    pad.SetOutputWholeExtent(0, ni - 1, 0, nj - 1, -4, nk - 1)
-    pad.SetConstant(-1000)
-    pad.Update()
-    padded = pad.GetOutput()
-    padded_arr = ns.vtk_to_numpy(padded.GetPointData().GetScalars()).reshape(nk + 4, nj, ni)
-    metal_bottom = vol.array[0] > 2000
-    for k in range(4):
-        padded_arr[k][metal_bottom] = 3000
-    contour = vtk.vtkFlyingEdges3D()
-    contour.SetInputData(padded)
-    contour.SetValue(0, 2000)
-    contour.Update()
-    ijk_surface = contour.GetOutput()
-    metal_surface = transform_polydata(ijk_surface, vol.ijk_to_ras)
+    metal_surface = metal_surface_of(vol)  # closed by metal slices added below the scan
     assert metal_surface.GetNumberOfPoints() > 100
     # Plain sampling on the surface (the metal-aware walk, default in this CT, also counts a vertex whose walk
     # along the normal leaves the CT as outside: tested in test_postop).

@@ -291,9 +291,21 @@ def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * np.floor(np.abs(x) + 0.5)
 
 
+#: The parameters of Slicer's Probe Volume With Model CLI as its ``ProbeVolumeWithModel.xml`` declares them
+#: (Slicer v5.8.1, unchanged in 5.10): name -> (parameter type, channel, default). ``slicer.cli`` sets
+#: parameters by these names and ignores a name the module does not declare, so a misspelt name would
+#: silently leave the CLI's default: the stand-in below refuses any other name.
+PROBE_VOLUME_WITH_MODEL_PARAMETERS = {
+    "InputVolume": ("image", "input", None),
+    "InputModel": ("geometry", "input", None),
+    "OutputModel": ("geometry", "output", None),
+    "OutputArrayName": ("string", None, "NRRDImage"),
+}
+
+
 def probe_volume_with_model(input_volume: Path, input_model: Path, output_model: Path, output_array_name: str) -> None:
-    """``main()`` of Slicer's ``Modules/CLI/ProbeVolumeWithModel/ProbeVolumeWithModel.cxx``, step for step,
-    with the same classes (written here in Python; no code copied)."""
+    """``main()`` of Slicer's ``Modules/CLI/ProbeVolumeWithModel/ProbeVolumeWithModel.cxx`` (v5.8.1), step
+    for step, with the same classes (written here in Python; no code copied)."""
     import slicer
     import vtk
 
@@ -453,7 +465,7 @@ def test_vtk_probe_rounds_half_away_from_zero():
 # lacks is replaced: ``slicer.app`` (a version string), Qt and the scripted-module base classes
 # (empty), ``slicer.cli.runSync`` (runs ProbeVolumeWithModel.cxx's steps above through files, as the
 # CLI logic does: the volume written by its storage node with its own geometry, the model by its
-# model storage node), and Surface Toolbox's remesh (the same pyacvd calls, from the library).
+# model storage node, with the CLI's own parameter names), and Surface Toolbox's remesh (its pyacvd calls).
 # ------------------------------------------------------------------------------------------------
 class _FakeCli:
     """``slicer.cli.runSync`` for Probe Volume With Model, exchanging files like vtkSlicerCLIModuleLogic."""
@@ -463,10 +475,18 @@ class _FakeCli:
         self.folder = folder
         self.calls = 0
         self.fail_with = None
+        self.parameters = []  # what each call was given
 
     def runSync(self, module, node=None, parameters=None, delete_temporary_files=True, update_display=True, hide_window=True):
         import slicer
 
+        assert module is slicer.modules.probevolumewithmodel, module
+        parameters = dict(parameters or {})
+        self.parameters.append(parameters)
+        unknown = set(parameters) - set(PROBE_VOLUME_WITH_MODEL_PARAMETERS)
+        assert not unknown, f"Probe Volume With Model has no parameter {sorted(unknown)}"
+        required = {n for n, (_, channel, _) in PROBE_VOLUME_WITH_MODEL_PARAMETERS.items() if channel}
+        assert required <= set(parameters), f"missing {sorted(required - set(parameters))}"
         self.calls += 1
         cli_node = self.scene.AddNewNodeByClass("vtkMRMLCommandLineModuleNode")
         if self.fail_with:
@@ -486,7 +506,8 @@ class _FakeCli:
         storage = model_in.CreateDefaultStorageNode()
         storage.SetFileName(str(in_file))
         assert storage.WriteData(model_in)
-        probe_volume_with_model(volume_file, in_file, out_file, parameters.get("OutputArrayName", "NRRDImage"))
+        probe_volume_with_model(volume_file, in_file, out_file,
+                                parameters.get("OutputArrayName", PROBE_VOLUME_WITH_MODEL_PARAMETERS["OutputArrayName"][2]))
         storage = slicer.vtkMRMLModelStorageNode()
         storage.SetFileName(str(out_file))
         assert storage.ReadData(model_out)
@@ -522,7 +543,7 @@ def slicer_module(monkeypatch, tmp_path):
     import types
     import unittest
 
-    from ImplantBoneContactLib.remesh import remesh_acvd
+    from ibc_helpers import surface_toolbox_remesh
 
     scene = slicer.vtkMRMLScene()
     scene.RegisterNodeClass(slicer.vtkMRMLCommandLineModuleNode())
@@ -533,7 +554,8 @@ def slicer_module(monkeypatch, tmp_path):
         @staticmethod
         def remesh(inputModel, outputModel, subdivide=0, clusters=10000):
             remesh_calls.append((clusters, subdivide))
-            outputModel.SetAndObservePolyData(remesh_acvd(inputModel.GetPolyData(), clusters, subdivide))
+            # Surface Toolbox's own pyacvd calls, not the library's remesh_acvd (which they are compared with).
+            outputModel.SetAndObservePolyData(surface_toolbox_remesh(inputModel.GetPolyData(), subdivide, clusters))
 
     class ScriptedLoadableModuleLogic:
         def __init__(self, parent=None):
@@ -628,6 +650,24 @@ def test_logic_probes_with_the_cli_in_the_volumes_frame(slicer_module, small_fem
     assert scene.GetNumberOfNodesByClass("vtkMRMLCommandLineModuleNode") == 0
     assert scene.GetNumberOfNodesByClass("vtkMRMLModelNode") == 2  # the input and the output, nothing left over
     assert logic.lastResult.inputs["slicer"]["sampling"] == logic.lastSampler
+
+
+def test_logic_passes_probe_volume_with_model_exactly_its_parameters(slicer_module, small_femur):
+    """Every parameter the CLI declares, by its declared name, with the CT node, a model of the points and an
+    output model; the array name is the adapter's (the CLI's default "NRRDImage" would not be found)."""
+    from ImplantBoneContactLib import AnalysisParameters, mrml
+
+    phantom, ct, stem = small_femur
+    scene = slicer_module.scene
+    ct_node, model = _nodes_under_transforms(scene, ct, stem)
+    logic = slicer_module.module.ImplantBoneContactLogic(interactive=False)
+    logic.run(ct_node, model, AnalysisParameters(remesh="none"))
+    (given,) = slicer_module.cli.parameters
+    assert set(given) == set(PROBE_VOLUME_WITH_MODEL_PARAMETERS)
+    assert given["InputVolume"] == ct_node.GetID()
+    assert given["OutputArrayName"] == mrml.PROBE_ARRAY_NAME != PROBE_VOLUME_WITH_MODEL_PARAMETERS["OutputArrayName"][2]
+    assert given["InputModel"] != given["OutputModel"]
+    assert model.GetID() not in (given["InputModel"], given["OutputModel"])  # the user's model is never the CLI's
 
 
 def test_logic_uses_the_library_sampler_for_offsets_and_nearest(slicer_module, small_femur):
