@@ -41,7 +41,7 @@ import vtk
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from ibc_helpers import frame_parameters, rotation
+from ibc_helpers import frame_parameters, rotation, sphere_arrays
 from ImplantBoneContactLib import (
     AnalysisParameters,
     AnalysisResult,
@@ -386,17 +386,6 @@ def random_volumes(draw):
     return array, m
 
 
-def _source_arrays(source) -> tuple[np.ndarray, np.ndarray]:
-    source.Update()
-    tri = vtk.vtkTriangleFilter()
-    tri.SetInputConnection(source.GetOutputPort())
-    tri.Update()
-    poly = tri.GetOutput()
-    from ImplantBoneContactLib.mesh import triangles
-
-    return mesh_points(poly).copy(), triangles(poly).copy()
-
-
 @st.composite
 def random_meshes(draw):
     """Triangle soups, ellipsoids and stem-like shapes (a long body with a neck ball), of any size and pose."""
@@ -406,16 +395,10 @@ def random_meshes(draw):
         pts = draw(hnp.arrays(np.float64, (n, 3), elements=st.floats(-1, 1))) * draw(st.sampled_from([1.0, 20.0]))
         faces = draw(hnp.arrays(np.int64, (draw(st.integers(0, 60)) if n else 0, 3), elements=st.integers(0, max(n - 1, 0))))
     else:
-        sphere = vtk.vtkSphereSource()
-        sphere.SetThetaResolution(draw(st.integers(3, 16)))
-        sphere.SetPhiResolution(draw(st.integers(3, 16)))
-        pts, faces = _source_arrays(sphere)
+        pts, faces = sphere_arrays(0.5, resolution=draw(st.integers(3, 16)), phi_resolution=draw(st.integers(3, 16)))
         pts = pts * np.array([draw(st.floats(0.5, 15)), draw(st.floats(0.5, 15)), draw(st.floats(0.5, 60))])
         if kind == "stem":
-            ball = vtk.vtkSphereSource()
-            ball.SetRadius(draw(st.floats(1, 10)))
-            ball.SetCenter(draw(st.floats(3, 20)), 0.0, draw(st.floats(10, 40)))
-            bpts, bfaces = _source_arrays(ball)
+            bpts, bfaces = sphere_arrays(draw(st.floats(1, 10)), (draw(st.floats(3, 20)), 0.0, draw(st.floats(10, 40))), resolution=8)
             pts, faces = np.vstack([pts, bpts]), np.vstack([faces, bfaces + len(pts)])
         pts = pts @ draw(rotations()).T
         pts += draw(hnp.arrays(np.float64, pts.shape, elements=st.floats(-0.3, 0.3)))
@@ -477,10 +460,7 @@ def valid_inputs(draw):
     """A CT of random HU around a stem-like mesh (a long ellipsoid with a neck ball, 20-40 mm on
     each side inside the CT), the frame given, random parameters with the mesh kept: every one is a
     valid analysis, so an InputError here is a regression (the fuzz test above would pass it)."""
-    sphere = vtk.vtkSphereSource()
-    sphere.SetThetaResolution(draw(st.integers(8, 16)))
-    sphere.SetPhiResolution(draw(st.integers(8, 16)))
-    pts, faces = _source_arrays(sphere)
+    pts, faces = sphere_arrays(0.5, resolution=draw(st.integers(8, 16)), phi_resolution=draw(st.integers(8, 16)))
     pts = pts * np.array([draw(st.floats(8, 14)), draw(st.floats(8, 14)), draw(st.floats(60, 100))])
     spacing = draw(st.sampled_from([0.8, 1.0, 1.5]))
     n = int(np.ceil(80 / spacing))
