@@ -262,7 +262,7 @@ def acvd_clusters(pts: np.ndarray, faces: np.ndarray, points: int) -> tuple[np.n
 
     Returns:
         ``(clusters, weights)``: the cluster of each vertex and each vertex's
-        area weight (mm^2; a third of the area of its triangles, 1e-10 where 0).
+        area weight (mm^2: the summed area of its triangles, 1e-10 where 0).
     """
     pts = np.ascontiguousarray(pts, dtype=np.float64)
     faces = np.ascontiguousarray(faces, dtype=np.int64)
