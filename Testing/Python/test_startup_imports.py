@@ -94,6 +94,19 @@ def test_every_vtk_class_the_engine_uses_has_its_module_listed():
         vtkclasses.not_a_vtk_name  # noqa: B018
 
 
+def test_rendering_classes_come_with_their_opengl_implementation():
+    """A rendering class from the table loads the OpenGL2 module too, so that the factory gives the working
+    OpenGL class (without it ``vtkRenderWindow()`` is abstract): checked on the mapper, without opening a window."""
+    code = (
+        "from ImplantBoneContactLib import vtkclasses as vtk\n"
+        "mapper = vtk.vtkPolyDataMapper()\n"
+        "assert mapper.GetClassName() == 'vtkOpenGLPolyDataMapper', mapper.GetClassName()\n"
+    )
+    loaded = _loaded_after(code)
+    assert "vtkmodules.vtkRenderingOpenGL2" in loaded
+    assert "vtk" not in loaded
+
+
 def _sphere(n_theta: int = 40, n_phi: int = 60) -> tuple[np.ndarray, np.ndarray]:
     """A closed UV sphere of radius 10 mm: points and outward-wound triangles, built here."""
     theta = np.linspace(0, np.pi, n_theta + 1)[1:-1]
