@@ -72,14 +72,19 @@ COMPANION_MODULES = {"vtkRenderingCore": ("vtkRenderingOpenGL2",)}
 
 def __getattr__(name: str):
     module = CLASS_MODULES.get(name)
+    value = None
     if module is not None:
-        value = getattr(importlib.import_module(f"vtkmodules.{module}"), name)
-        for companion in COMPANION_MODULES.get(module, ()):
-            importlib.import_module(f"vtkmodules.{companion}")
-    elif name.startswith("vtk") or name.startswith("VTK_"):
+        try:
+            value = getattr(importlib.import_module(f"vtkmodules.{module}"), name, None)
+            for companion in COMPANION_MODULES.get(module, ()):
+                importlib.import_module(f"vtkmodules.{companion}")
+        except ImportError:
+            value = None
+    if value is None:
+        if not (name.startswith("vtk") or name.startswith("VTK_")):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        # Not in the table, or another VTK version defines it elsewhere: the whole package has it.
         value = getattr(importlib.import_module("vtk"), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # later look-ups skip __getattr__
     return value
 
