@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
 from . import __version__
 from . import postop as postop_lib
+from . import vtkclasses as vtk
 from .classes import (
     ABOVE_RESECTION,
     DEFAULT_METAL_HU,

@@ -11,12 +11,17 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .analysis import AnalysisParameters, analyze_files
 from .classes import PRESETS
 from .errors import InputError, OutputError
-from .export import check_output_folder, save_result
+
+if TYPE_CHECKING:
+    from .analysis import AnalysisParameters
+
+# The analysis (pandas, VTK, SimpleITK) is imported by the functions that run one, not here:
+# ``--help``, ``--version`` and a mistyped option answer without loading it.
 
 # Options whose value is a coordinate list that may start with "-".
 _COORDINATE_OPTIONS = ("--axis", "--medial-point", "--resection-plane", "--bands-axial")
@@ -145,6 +150,8 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
 
 def parameters_from_args(args: argparse.Namespace) -> AnalysisParameters:
     """Build :class:`AnalysisParameters` from parsed command-line options."""
+    from .analysis import AnalysisParameters
+
     p = AnalysisParameters(
         remesh=args.remesh,
         points=args.points,
@@ -223,6 +230,9 @@ def _raise_interrupt(signum, frame):
 
 
 def run_analysis(args: argparse.Namespace) -> int:
+    from .analysis import analyze_files
+    from .export import check_output_folder, save_result
+
     params = parameters_from_args(args)
     check_output_folder(args.out, args.overwrite, inputs=(args.ct, args.model, args.transform, args.frame, args.baseline, args.calibration))
     progress = _Progress(args.quiet, args.progress)
@@ -292,6 +302,8 @@ def _ct_kind_line(result) -> str:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from .analysis import AnalysisParameters, analyze_files
+    from .export import check_output_folder, save_result
     from .phantom import FemurPhantom, PhantomSpec
 
     out = Path(args.out)

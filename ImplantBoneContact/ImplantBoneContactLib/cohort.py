@@ -45,9 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from .errors import InputError, OutputError
+from .lazymodule import LazyModule
+
+pd = LazyModule("pandas")  # imported on first use: the command-line parser does not need it
 
 CASES_DIR = "cases"
 FAILED_DIR = "failed"

@@ -54,7 +54,7 @@ def write_design_maps(out: Path, members: dict[str, list[str]]) -> list[dict]:
 
     Returns one description per design written (``key``, ``vtp``, ``png``, ``n_cases``).
     """
-    from vtk.util import numpy_support as ns
+    from vtkmodules.util import numpy_support as ns
 
     from .mesh import points, read_model, triangles, write_polydata
 

@@ -65,15 +65,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
+from . import vtkclasses as vtk
 from .errors import InputError
 from .frame import ZONE_ORDER, ZONE_REGIONS, StemFrame
+from .lazymodule import LazyModule
 from .mesh import points as mesh_points
 from .mesh import read_model, transform_polydata, triangle_areas
 from .mesh import triangles as mesh_triangles
+
+pd = LazyModule("pandas")  # imported on first use: the command-line parser does not need it
 
 #: Patch size (mm) of the spread estimate of the standard error (at least :data:`PATCH_VOXELS` voxels).
 PATCH_MM = 5.0

@@ -46,9 +46,9 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
+from . import vtkclasses as vtk
 from .errors import InputError
 from .mesh import _edge_counts, polydata_from_arrays
 from .mesh import points as mesh_points
@@ -235,21 +235,105 @@ def cluster_surface(pts: np.ndarray, faces: np.ndarray, points: int, subdivide: 
         cluster of each of its vertices (-1: none) and each vertex's area
         weight (mm^2).
     """
-    import pyacvd
-    import pyvista as pv
-
     area = _triangle_areas(pts, faces)
     limit = min(area.sum() / (TRIANGLES_PER_CLUSTER * points), area.max() / 4 ** int(subdivide))
     pts, faces = refine_to_area(pts, faces, limit, MAX_EDGE_SPACINGS * np.sqrt(area.sum() / points))
     if points > pts.shape[0]:
         raise InputError(f"cannot remesh to {points} points: the refined surface has only {pts.shape[0]} points")
+    clusters, weights = acvd_clusters(pts, faces, points)
+    return pts, faces, clusters, weights
+
+
+def acvd_clusters(pts: np.ndarray, faces: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """ACVD clustering of a triangle mesh by pyacvd's compiled core: what ``pyacvd.Clustering(mesh).cluster(points)`` gives.
+
+    The calls and arguments are those of ``pyacvd.Clustering`` 0.3.1 (area
+    weights and weighted centroids on 2 threads, vertex neighbours, unique
+    edges, then ``cluster`` with 100 iterations and 10 tries to remove
+    isolated clusters), made on the arrays directly: importing ``pyacvd``
+    imports pyvista (about 0.3 s of start-up) only to wrap the mesh. Where
+    the compiled core cannot be loaded this way (another pyacvd version),
+    ``pyacvd.Clustering`` itself is used.
+
+    Args:
+        pts: ``(N, 3)`` vertices (mm).
+        faces: ``(F, 3)`` triangles.
+        points: number of clusters.
+
+    Returns:
+        ``(clusters, weights)``: the cluster of each vertex and each vertex's
+        area weight (mm^2: the summed area of its triangles, 1e-10 where 0).
+    """
+    pts = np.ascontiguousarray(pts, dtype=np.float64)
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    core = _pyacvd_core()
+    if core is None:
+        return _pyacvd_clustering(pts, faces, points)
+    area, weighted_centroids = core.weighted_points(pts, faces, np.empty(0, dtype=np.float64), 2)
+    area[area == 0] = 1e-10
+    neigh, neigh_off = core.neighbors_from_trimesh(pts.shape[0], faces)
+    edges = core.unique_edges(neigh, neigh_off)
+    if points > area.size:
+        clusters = np.arange(area.size)
+    else:
+        clusters, _, _ = core.cluster(neigh, neigh_off, points, area, weighted_centroids, edges, 100, 10, False)
+    return np.asarray(clusters, dtype=np.int64), np.asarray(area, dtype=np.float64)
+
+
+def _pyacvd_clustering(pts: np.ndarray, faces: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`acvd_clusters` through ``pyacvd.Clustering`` (imports pyvista)."""
+    import pyacvd
+    import pyvista as pv
+
     with warnings.catch_warnings():
         # pyacvd 0.3.1 uses a pyvista attribute that newer pyvista deprecates; harmless here.
         warnings.filterwarnings("ignore", category=Warning, module="pyacvd")
         clus = pyacvd.Clustering(pv.wrap(polydata_from_arrays(pts, faces)))
         clusters = np.asarray(clus.cluster(points), dtype=np.int64)
         weights = np.asarray(clus.area, dtype=np.float64)
-    return pts, faces, clusters, weights
+    return clusters, weights
+
+
+#: The pyacvd version whose compiled core :func:`acvd_clusters` calls directly.
+PYACVD_CORE_VERSION = "0.3.1"
+
+
+def _pyacvd_core():
+    """pyacvd's compiled ``_clustering`` module, loaded without running ``pyacvd/__init__`` (which imports pyvista).
+
+    ``None`` when pyacvd is not the version whose calls :func:`acvd_clusters`
+    repeats, or its core cannot be found: the caller then uses pyacvd itself.
+    """
+    import sys
+
+    name = "pyacvd._clustering"
+    if name in sys.modules:
+        return sys.modules[name]
+    import importlib.machinery
+    import importlib.metadata
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        if importlib.metadata.version("pyacvd") != PYACVD_CORE_VERSION:
+            return None
+        package = importlib.util.find_spec("pyacvd")
+    except (importlib.metadata.PackageNotFoundError, ImportError, ValueError):
+        return None
+    if package is None or not package.submodule_search_locations:
+        return None
+    for folder in package.submodule_search_locations:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = Path(folder) / f"_clustering{suffix}"
+            if path.is_file():
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or spec.loader is None:
+                    return None
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules[name] = module  # ``import pyacvd`` later finds and reuses it
+                return module
+    return None
 
 
 def mesh_from_clusters(

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
+from . import vtkclasses as vtk
 from .errors import InputError, native_stderr_silenced
 from .volume import LPS_TO_RAS
 

@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
+from . import vtkclasses as vtk
 from .frame import StemFrame
 from .mesh import points, polydata_from_arrays, prepare_surface, signed_volume, triangles, write_polydata
 from .volume import Volume, write_volume

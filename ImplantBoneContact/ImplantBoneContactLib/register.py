@@ -60,9 +60,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
+from . import vtkclasses as vtk
 from .errors import InputError, OutputError
 from .mesh import points, prepare_surface, signed_volume, transform_polydata, triangle_areas, triangles
 from .sampling import sample

@@ -13,8 +13,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
-import vtk
-
+from . import vtkclasses as vtk
 from .errors import InputError
 from .mesh import prepare_surface
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
+from . import vtkclasses as vtk
 from .errors import InputError
 from .mesh import (
     _component_labels,

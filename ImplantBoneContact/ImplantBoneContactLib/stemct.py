@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
 
+from . import vtkclasses as vtk
 from .mesh import points, transform_polydata
 from .volume import Volume
 
