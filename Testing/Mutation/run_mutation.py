@@ -152,7 +152,8 @@ def score(module: str, previous: dict | None = None) -> dict:
     (d / "exit_codes.json").write_text(json.dumps(codes, indent=1) + "\n")
     pats = mutant_names(module)
     sel = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in pats)}
-    killed = sorted(k for k, v in sel.items() if v in (1, 3))
+    # -11: the tests crashed (a segmentation fault in VTK on a broken cell array): caught, like a failure
+    killed = sorted(k for k, v in sel.items() if v in (1, 3, -11))
     timeout = sorted(k for k, v in sel.items() if v in (36, 24, -24, 152, 255))
     survived = sorted(k for k, v in sel.items() if v == 0)
     no_tests = sorted(k for k, v in sel.items() if v in (5, 33))

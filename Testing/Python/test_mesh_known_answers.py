@@ -15,8 +15,7 @@ import threading
 import numpy as np
 import pytest
 import vtk
-from vtk.util import numpy_support as ns
-
+from ImplantBoneContactLib import mesh
 from ImplantBoneContactLib.errors import InputError
 from ImplantBoneContactLib.mesh import (
     _area_centre_and_axis,
@@ -37,6 +36,7 @@ from ImplantBoneContactLib.mesh import (
     triangles,
     vertex_areas,
 )
+from vtk.util import numpy_support as ns
 
 # ---------------------------------------------------------------------------------------------------------
 # Meshes with known geometry
@@ -813,3 +813,162 @@ def test_prepare_surface_refuses_a_mesh_whose_triangles_all_collapse():
     with pytest.raises(InputError, match="^the model tip has no non-degenerate triangle$"):
         prepare_surface(poly, "tip")
 
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cases found by mutation testing (each one kills a planted bug that the tests above let through)
+
+
+def test_area_centre_of_a_part_smaller_than_a_square_millimetre():
+    # total area 6 * 0.1**2 = 0.06 mm2: the centre must not depend on a floor of the area sum
+    pts, faces = box((0.1, 0.1, 0.1), origin=(2.0, 3.0, 4.0))
+    centre, _ = _area_centre_and_axis(pts, faces)
+    np.testing.assert_allclose(centre, [2.05, 3.05, 4.05], atol=1e-12)
+
+
+def test_repeated_rows_compare_every_column_and_accept_one_column():
+    # rows that differ in the middle column only, interleaved
+    rows = np.array([[1, 1, 1], [1, 2, 1], [1, 1, 1], [1, 2, 1]])
+    np.testing.assert_array_equal(_repeated_rows(rows), [False, False, True, True])
+    np.testing.assert_array_equal(_repeated_rows(np.array([[3], [3], [1]])), [False, True, False])
+
+
+def test_the_singular_limit_is_a_determinant_below_1e_minus_9():
+    # determinant exactly 1e-9: not singular, refused as not rigid
+    with pytest.raises(InputError, match="shears or scales unevenly"):
+        check_registration_matrix(np.diag([1e-9, 1.0, 1.0, 1.0]))
+
+
+def test_a_uniform_scale_at_the_tolerance_ratio_is_named_a_scale():
+    # singular values in the ratio 1 + RIGID_TOLERANCE exactly (as floats): still "scales in every direction"
+    a = 1.25  # a power-of-two fraction: (a * r) / a == r in floating point
+    r = 1.0 + mesh.RIGID_TOLERANCE
+    assert (a * r) / a == r
+    with pytest.raises(InputError, match="scales the model by"):
+        check_registration_matrix(np.diag([a * r, a, a, 1.0]))
+
+
+def test_shear_message_rounds_singular_values_to_four_decimals():
+    with pytest.raises(InputError, match=r"singular values \[1\.1235, 1\.0, 1\.0\]"):
+        check_registration_matrix(np.diag([1.123456, 1.0, 1.0, 1.0]))
+
+
+def test_outward_sign_of_a_piece_in_a_plane_through_the_centre_follows_the_axis_test():
+    # A flat piece in z = 0 beside the centre (the origin): its signed volume about the centre is exactly 0,
+    # so only the axis test decides. Axis (0, 1, 1)/sqrt(2): the direction from the axis to the piece (y in
+    # [1, 2]) points down (-z component), the piece's normal +z: it faces the axis -> -1.
+    pts, faces = square_patch(n=2, size=1.0)
+    pts = pts + [-0.5, 1.0, 0.0]
+    axis = np.array([0.0, 1.0, 1.0]) / math.sqrt(2.0)
+    assert outward_sign(pts, faces, np.zeros(3), axis) == (-1, "")
+    assert outward_sign(pts, faces[:, ::-1], np.zeros(3), axis) == (1, "")
+
+
+def test_outward_sign_uses_the_given_axis_not_its_own():
+    # the flat patch with a centre below it: about an axis along x (in its plane) it is decided (see above);
+    # about the axis z, perpendicular to it, its normals are parallel to the axis: undecided
+    pts, faces = square_patch()
+    assert outward_sign(pts, faces, np.array([0.5, 0.5, -10.0]), np.array([0.0, 0.0, 1.0]))[0] == 0
+
+
+def test_undecided_message_gives_the_signed_volume_about_the_centre():
+    # the two coaxial tubes of the test above; each triangle's cone to the centre has height = the
+    # apothem r cos(pi / n) of its tube, so the volume is sum(area * height) / 3
+    n = 32
+    thin = tube(radius=1.0, length=20.0, n_around=n, n_rings=3)
+    wide = tube(radius=10.0, length=1.0, n_around=n, n_rings=2)
+    pts, faces = merged((thin[0], thin[1][:, ::-1]), wide)
+    side = 2.0 * math.sin(math.pi / n)
+    area_thin, area_wide = n * side * 1.0 * 20.0, n * side * 10.0 * 1.0
+    volume = (-area_thin * math.cos(math.pi / n) + area_wide * 10.0 * math.cos(math.pi / n)) / 3.0
+    sign, why = outward_sign(pts, faces, np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    assert sign == 0
+    assert why.endswith(f"signed volume about its centre {volume:.3g} mm3)")
+
+
+def test_outward_sign_of_closed_thin_and_small_parts_is_their_volume_sign():
+    # a closed plate 10 x 10 x 0.1 mm: its normals mostly parallel to any long axis, but closed, so the volume
+    # decides (an open-part test would call it undecided)
+    pts, faces = box((10.0, 10.0, 0.1))
+    assert outward_sign(pts, faces) == (1, "")
+    assert outward_sign(pts, faces[:, ::-1]) == (-1, "")
+    g = surface_geometry(polydata_from_arrays(pts, faces[:, ::-1]))
+    assert g.orientation_flipped is True
+    # a closed part of volume 0.125 mm3 (< 1)
+    pts, faces = box((0.5, 0.5, 0.5), origin=(20.0, 0.0, 0.0))
+    assert outward_sign(pts, faces) == (1, "")
+    # a closed part of volume exactly 0 (a triangle and its reverse): left as it is (+1, no flip)
+    pts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=float)
+    assert outward_sign(pts, np.array([[0, 1, 2], [0, 2, 1]])) == (1, "")
+
+
+def test_polydata_from_arrays_copies_the_triangles_and_stores_double_points():
+    pts, faces = octahedron()
+    faces = np.ascontiguousarray(faces, dtype=np.int64)
+    poly = polydata_from_arrays(pts, faces)
+    faces[:] = 0  # the caller reuses its array
+    np.testing.assert_array_equal(triangles(poly), octahedron()[1])
+    poly = polydata_from_arrays(np.array([[0, 0, 0], [2, 0, 0], [0, 2, 0]]), np.array([[0, 1, 2]]))
+    assert poly.GetPoints().GetDataType() == vtk.VTK_DOUBLE
+    np.testing.assert_array_equal(points(poly), [[0, 0, 0], [2, 0, 0], [0, 2, 0]])
+
+
+def test_prepare_surface_names_the_model_by_default():
+    with pytest.raises(InputError, match="^the model model has no surface cells"):
+        prepare_surface(vtk.vtkPolyData())
+
+
+def test_prepare_surface_counts_strips_with_polygons():
+    # one triangle and one strip (2 triangles): 3 triangles, area 0.5 + 1
+    poly = vtk.vtkPolyData()
+    vp = vtk.vtkPoints()
+    for p in ([0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [5, 0, 0], [6, 0, 0], [5, 1, 0]):
+        vp.InsertNextPoint(*p)
+    strips = vtk.vtkCellArray()
+    strips.InsertNextCell(4)
+    for i in range(4):
+        strips.InsertCellPoint(i)
+    polys = vtk.vtkCellArray()
+    polys.InsertNextCell(3)
+    for i in (4, 5, 6):
+        polys.InsertCellPoint(i)
+    poly.SetPoints(vp)
+    poly.SetStrips(strips)
+    poly.SetPolys(polys)
+    out = prepare_surface(poly)
+    assert triangles(out).shape == (3, 3)
+    assert triangle_areas(points(out), triangles(out)).sum() == pytest.approx(1.5, rel=1e-14)
+
+
+def test_unused_points_get_a_zero_normal_and_zero_area():
+    pts, faces = octahedron()
+    pts = np.vstack([pts, [[9.0, 9.0, 9.0]]])
+    g = surface_geometry(polydata_from_arrays(pts, faces))
+    np.testing.assert_array_equal(g.normals[6], [0.0, 0.0, 0.0])
+    assert g.areas[6] == 0.0
+    np.testing.assert_allclose(g.normals[:6], pts[:6], atol=1e-12)
+
+
+def test_a_stray_piece_the_whole_axis_cannot_judge_is_left_as_it_is():
+    # the elongated box (axis z) and a tiny horizontal triangle beside it at z = 3, facing down (-z): about
+    # the box's axis its normal is parallel to the axis, undecided: no flip. (About its own in-plane axis
+    # and the box's centre it would look inward and be flipped.)
+    bp, bf = box((1.0, 1.0, 10.0), origin=(-0.5, -0.5, -5.0))
+    tri = np.array([[5.0, 0.0, 3.0], [5.0, 0.2, 3.0], [5.2, 0.0, 3.0]])  # (0,.2,0) x (.2,0,0) = -z
+    pts, faces = merged((bp, bf), (tri, np.array([[0, 1, 2]])))
+    g = surface_geometry(polydata_from_arrays(pts, faces))
+    assert g.orientation_flipped is False
+    np.testing.assert_allclose(g.normals[8:], [[0.0, 0.0, -1.0]] * 3, atol=1e-12)
+
+
+def test_transform_keeps_triangle_order_for_a_positive_scale():
+    pts, faces = box()
+    out = transform_polydata(polydata_from_arrays(pts, faces), np.diag([0.5, 0.5, 0.5, 1.0]))
+    np.testing.assert_array_equal(triangles(out), faces)
+    assert signed_volume(points(out), triangles(out)) == pytest.approx(0.125, rel=1e-14)
+
+
+def test_non_triangle_message_is_exact():
+    quad = poly_of([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], [[0, 1, 2, 3]])
+    with pytest.raises(InputError, match="^the mesh holds polygons that are not triangles: triangulate it first$"):
+        triangles(quad)
