@@ -950,15 +950,16 @@ def test_unused_points_get_a_zero_normal_and_zero_area():
 
 
 def test_a_stray_piece_the_whole_axis_cannot_judge_is_left_as_it_is():
-    # the elongated box (axis z) and a tiny horizontal triangle beside it at z = 3, facing down (-z): about
-    # the box's axis its normal is parallel to the axis, undecided: no flip. (About its own in-plane axis
-    # and the box's centre it would look inward and be flipped.)
+    # the elongated box (axis z) and a small horizontal strip beside it at z = 3 (0.4 x 0.1 mm, two triangles),
+    # facing down (-z): about the box's axis its normal is parallel to the axis, undecided: no flip. (About
+    # its own long axis, x, and the box's centre it would look inward and be flipped.)
     bp, bf = box((1.0, 1.0, 10.0), origin=(-0.5, -0.5, -5.0))
-    tri = np.array([[5.0, 0.0, 3.0], [5.0, 0.2, 3.0], [5.2, 0.0, 3.0]])  # (0,.2,0) x (.2,0,0) = -z
-    pts, faces = merged((bp, bf), (tri, np.array([[0, 1, 2]])))
+    strip = np.array([[5.0, 0.0, 3.0], [5.4, 0.0, 3.0], [5.4, 0.1, 3.0], [5.0, 0.1, 3.0]])
+    down = np.array([[0, 2, 1], [0, 3, 2]])  # (0.4,0.1,0) x (0.4,0,0) = -z
+    pts, faces = merged((bp, bf), (strip, down))
     g = surface_geometry(polydata_from_arrays(pts, faces))
     assert g.orientation_flipped is False
-    np.testing.assert_allclose(g.normals[8:], [[0.0, 0.0, -1.0]] * 3, atol=1e-12)
+    np.testing.assert_allclose(g.normals[8:], [[0.0, 0.0, -1.0]] * 4, atol=1e-12)
 
 
 def test_transform_keeps_triangle_order_for_a_positive_scale():
