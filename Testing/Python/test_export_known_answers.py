@@ -731,3 +731,137 @@ def test_save_result_refuses_a_folder_holding_an_input(tmp_path):
     with pytest.raises(OutputError, match="holds an input"):
         save_result(r, tmp_path / "in", overwrite=True, pictures=False)
     assert _names(tmp_path / "in") == ["ct.nrrd"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cases found by mutation testing
+
+
+def test_write_json_writes_numpy_nan_and_infinity_as_python_ones():
+    # numpy scalars (statistics, metadata) as Python floats: null / "inf" / "-inf", never the invalid NaN token
+    import math
+
+    data = {"a": np.float64("nan"), "b": np.float32("inf"), "c": np.float64("-inf"), "d": np.array([np.nan])}
+    text = json.dumps(export._jsonable(data))
+    assert text == '{"a": null, "b": "inf", "c": "-inf", "d": [null]}'
+    assert "NaN" not in text and math.isnan(data["a"])
+
+
+def test_write_json_file_has_no_nan_token(tmp_path):
+    write_json({"a": np.float64("nan"), "b": [np.float32("nan")]}, tmp_path / "p.json")
+    text = (tmp_path / "p.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"a": None, "b": [None]}
+
+
+def test_write_csv_writes_missing_text_as_nan(tmp_path):
+    # an object column with a missing value is written by pandas: the missing value as NaN
+    write_csv(pd.DataFrame({"class": ["bone", None], "n": [1, 2]}), tmp_path / "c.csv")
+    assert (tmp_path / "c.csv").read_bytes() == b"class,n\nbone,1\nNaN,2\n"
+
+
+def test_write_result_folder_writes_in_a_hidden_folder_beside_the_target(tmp_path):
+    seen = []
+
+    def writer(folder: Path) -> None:
+        seen.append(folder)
+        (folder / "a.csv").write_text("1")
+
+    out = write_result_folder(tmp_path / "r", writer)
+    assert len(seen) == 1
+    assert seen[0].parent == tmp_path  # same file system: the final rename is atomic
+    assert seen[0].name.startswith(".r.partial-")
+    assert _names(out) == ["a.csv"]
+
+
+def test_write_result_folder_failed_swap_without_old_result_reports_the_cause(tmp_path, monkeypatch):
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if Path(src).name.startswith(".r.partial-"):
+            raise OSError(18, "Invalid cross-device link")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(export.os, "rename", rename)
+    with pytest.raises(OutputError, match=r"^cannot write the results to .*r: Invalid cross-device link$"):
+        write_result_folder(tmp_path / "r", _writer({"a.csv": "1"}))
+    monkeypatch.undo()
+    assert _names(tmp_path) == []
+
+
+def _rmtree_that_cannot_remove(real_rmtree, marker: str):
+    """shutil.rmtree on a folder holding a file that cannot be removed (``marker`` in its name): with
+    ignore_errors the rest is removed and the error ignored, without it the error is raised."""
+
+    def rmtree(path, ignore_errors=False, **kw):
+        if marker in Path(path).name:
+            if not ignore_errors:
+                raise PermissionError(13, "Permission denied", str(path))
+            return None
+        return real_rmtree(path, ignore_errors=ignore_errors, **kw)
+
+    return rmtree
+
+
+def test_an_old_result_that_cannot_be_removed_does_not_fail_the_run(tmp_path, monkeypatch):
+    import shutil
+
+    out = tmp_path / "r"
+    write_result_folder(out, _writer({"old.csv": "old"}))
+    monkeypatch.setattr(export.shutil, "rmtree", _rmtree_that_cannot_remove(shutil.rmtree, ".r.old-"))
+    assert write_result_folder(out, _writer({"new.csv": "new"}), overwrite=True) == out
+    monkeypatch.undo()
+    assert _names(out) == ["new.csv"]
+
+
+def test_a_partial_folder_that_cannot_be_removed_does_not_hide_the_error(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(export.shutil, "rmtree", _rmtree_that_cannot_remove(shutil.rmtree, ".r.partial-"))
+    with pytest.raises(ValueError, match="^the real error$"):
+        write_result_folder(tmp_path / "r", lambda folder: (_ for _ in ()).throw(ValueError("the real error")))
+
+
+def test_ctrl_c_during_the_clean_up_after_an_error_is_not_lost(tmp_path, monkeypatch, sigint_raises):
+    # the writer fails; while its partial folder is removed the user presses Ctrl-C: the removal finishes,
+    # then the interruption is raised
+    import shutil
+
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kw):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_rmtree(path, *args, **kw)
+
+    monkeypatch.setattr(export.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        write_result_folder(tmp_path / "r", lambda folder: (_ for _ in ()).throw(ValueError("x")))
+    monkeypatch.undo()
+    assert _names(tmp_path) == []
+
+
+def test_a_result_without_registration_or_timings(tmp_path, monkeypatch):
+    from ImplantBoneContactLib import plots
+
+    monkeypatch.setattr(plots, "write_pictures", lambda result, folder: (Path(folder) / "p.png").write_text("png"))
+    r = _result(tmp_path)
+    del r.registration, r.timings_s
+    out = save_result(r, tmp_path / "res")
+    assert _names(out) == ["frame.json", "p.png", "parameters.json", "surface.vtp", "vertices.csv", "zones.csv"]
+    (tmp_path / "o").mkdir()
+    assert write_tables_and_surface(r, tmp_path / "o")[-1] == "parameters.json"
+
+
+def test_save_result_timings_are_durations_within_the_call(tmp_path, monkeypatch):
+    import time
+
+    from ImplantBoneContactLib import plots
+
+    monkeypatch.setattr(plots, "write_pictures", lambda result, folder: None)
+    timings = {}
+    r = _result(tmp_path, timings=timings)
+    t0 = time.perf_counter()
+    save_result(r, tmp_path / "res")
+    elapsed = time.perf_counter() - t0
+    assert 0.0 <= timings["write_tables"] <= elapsed
+    assert 0.0 <= timings["pictures"] <= elapsed
