@@ -865,3 +865,11 @@ def test_save_result_timings_are_durations_within_the_call(tmp_path, monkeypatch
     elapsed = time.perf_counter() - t0
     assert 0.0 <= timings["write_tables"] <= elapsed
     assert 0.0 <= timings["pictures"] <= elapsed
+
+
+def test_csv_lines_end_in_newline_whatever_the_platform_separator(tmp_path, monkeypatch):
+    # pandas takes os.linesep when no line terminator is given ("\r\n" on Windows, where Slicer runs too)
+    monkeypatch.setattr(os, "linesep", "\r\n")
+    write_csv(pd.DataFrame({"class": ["bone, cortical"], "n": [1]}), tmp_path / "c.csv")
+    monkeypatch.undo()
+    assert (tmp_path / "c.csv").read_bytes() == b'class,n\n"bone, cortical",1\n'
