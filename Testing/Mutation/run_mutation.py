@@ -12,6 +12,7 @@ Usage (from the repository root)::
 
     nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli
     nice -n 19 python Testing/Mutation/run_mutation.py classes stats   # some modules
+    nice -n 19 python Testing/Mutation/run_mutation.py mesh export atomicio --jobs 1
     python Testing/Mutation/run_mutation.py --report                    # scores of the last runs
 
 Scores are printed and written to ``build/mutation/<module>/score.json``, the
@@ -71,7 +72,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 }
 ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
-# scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). mesh, frame, export by name.
+# scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). By name: mesh, export and atomicio
+# (known-answer tests on tiny meshes and folders, about 15 min at --jobs 1 on the shared machine), frame.
 DEFAULT = ["classes", "stats", "sampling", "cli"]
 
 # Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a

@@ -566,6 +566,7 @@ def test_signals_held_with_ignored_sigint_delivers_nothing():
         signal.signal(signal.SIGINT, old)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_signals_held_with_default_sigterm_raises_it_again(tmp_path):
     # SIG_DFL for SIGTERM: the held signal is raised again and ends the process (here a child)
     pid = os.fork()
