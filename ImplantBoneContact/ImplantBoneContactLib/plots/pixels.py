@@ -54,7 +54,9 @@ def _height(fig: Figure) -> float:
 
 
 def image(fig: Figure, rgb: np.ndarray, column: int, row: int) -> None:
-    """Put an image (``(H, W, 3)`` uint8 or float 0..1) one to one with its top left corner at ``(column, row)``."""
+    """Put an image (``(H, W, 3)`` uint8 or float 0..1; ``(H, W)`` is grey) one to one, top left corner at ``(column, row)``."""
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=-1)
     h = rgb.shape[0]
     fig.figimage(rgb, xo=int(column), yo=int(round(_height(fig) - row - h)), origin="upper", resample=False)
 
