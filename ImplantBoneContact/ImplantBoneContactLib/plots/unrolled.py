@@ -161,26 +161,28 @@ def _rasterise(x: np.ndarray, y: np.ndarray, depth: np.ndarray, width: int, heig
     local = np.arange(tri.size) - np.repeat(np.cumsum(count) - count, count)
     cols = c0[tri] + local % nc[tri]
     rows = r0[tri] + local // nc[tri]
-    px, py = cols + 0.5, rows + 0.5
-    xa, ya = x[tri, 0], y[tri, 0]
-    v0x, v0y = x[tri, 1] - xa, y[tri, 1] - ya
-    v1x, v1y = x[tri, 2] - xa, y[tri, 2] - ya
-    wx, wy = px - xa, py - ya
+    # Per triangle: the corner A and the inverse of the 2x2 matrix of its edges AB, AC.
+    v0x, v0y = x[:, 1] - x[:, 0], y[:, 1] - y[:, 0]
+    v1x, v1y = x[:, 2] - x[:, 0], y[:, 2] - y[:, 0]
     den = v0x * v1y - v1x * v0y
-    den = np.where(den != 0.0, den, np.inf)
-    b = (wx * v1y - v1x * wy) / den
-    c = (v0x * wy - wx * v0y) / den
+    flat = den == 0.0
+    inv = 1.0 / np.where(flat, 1.0, den)
+    wx = cols + (0.5 - x[tri, 0])
+    wy = rows + (0.5 - y[tri, 0])
+    b = (wx * v1y[tri] - wy * v1x[tri]) * inv[tri]
+    c = (wy * v0x[tri] - wx * v0y[tri]) * inv[tri]
     a = 1.0 - b - c
     eps = -1e-9
-    inside = (a >= eps) & (b >= eps) & (c >= eps) & np.isfinite(den)
+    inside = (a >= eps) & (b >= eps) & (c >= eps) & ~flat[tri]
     rows, cols, tri = rows[inside], cols[inside], tri[inside]
     weights = np.stack([a[inside], b[inside], c[inside]], axis=1)
-    # One triangle per cell: the one with the largest depth (then the last drawn).
+    # One triangle per cell: the one with the largest depth (ties: the later triangle).
     cell = rows * width + cols
-    order = np.lexsort((depth[tri], cell))
-    last = np.ones(order.size, dtype=bool)
-    last[:-1] = cell[order][1:] != cell[order][:-1]
-    keep = order[last]
+    rank = np.empty(depth.size, dtype=np.int64)
+    rank[np.argsort(depth, kind="stable")] = np.arange(depth.size)
+    best = np.full(width * height, -1, dtype=np.int64)
+    np.maximum.at(best, cell, rank[tri])
+    keep = rank[tri] == best[cell]
     return rows[keep], cols[keep], tri[keep], weights[keep]
 
 
@@ -333,7 +335,10 @@ def unrolled_axes(image: np.ndarray, umap: UnrolledMap, margins_px: tuple, minor
     FigureCanvasAgg(fig)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, wid / fig_w, hgt / fig_h))
     top_mm = float(umap.height_mm[0] + 0.5 * (umap.height_mm[0] - umap.height_mm[1]))
-    ax.imshow(image, extent=(0.0, 360.0, 0.0, top_mm), aspect="auto", interpolation="nearest", origin="upper")
+    # The map one cell per pixel, under the axes (whose background is left out): no resampling.
+    rgb8 = image if image.dtype == np.uint8 else (255.0 * np.clip(image, 0.0, 1.0) + 0.5).astype(np.uint8)
+    fig.figimage(rgb8, xo=left, yo=bottom, origin="upper", resample=False, zorder=-1)
+    ax.patch.set_visible(False)
     ax.set_xlim(0, 360)
     ax.set_ylim(0, top_mm)
     named = {0: "0\u00b0\nmedial", 90: "90\u00b0\nanterior", 180: "180\u00b0\nlateral", 270: "270\u00b0\nposterior",

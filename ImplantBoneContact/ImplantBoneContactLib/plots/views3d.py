@@ -125,9 +125,16 @@ def visible_border_lines(view: SurfaceView, border: Border) -> np.ndarray:
     if segs.shape[0] == 0 or view.geometry is None:
         return np.zeros((0, 2, 2))
     g = view.geometry
+    # The same for every colouring of one rendering: kept on the rendering, by border.
+    cache = g.__dict__.setdefault("_visible_lines", {})
+    hit = cache.get(id(border))
+    if hit is not None and hit[0] is border:
+        return hit[1]
     mid = segs.mean(axis=1)
     ok = g.visible(segs[:, 0]) & g.visible(segs[:, 1]) & g.visible(mid)
-    return view.project(segs[ok].reshape(-1, 3)).reshape(-1, 2, 2)
+    lines = view.project(segs[ok].reshape(-1, 3)).reshape(-1, 2, 2)
+    cache[id(border)] = (border, lines)
+    return lines
 
 
 def side_word(vec: np.ndarray, frame) -> str:
