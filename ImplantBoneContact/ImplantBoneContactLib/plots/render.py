@@ -19,8 +19,12 @@ import os
 import sys
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+
+# The rendering classes only (not all of VTK); the OpenGL2 module registers the classes that draw.
+import vtkmodules.vtkRenderingOpenGL2  # noqa: F401
+from vtkmodules.util import numpy_support as ns
+from vtkmodules.vtkCommonCore import vtkVersion
+from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper, vtkRenderer, vtkRenderWindow, vtkWindowToImageFilter
 
 from ..errors import OutputError
 from ..mesh import points as mesh_points
@@ -202,13 +206,13 @@ def rendering_unavailable_reason() -> str | None:
     try:
         from vtkmodules.vtkRenderingOpenGL2 import vtkEGLRenderWindow  # noqa: F401
     except ImportError:
-        return (f"this VTK ({vtk.vtkVersion.GetVTKVersion()}) cannot draw the 3D pictures on a machine without a "
+        return (f"this VTK ({vtkVersion.GetVTKVersion()}) cannot draw the 3D pictures on a machine without a "
                 "display (no EGL offscreen rendering): use --no-pictures, run under a display (e.g. xvfb-run), or "
                 "install vtk 9.4 or newer")
     return None
 
 
-def offscreen_window() -> vtk.vtkRenderWindow:
+def offscreen_window() -> vtkRenderWindow:
     """The process's offscreen render window (made once); EGL on a Linux machine without a display.
 
     Raises:
@@ -225,7 +229,7 @@ def offscreen_window() -> vtk.vtkRenderWindow:
 
         window = vtkEGLRenderWindow()
     if window is None:
-        window = vtk.vtkRenderWindow()
+        window = vtkRenderWindow()
     window.SetOffScreenRendering(1)
     # Exact colours are needed for the vertex-id pass: no multisampling.
     window.SetMultiSamples(0)
@@ -242,8 +246,8 @@ def _view_direction(frame, name: str) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def _grab(window: vtk.vtkRenderWindow, zbuffer: bool = False) -> np.ndarray:
-    grab = vtk.vtkWindowToImageFilter()
+def _grab(window: vtkRenderWindow, zbuffer: bool = False) -> np.ndarray:
+    grab = vtkWindowToImageFilter()
     grab.SetInput(window)
     if zbuffer:
         grab.SetInputBufferTypeToZBuffer()
@@ -258,7 +262,7 @@ def _grab(window: vtk.vtkRenderWindow, zbuffer: bool = False) -> np.ndarray:
     return arr[::-1].copy()  # VTK rows start at the bottom
 
 
-def _id_actor(pts: np.ndarray, faces: np.ndarray) -> vtk.vtkActor:
+def _id_actor(pts: np.ndarray, faces: np.ndarray) -> vtkActor:
     """The surface with every triangle flat-coloured by its index plus one (24-bit RGB), unlit."""
     id_poly = polydata_from_arrays(pts, faces)
     code = np.arange(1, faces.shape[0] + 1, dtype=np.int64)
@@ -266,12 +270,12 @@ def _id_actor(pts: np.ndarray, faces: np.ndarray) -> vtk.vtkActor:
     arr = ns.numpy_to_vtk(rgb_code, deep=True)
     arr.SetName("triangle_code")
     id_poly.GetCellData().SetScalars(arr)
-    id_mapper = vtk.vtkPolyDataMapper()
+    id_mapper = vtkPolyDataMapper()
     id_mapper.SetInputData(id_poly)
     id_mapper.SetScalarModeToUseCellData()
     id_mapper.SetColorModeToDirectScalars()
     id_mapper.ScalarVisibilityOn()
-    id_actor = vtk.vtkActor()
+    id_actor = vtkActor()
     id_actor.SetMapper(id_mapper)
     id_actor.GetProperty().LightingOff()
     return id_actor
@@ -346,7 +350,7 @@ def render_geometry(
     window.SetSize(n * ws, hs)
     renderers = []
     for i, (t, c) in enumerate(zip(dirs, centres)):
-        ren = vtk.vtkRenderer()
+        ren = vtkRenderer()
         ren.SetViewport(i / n, 0.0, (i + 1) / n, 1.0)
         ren.SetBackground(0.0, 0.0, 0.0)
         ren.SetAutomaticLightCreation(False)

@@ -75,9 +75,9 @@ def _segment_classes(result, segments: np.ndarray, locator) -> np.ndarray:
 
 
 def _locator(surface):
-    import vtk
+    from vtkmodules.vtkCommonDataModel import vtkStaticPointLocator
 
-    loc = vtk.vtkStaticPointLocator()
+    loc = vtkStaticPointLocator()
     loc.SetDataSet(surface)
     loc.BuildLocator()
     return loc
