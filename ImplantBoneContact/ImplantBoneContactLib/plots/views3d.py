@@ -165,11 +165,14 @@ def zone_label_positions(zpx: np.ndarray, min_fraction: float = 0.02) -> dict[in
             continue
         # Among the pixels whose surroundings (a label-sized window) are most filled by the zone,
         # the one nearest the zone's median: the label sits on the zone, not across its edge.
-        count = np.where(mask, _box_count(mask, 6), -1)
+        rows, cols = np.nonzero(mask)
+        r0, c0 = rows.min(), cols.min()
+        sub = mask[r0: rows.max() + 1, c0: cols.max() + 1]  # the zone's bounding box holds every candidate
+        count = np.where(sub, _box_count(sub, 6), -1)
         r, c = np.nonzero(count >= 0.9 * count.max())
-        rm, cm = np.median(np.nonzero(mask)[0]), np.median(np.nonzero(mask)[1])
+        rm, cm = np.median(rows) - r0, np.median(cols) - c0
         k = np.argmin((r - rm) ** 2 + (c - cm) ** 2)
-        out[z] = (float(c[k]), float(r[k]))
+        out[z] = (float(c[k] + c0), float(r[k] + r0))
     return out
 
 
