@@ -183,7 +183,7 @@ def slices_figure(result, volume=None, slices: list[Slice] | None = None) -> Fig
     widths = [s.hu.shape[1] * scale for s in long_]
     heights = [s.hu.shape[0] * scale for s in long_]
     ax_side = (max(heights) - 2 * 34) / 3.0
-    left, gap, top, bottom, key_w = 40, 40, 106, 40, 230
+    left, gap, top, bottom, key_w = 40, 40, 106, 40, 262
     fig_w = left + sum(widths) + gap * 2 + ax_side + gap + key_w
     n_keys = len(result.class_names) + 2
     key_h = 34 + 22 * n_keys + 16 * sum(class_label(result, n).count("\n") for n in result.class_names) + 70
