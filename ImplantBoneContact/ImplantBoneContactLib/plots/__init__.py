@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import io
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -82,55 +84,87 @@ def figure_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def make_pictures(result) -> tuple[dict[str, bytes], list[str]]:
+@contextmanager
+def _timed(timings: dict | None, name: str):
+    """Add the wall and CPU seconds of the block to ``timings[name]`` (``(wall_s, cpu_s)``), when given."""
+    if timings is None:
+        yield
+        return
+    w0, c0 = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        w, c = timings.get(name, (0.0, 0.0))
+        timings[name] = (w + time.perf_counter() - w0, c + time.process_time() - c0)
+
+
+def make_pictures(result, timings: dict | None = None) -> tuple[dict[str, bytes], list[str]]:
     """Every picture as PNG bytes by file name, and notes about pictures that could not be made.
 
     The surface is rendered once for the three 3D pictures, the zone borders
     are cut once for all pictures, and each figure is drawn once. The 3D
     views need OpenGL and the slices the CT (``result.volume``); when either
     is missing the other pictures are still made and the reason is noted.
+
+    Args:
+        result: an :class:`~ImplantBoneContactLib.analysis.AnalysisResult`.
+        timings: when given, filled with ``(wall_s, cpu_s)`` seconds per step (the shared
+            steps, then each picture by file name), for benchmarks.
     """
     pictures: dict[str, bytes] = {}
     notes: list[str] = []
-    borders = zone_borders(result.surface, result.frame, result.parameters.bands_axial)
+    with _timed(timings, "zone borders"):
+        borders = zone_borders(result.surface, result.frame, result.parameters.bands_axial)
     try:
-        geometry = render_geometry(result)
+        with _timed(timings, "3D rendering"):
+            geometry = render_geometry(result)
     except Exception as exc:  # noqa: BLE001 - OpenGL can fail in many ways; the rest must still be written
         geometry = None
         notes.append(f"the 3D views could not be rendered (offscreen OpenGL failed: {exc}); the other pictures are complete")
     if geometry is not None:
         for colouring, name in (("hu", "heatmap_hu.png"), ("zone", "zones.png"), ("class", "contact_classes.png")):
-            views = colour_views(result, geometry, colouring)
-            pictures[name] = figure_png(surface_views_figure(result, colouring, views, borders))
-    umap = unrolled_map(result, borders=borders)
-    pictures["unrolled_hu.png"] = figure_png(unrolled_figure(result, "hu", umap))
-    pictures["unrolled_classes.png"] = figure_png(unrolled_figure(result, "class", umap))
-    pictures["zone_fractions.png"] = figure_png(zone_fractions_figure(result))
+            with _timed(timings, name):
+                views = colour_views(result, geometry, colouring)
+                pictures[name] = figure_png(surface_views_figure(result, colouring, views, borders))
+    with _timed(timings, "unrolled map"):
+        umap = unrolled_map(result, borders=borders)
+    for kind, name in (("hu", "unrolled_hu.png"), ("class", "unrolled_classes.png")):
+        with _timed(timings, name):
+            pictures[name] = figure_png(unrolled_figure(result, kind, umap))
+    with _timed(timings, "zone_fractions.png"):
+        pictures["zone_fractions.png"] = figure_png(zone_fractions_figure(result))
     volume = getattr(result, "volume", None)
     if volume is not None:
-        pictures["slices.png"] = figure_png(slices_figure(result, volume))
+        with _timed(timings, "slices.png"):
+            pictures["slices.png"] = figure_png(slices_figure(result, volume))
     else:
         notes.append("slices.png was not made: the result holds no CT (it was read back from files)")
     return pictures, notes
 
 
-def write_pictures(result, folder: str | os.PathLike) -> list[str]:
+def write_pictures(result, folder: str | os.PathLike, timings: dict | None = None) -> list[str]:
     """Write every picture and ``report.html`` into ``folder``; return the file names written.
 
     Args:
         result: an :class:`~ImplantBoneContactLib.analysis.AnalysisResult`.
         folder: an existing folder (each file is written to a temporary name, then renamed).
+        timings: as in :func:`make_pictures`, plus ``"report and files"``.
     """
     folder = Path(folder)
-    pictures, notes = make_pictures(result)
+    pictures, notes = make_pictures(result, timings)
     # A picture that could not be made is said where the user looks: the warnings (console, parameters.json).
     if isinstance(getattr(result, "warnings", None), list):
         result.warnings.extend(f"pictures: {note}" for note in notes if f"pictures: {note}" not in result.warnings)
     written = []
+    with _timed(timings, "report and files"):
+        _write_files(result, folder, pictures, notes, written)
+    return written
+
+
+def _write_files(result, folder: Path, pictures: dict, notes: list, written: list) -> None:
     for name in PICTURE_FILES:
         if name in pictures:
             write_bytes_atomic(folder / name, pictures[name])
             written.append(name)
     write_bytes_atomic(folder / REPORT_FILE, report_html(result, pictures, notes).encode("utf-8"))
     written.append(REPORT_FILE)
-    return written

@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support as ns
+from vtkmodules.util import numpy_support as ns
+from vtkmodules.vtkCommonDataModel import vtkPlane, vtkPolyData
+from vtkmodules.vtkFiltersCore import vtkCutter
 
 #: Azimuths of the sector borders (degrees; 0 medial, 90 anterior).
 SECTOR_BORDERS_DEG = (45.0, 135.0, 225.0, 315.0)
@@ -48,12 +49,12 @@ class Border:
         return np.abs(self.segments.reshape(-1, 3) @ self.plane_normal - self.plane_offset)
 
 
-def _cut(surface: vtk.vtkPolyData, origin: np.ndarray, normal: np.ndarray) -> np.ndarray:
+def _cut(surface: vtkPolyData, origin: np.ndarray, normal: np.ndarray) -> np.ndarray:
     """Segments ``(M, 2, 3)`` where the plane meets the surface."""
-    plane = vtk.vtkPlane()
+    plane = vtkPlane()
     plane.SetOrigin(*origin)
     plane.SetNormal(*normal)
-    cutter = vtk.vtkCutter()
+    cutter = vtkCutter()
     cutter.SetInputData(surface)
     cutter.SetCutFunction(plane)
     cutter.GenerateTrianglesOff()
@@ -97,7 +98,7 @@ def _plane(normal: np.ndarray, constant: float) -> tuple[np.ndarray, float]:
     return normal / length, constant / length
 
 
-def zone_borders(surface: vtk.vtkPolyData, frame, bands_axial=(1 / 3, 1 / 3, 1 / 3)) -> list[Border]:
+def zone_borders(surface: vtkPolyData, frame, bands_axial=(1 / 3, 1 / 3, 1 / 3)) -> list[Border]:
     """Every border between Gruen zones (sector scheme) and the resection line, cut from the surface.
 
     Args:

@@ -15,13 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from ..display import ABOVE_CUT_COLOUR, HU_DISPLAY_RANGE, NOT_SAMPLED_COLOUR
 from ..sampling import sample
+from . import pixels
 from .borders import _cut
 from .style import DPI, class_colours, class_label, run_description
 
@@ -76,9 +75,9 @@ def _segment_classes(result, segments: np.ndarray, locator) -> np.ndarray:
 
 
 def _locator(surface):
-    import vtk
+    from vtkmodules.vtkCommonDataModel import vtkStaticPointLocator
 
-    loc = vtk.vtkStaticPointLocator()
+    loc = vtkStaticPointLocator()
     loc.SetDataSet(surface)
     loc.BuildLocator()
     return loc
@@ -144,6 +143,23 @@ def _slice(result, volume, locator, name, origin, u, v, u_range, v_range) -> Sli
                  (_side(-u, frame), _side(u, frame)), (_side(-v, frame), _side(v, frame)))
 
 
+def resample_bilinear(img: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """A 2D image resampled to ``rows`` x ``cols`` pixels by bilinear interpolation (pixel centres aligned)."""
+    h, w = img.shape
+
+    def axis(n_out: int, n_in: int):
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1.0)
+        i0 = np.minimum(np.floor(x).astype(np.int64), n_in - 2) if n_in > 1 else np.zeros(n_out, dtype=np.int64)
+        f = x - i0 if n_in > 1 else np.zeros(n_out)
+        return i0, np.minimum(i0 + 1, n_in - 1), f
+
+    r0, r1, fr = axis(rows, h)
+    c0, c1, fc = axis(cols, w)
+    top = img[r0][:, c0] * (1 - fc) + img[r0][:, c1] * fc
+    bottom = img[r1][:, c0] * (1 - fc) + img[r1][:, c1] * fc
+    return top * (1 - fr)[:, None] + bottom * fr[:, None]
+
+
 def slices_figure(result, volume=None, slices: list[Slice] | None = None) -> Figure:
     """The registration check picture: coronal, sagittal and three axial slices with the coloured outline.
 
@@ -167,64 +183,71 @@ def slices_figure(result, volume=None, slices: list[Slice] | None = None) -> Fig
     widths = [s.hu.shape[1] * scale for s in long_]
     heights = [s.hu.shape[0] * scale for s in long_]
     ax_side = (max(heights) - 2 * 34) / 3.0
-    left, gap, top, bottom, key_w = 40, 40, 106, 40, 230
+    left, gap, top, bottom, key_w = 40, 40, 106, 40, 262
     fig_w = left + sum(widths) + gap * 2 + ax_side + gap + key_w
     n_keys = len(result.class_names) + 2
     key_h = 34 + 22 * n_keys + 16 * sum(class_label(result, n).count("\n") for n in result.class_names) + 70
     fig_h = top + max(max(heights), key_h) + bottom
-    fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
-    FigureCanvasAgg(fig)
+    fig = pixels.figure_px(int(round(fig_w)), int(round(fig_h)), DPI)
+    fig_w, fig_h = int(round(fig_w)), int(round(fig_h))
     fig.text(0.5, 1 - 14 / fig_h, "Registration check: CT slices through the stem", ha="center", va="top",
              fontsize=15, weight="bold")
     fig.text(0.5, 1 - 40 / fig_h, run_description(result), ha="center", va="top", fontsize=10, color="#222222")
     fig.text(0.5, 1 - 58 / fig_h, f"CT grey scale {HU_DISPLAY_RANGE[0]:g} to {HU_DISPLAY_RANGE[1]:g} HU; line: the stem "
              "outline in the slice, coloured by contact class; it should sit in the canal", ha="center", va="top",
              fontsize=9, color="#444444")
-    rects = []
+    # Panels' top left corners and sizes in figure pixels (origin at the top left).
+    boxes = []
     x = left
     for w, h in zip(widths, heights):
-        rects.append((x, bottom + max(heights) - h, w, h))
+        boxes.append((x, top, w, h))
         x += w + gap
     for k in range(3):
-        y = bottom + max(heights) - (k + 1) * ax_side - k * 34
-        rects.append((x, y, ax_side, ax_side))
-    axial_heights = []
-    for s, (x0, y0, w, h) in zip(slices, rects):
-        ax = fig.add_axes((x0 / fig_w, y0 / fig_h, w / fig_w, h / fig_h))
-        ax.set_axis_off()
-        ax.set_label(s.name)
+        boxes.append((x, top + k * (ax_side + 34), ax_side, ax_side))
+    boxes = [tuple(int(round(v)) for v in box) for box in boxes]
+    by_class: dict = {}
+    for s, (x0, y0, w, h) in zip(slices, boxes):
+        fig.panels[s.name] = pixels.Panel(s.name, (x0, y0, w, h), s.name.capitalize())
         grey = np.clip((s.hu - HU_DISPLAY_RANGE[0]) / (HU_DISPLAY_RANGE[1] - HU_DISPLAY_RANGE[0]), 0.0, 1.0)
-        img = np.repeat(grey[..., None], 3, axis=-1)
-        img[~np.isfinite(s.hu)] = (1.0, 1.0, 1.0)
-        ax.imshow(img, extent=(s.u_range[0], s.u_range[1], s.v_range[0], s.v_range[1]), interpolation="bilinear",
-                  origin="upper")
-        ax.set_xlim(*s.u_range)
-        ax.set_ylim(*s.v_range)
+        grey = np.where(np.isfinite(s.hu), grey, 1.0)  # white outside the CT
+        pixels.image(fig, (255.0 * resample_bilinear(grey, h, w) + 0.5).astype(np.uint8), x0, y0)
+        sx = w / (s.u_range[1] - s.u_range[0])
+        sy = h / (s.v_range[1] - s.v_range[0])
+
+        def to_px(u, v, s=s, x0=x0, y0=y0, sx=sx, sy=sy):
+            return x0 + (np.asarray(u) - s.u_range[0]) * sx, y0 + (s.v_range[1] - np.asarray(v)) * sy
+
         if s.outline.shape[0]:
-            cols = [colours.get(c, NOT_SAMPLED_COLOUR) for c in s.outline_class]
-            ax.add_collection(LineCollection(s.outline, colors="white", linewidths=3.4, capstyle="round"))
-            ax.add_collection(LineCollection(s.outline, colors=cols, linewidths=2.0, capstyle="round"))
-        ax.set_title(s.name.capitalize(), fontsize=11, pad=4)
+            cx, cy = to_px(s.outline[..., 0], s.outline[..., 1])
+            segs = np.stack([cx, cy], axis=-1) - 0.5
+            for c in np.unique(s.outline_class.astype(str)):
+                by_class.setdefault(c, []).append(segs[s.outline_class.astype(str) == c])
+        pixels.text(fig, x0 + 0.5 * w, y0 - 4, s.name.capitalize(), ha="center", va="baseline", fontsize=11)
         small = s.name.startswith("axial")
         fs = 8 if small else 9
-        ax.text(0.01, 0.5, s.u_words[0], transform=ax.transAxes, rotation=90, ha="left", va="center", fontsize=fs,
-                color="white")
-        ax.text(0.99, 0.5, s.u_words[1], transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=fs,
-                color="white")
-        ax.text(0.5, 0.99, s.v_words[1], transform=ax.transAxes, ha="center", va="top", fontsize=fs, color="white")
-        if small:
-            axial_heights.append(s)
-    # The axial levels on the long slices.
-    for s in long_:
-        ax = next(a for a in fig.axes if a.get_label() == s.name)
-        for a in axial_heights:
-            vv = float((a.origin - s.origin) @ s.v)
-            ax.plot([s.u_range[0], s.u_range[0] + 0.08 * (s.u_range[1] - s.u_range[0])], [vv, vv], color="#ffd400", lw=1.5)
-            ax.text(s.u_range[0] + 0.09 * (s.u_range[1] - s.u_range[0]), vv, a.name.split()[1][0].upper(),
-                    color="#ffd400", fontsize=8, va="center", ha="left")
-        # Scale bar: 20 mm.
-        ax.plot([s.u_range[1] - 24, s.u_range[1] - 4], [s.v_range[0] + 5] * 2, color="white", lw=3)
-        ax.text(s.u_range[1] - 14, s.v_range[0] + 7, "20 mm", color="white", fontsize=8, ha="center", va="bottom")
+        pixels.text(fig, x0 + 0.01 * w, y0 + 0.5 * h, s.u_words[0], rotation=90, ha="left", va="center", fontsize=fs,
+                    color="white")
+        pixels.text(fig, x0 + 0.99 * w, y0 + 0.5 * h, s.u_words[1], rotation=90, ha="right", va="center", fontsize=fs,
+                    color="white")
+        pixels.text(fig, x0 + 0.5 * w, y0 + 0.01 * h, s.v_words[1], ha="center", va="top", fontsize=fs, color="white")
+        if not small:
+            # The axial levels on the long slices, and a 20 mm scale bar.
+            for a in slices[2:]:
+                vv = float((a.origin - s.origin) @ s.v)
+                c0, r = to_px([s.u_range[0], s.u_range[0] + 0.08 * (s.u_range[1] - s.u_range[0])], [vv, vv])
+                pixels.polyline(fig, c0, r, color="#ffd400", lw=1.5)
+                pixels.text(fig, c0[1] + 0.01 * w, r[0], a.name.split()[1][0].upper(), color="#ffd400", fontsize=8,
+                            va="center", ha="left")
+            cb, rb = to_px([s.u_range[1] - 24, s.u_range[1] - 4], [s.v_range[0] + 5] * 2)
+            pixels.polyline(fig, cb, rb, color="white", lw=3, solid_capstyle="butt")
+            pixels.text(fig, 0.5 * (cb[0] + cb[1]), rb[0] - 2 * sy, "20 mm", color="white", fontsize=8, ha="center",
+                        va="bottom")
+    # The outline: white under the class colours, one path per class over all slices.
+    every = np.concatenate([np.concatenate(v) for v in by_class.values()]) if by_class else np.zeros((0, 2, 2))
+    pixels.segments(fig, every, 0, 0, color="white", lw=3.4, solid_capstyle="round")
+    for c, segs in by_class.items():
+        pixels.segments(fig, np.concatenate(segs), 0, 0, color=colours.get(c, NOT_SAMPLED_COLOUR), lw=2.0,
+                        solid_capstyle="round")
     handles = [Patch(facecolor=colours[n], edgecolor="#555555", label=class_label(result, n)) for n in result.class_names]
     if any(c == "not_sampled" for s in slices for c in s.outline_class):
         handles.append(Patch(facecolor=NOT_SAMPLED_COLOUR, edgecolor="#555555", label="outside the CT (no HU)"))

@@ -116,24 +116,98 @@ def _column_heights(uv: np.ndarray, az: np.ndarray, default: float) -> np.ndarra
     return out
 
 
+def _unwrapped_triangles(az: np.ndarray, faces: np.ndarray, max_span_deg: float):
+    """Triangles in unrolled azimuth: ``(corners (T, 3), azimuth (T, 3))``, each copy within reach of 0-360.
+
+    A triangle across 0/360 degrees is unwrapped (its corners below 180 + 360)
+    and given twice, once shifted by -360. A triangle spanning more than
+    ``max_span_deg`` after unwrapping goes round the axis (the tip's pole)
+    and is left out.
+    """
+    a = az[faces]
+    span = a.max(axis=1) - a.min(axis=1)
+    seam = span > 180.0
+    wrapped = np.where(a < 180.0, a + 360.0, a)
+    a = np.where(seam[:, None], wrapped, a)
+    span = a.max(axis=1) - a.min(axis=1)
+    ok = span <= max_span_deg
+    plain = ok & ~seam
+    both = ok & seam
+    corners = np.concatenate([faces[plain], faces[both], faces[both]])
+    azimuths = np.concatenate([a[plain], a[both], a[both] - 360.0])
+    return corners, azimuths
+
+
+def _rasterise(x: np.ndarray, y: np.ndarray, depth: np.ndarray, width: int, height: int):
+    """Rasterise triangles onto a grid of unit cells whose centres are at integer + 0.5.
+
+    Args:
+        x, y: ``(T, 3)`` corner coordinates in cell units (column, row).
+        depth: ``(T,)`` priority of each triangle where several cover a cell (the largest wins).
+        width, height: grid size (cells).
+
+    Returns:
+        ``(rows, cols, triangle, weights)``: each covered cell once, the triangle covering it and
+        the barycentric weights ``(N, 3)`` of the cell centre in it.
+    """
+    c0 = np.clip(np.ceil(x.min(axis=1) - 0.5), 0, width).astype(np.int64)
+    c1 = np.clip(np.floor(x.max(axis=1) - 0.5), -1, width - 1).astype(np.int64)
+    r0 = np.clip(np.ceil(y.min(axis=1) - 0.5), 0, height).astype(np.int64)
+    r1 = np.clip(np.floor(y.max(axis=1) - 0.5), -1, height - 1).astype(np.int64)
+    nc = np.maximum(c1 - c0 + 1, 0)
+    nr = np.maximum(r1 - r0 + 1, 0)
+    count = nc * nr
+    tri = np.repeat(np.arange(x.shape[0]), count)
+    local = np.arange(tri.size) - np.repeat(np.cumsum(count) - count, count)
+    cols = c0[tri] + local % nc[tri]
+    rows = r0[tri] + local // nc[tri]
+    # Per triangle: the corner A and the inverse of the 2x2 matrix of its edges AB, AC.
+    v0x, v0y = x[:, 1] - x[:, 0], y[:, 1] - y[:, 0]
+    v1x, v1y = x[:, 2] - x[:, 0], y[:, 2] - y[:, 0]
+    den = v0x * v1y - v1x * v0y
+    flat = den == 0.0
+    inv = 1.0 / np.where(flat, 1.0, den)
+    wx = cols + (0.5 - x[tri, 0])
+    wy = rows + (0.5 - y[tri, 0])
+    b = (wx * v1y[tri] - wy * v1x[tri]) * inv[tri]
+    c = (wy * v0x[tri] - wx * v0y[tri]) * inv[tri]
+    a = 1.0 - b - c
+    eps = -1e-9
+    inside = (a >= eps) & (b >= eps) & (c >= eps) & ~flat[tri]
+    rows, cols, tri = rows[inside], cols[inside], tri[inside]
+    weights = np.stack([a[inside], b[inside], c[inside]], axis=1)
+    # One triangle per cell: the one with the largest depth (ties: the later triangle).
+    cell = rows * width + cols
+    rank = np.empty(depth.size, dtype=np.int64)
+    rank[np.argsort(depth, kind="stable")] = np.arange(depth.size)
+    best = np.full(width * height, -1, dtype=np.int64)
+    np.maximum.at(best, cell, rank[tri])
+    keep = rank[tri] == best[cell]
+    return rows[keep], cols[keep], tri[keep], weights[keep]
+
+
 def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: float = 30.0,
                  borders: list[Border] | None = None) -> UnrolledMap:
     """Unroll the surface around the stem axis onto a regular (azimuth, height) grid.
 
-    Each grid cell takes the nearest vertex in the unrolled plane, where an
-    azimuth step is measured as arc length at the stem's median radius
-    (``mm_per_degree``) so that nearest means nearest on the surface. The
-    plane is padded by ``pad_deg`` on both sides so the map is continuous
-    across 0/360 degrees. HU is interpolated linearly on the Delaunay
-    triangulation of the unrolled vertices.
+    The mesh's own triangles are drawn in the unrolled plane (azimuth as arc
+    length at the stem's median radius, ``mm_per_degree``, against height):
+    each grid cell shows the vertex with the largest barycentric weight at
+    its centre (the vertex whose third of the triangle it falls in: the area
+    the vertex carries in the statistics, as in the 3D views) and the HU
+    interpolated linearly between the triangle's corners. Where the surface
+    folds over itself in the unrolled plane, the part farthest from the axis
+    is shown. Triangles around the axis at the tip (more than 90 degrees wide
+    unrolled) are left out, and the cells below the lowest drawn cell of each
+    column within 5 mm of the tip repeat that cell (the pole of the map).
 
     Args:
         result: the analysis result.
         width_px, height_px: grid size (cells).
-        pad_deg: periodic padding (degrees).
+        pad_deg: kept for compatibility; the map is continuous across 0/360 degrees without padding.
         borders: from :func:`~.borders.zone_borders` (cut if ``None``).
     """
-    from matplotlib.tri import LinearTriInterpolator, Triangulation
+    from ..mesh import triangles as mesh_triangles
 
     if borders is None:
         borders = zone_borders(result.surface, result.frame, result.parameters.bands_axial)
@@ -158,38 +232,32 @@ def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: flo
     top = min(float(np.nanmax(cut)) + 3.0, float(h.max()))
     heights = top - (np.arange(height_px) + 0.5) * top / height_px
 
-    keep = h <= top + 15.0
-    idx = np.nonzero(keep)[0]
-    lo = idx[az[idx] < pad_deg]
-    hi = idx[az[idx] > 360.0 - pad_deg]
-    # Periodic in azimuth; mirrored below the tip, where every azimuth meets (the pole of the map).
-    pole = idx[h[idx] < 5.0]
-    all_idx = np.concatenate([idx, lo, hi, pole])
-    x = np.concatenate([az[idx], az[lo] + 360.0, az[hi] - 360.0, az[pole]]) * mm_per_deg
-    y = np.concatenate([h[idx], h[lo], h[hi], -h[pole]])
-    # Coincident points (the apex of the tip) make Delaunay drop one of them: nudge them apart.
-    x = x + 1e-6 * np.arange(x.size) / max(x.size, 1)
-    tri = Triangulation(x, y)
-    gx, gy = np.meshgrid(az_cols * mm_per_deg, heights)
-    finder = tri.get_trifinder()
-    t = finder(gx, gy)
-    vid = np.full(gx.shape, -1, dtype=np.int64)
-    inside = t >= 0
-    corners = tri.triangles[t[inside]]
-    d2 = (x[corners] - gx[inside][:, None]) ** 2 + (y[corners] - gy[inside][:, None]) ** 2
-    nearest = corners[np.arange(corners.shape[0]), np.argmin(d2, axis=1)]
-    vid[inside] = all_idx[nearest]
-    hu_p = hu[all_idx]
-    ok = np.isfinite(hu_p)
-    # Linear interpolation needs a value at every vertex: interpolate with the gaps
-    # filled, then give cells whose triangle touches a vertex without HU the value
-    # of their nearest vertex (NaN when it has none).
-    vals = LinearTriInterpolator(tri, np.where(ok, hu_p, 0.0))(gx, gy)
-    hu_grid = np.where(np.ma.getmaskarray(vals), np.nan, np.ma.getdata(vals))
-    touch = np.zeros(gx.shape, dtype=bool)
-    touch[inside] = ~ok[corners].all(axis=1)
-    hu_grid[touch] = hu[vid[touch]]
-    hu_grid[vid < 0] = np.nan
+    faces = mesh_triangles(result.surface)
+    faces = faces[(h[faces] <= top + 15.0).any(axis=1)]
+    corners, tri_az = _unwrapped_triangles(az, faces, max_span_deg=90.0)
+    # Cell units: column centres at (j + 0.5) * 360 / W degrees, row centres at top - (i + 0.5) * top / H mm.
+    cx = tri_az * (width_px / 360.0)
+    cy = (top - h[corners]) * (height_px / top)
+    rows, cols, tri, weights = _rasterise(cx, cy, r[corners].mean(axis=1), width_px, height_px)
+    vid = np.full((height_px, width_px), -1, dtype=np.int64)
+    hu_grid = np.full((height_px, width_px), np.nan)
+    tri_corners = corners[tri]
+    owner = tri_corners[np.arange(tri.size), np.argmax(weights, axis=1)]
+    vid[rows, cols] = owner
+    corner_hu = hu[tri_corners]
+    complete = np.isfinite(corner_hu).all(axis=1)
+    # Linear between the corners; a cell whose triangle has a corner without HU takes its own vertex's HU.
+    hu_grid[rows, cols] = np.where(complete, np.einsum("ij,ij->i", np.where(complete[:, None], corner_hu, 0.0), weights),
+                                   hu[owner])
+    # The pole: below the lowest drawn cell of a column, near the tip, repeat that cell.
+    drawn = vid >= 0
+    row_idx = np.where(drawn, np.arange(height_px)[:, None], -1)
+    last = np.maximum.accumulate(row_idx, axis=0)
+    fill = ~drawn & (last >= 0) & (heights[:, None] < 5.0)
+    if fill.any():
+        fr, fc = np.nonzero(fill)
+        vid[fr, fc] = vid[last[fr, fc], fc]
+        hu_grid[fr, fc] = hu_grid[last[fr, fc], fc]
     return UnrolledMap(
         azimuth_deg=az_cols,
         height_mm=heights,
@@ -267,7 +335,10 @@ def unrolled_axes(image: np.ndarray, umap: UnrolledMap, margins_px: tuple, minor
     FigureCanvasAgg(fig)
     ax = fig.add_axes((left / fig_w, bottom / fig_h, wid / fig_w, hgt / fig_h))
     top_mm = float(umap.height_mm[0] + 0.5 * (umap.height_mm[0] - umap.height_mm[1]))
-    ax.imshow(image, extent=(0.0, 360.0, 0.0, top_mm), aspect="auto", interpolation="nearest", origin="upper")
+    # The map one cell per pixel, under the axes (whose background is left out): no resampling.
+    rgb8 = image if image.dtype == np.uint8 else (255.0 * np.clip(image, 0.0, 1.0) + 0.5).astype(np.uint8)
+    fig.figimage(rgb8, xo=left, yo=bottom, origin="upper", resample=False, zorder=-1)
+    ax.patch.set_visible(False)
     ax.set_xlim(0, 360)
     ax.set_ylim(0, top_mm)
     named = {0: "0\u00b0\nmedial", 90: "90\u00b0\nanterior", 180: "180\u00b0\nlateral", 270: "270\u00b0\nposterior",

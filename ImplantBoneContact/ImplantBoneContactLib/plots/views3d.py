@@ -14,13 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.patheffects import withStroke
 
 from ..display import ABOVE_CUT_COLOUR, HU_COLORMAP, HU_DISPLAY_RANGE
 from ..frame import ZONE_ORDER
+from . import pixels
 from .borders import Border, zone_borders
 from .keys import draw_key
 from .render import VIEWS, ViewGeometry, render_geometry
@@ -127,9 +125,16 @@ def visible_border_lines(view: SurfaceView, border: Border) -> np.ndarray:
     if segs.shape[0] == 0 or view.geometry is None:
         return np.zeros((0, 2, 2))
     g = view.geometry
+    # The same for every colouring of one rendering: kept on the rendering, by border.
+    cache = g.__dict__.setdefault("_visible_lines", {})
+    hit = cache.get(id(border))
+    if hit is not None and hit[0] is border:
+        return hit[1]
     mid = segs.mean(axis=1)
     ok = g.visible(segs[:, 0]) & g.visible(segs[:, 1]) & g.visible(mid)
-    return view.project(segs[ok].reshape(-1, 3)).reshape(-1, 2, 2)
+    lines = view.project(segs[ok].reshape(-1, 3)).reshape(-1, 2, 2)
+    cache[id(border)] = (border, lines)
+    return lines
 
 
 def side_word(vec: np.ndarray, frame) -> str:
@@ -160,25 +165,26 @@ def zone_label_positions(zpx: np.ndarray, min_fraction: float = 0.02) -> dict[in
             continue
         # Among the pixels whose surroundings (a label-sized window) are most filled by the zone,
         # the one nearest the zone's median: the label sits on the zone, not across its edge.
-        count = np.where(mask, _box_count(mask, 6), -1)
+        rows, cols = np.nonzero(mask)
+        r0, c0 = rows.min(), cols.min()
+        sub = mask[r0: rows.max() + 1, c0: cols.max() + 1]  # the zone's bounding box holds every candidate
+        count = np.where(sub, _box_count(sub, 6), -1)
         r, c = np.nonzero(count >= 0.9 * count.max())
-        rm, cm = np.median(np.nonzero(mask)[0]), np.median(np.nonzero(mask)[1])
+        rm, cm = np.median(rows) - r0, np.median(cols) - c0
         k = np.argmin((r - rm) ** 2 + (c - cm) ** 2)
-        out[z] = (float(c[k]), float(r[k]))
+        out[z] = (float(c[k] + c0), float(r[k] + r0))
     return out
 
 
 def _panel_layout(n_panels: int, panel_px: tuple[int, int], right_px: int):
+    """Figure size and the panels' top left corners in figure pixels (origin at the top left)."""
     w, h = panel_px
     left, gap, top, bottom = 16, 18, 100, 58
     fig_w = left + n_panels * w + (n_panels - 1) * gap + right_px
     fig_h = top + h + bottom
-    rects = []
-    for i in range(n_panels):
-        x0 = left + i * (w + gap)
-        rects.append((x0 / fig_w, bottom / fig_h, w / fig_w, h / fig_h))
+    corners = [(left + i * (w + gap), top) for i in range(n_panels)]
     side = ((left + n_panels * (w + gap)) / fig_w, bottom / fig_h, (right_px - gap - 10) / fig_w, h / fig_h)
-    return fig_w, fig_h, rects, side
+    return fig_w, fig_h, corners, side
 
 
 TITLES = {
@@ -192,7 +198,10 @@ def surface_views_figure(result, colouring: str, views: list[SurfaceView] | None
                          borders: list[Border] | None = None) -> Figure:
     """The four views side by side with titles, orientation words, zone borders, scale bar and colour bar or legend.
 
-    Each panel shows its :class:`SurfaceView` image pixel for pixel (no resampling).
+    Each panel shows its :class:`SurfaceView` image pixel for pixel (no
+    resampling, no axes); ``figure.panels`` holds a :class:`~.pixels.Panel`
+    per view (where its image is in the PNG, its title, the zone numbers
+    written on it).
 
     Args:
         result: the analysis result.
@@ -200,6 +209,8 @@ def surface_views_figure(result, colouring: str, views: list[SurfaceView] | None
         views: from :func:`render_surface_views` with the same colouring (rendered if ``None``).
         borders: from :func:`~.borders.zone_borders` (cut if ``None``).
     """
+    from matplotlib.patheffects import withStroke
+
     if views is None:
         views = render_surface_views(result, colouring)
     if borders is None:
@@ -208,9 +219,8 @@ def surface_views_figure(result, colouring: str, views: list[SurfaceView] | None
     params = result.parameters
     h, w = views[0].image.shape[:2]
     right_px = {"hu": 250, "zone": 200, "class": 240}[colouring]
-    fig_w, fig_h, rects, side = _panel_layout(len(views), (w, h), right_px)
-    fig = Figure(figsize=(fig_w / DPI, fig_h / DPI), dpi=DPI, facecolor="white")
-    FigureCanvasAgg(fig)
+    fig_w, fig_h, corners, side = _panel_layout(len(views), (w, h), right_px)
+    fig = pixels.figure_px(fig_w, fig_h, DPI)
     detail = {
         "hu": f"colour range fixed at {HU_DISPLAY_RANGE[0]:g} to {HU_DISPLAY_RANGE[1]:g} HU ({HU_COLORMAP}) for every case",
         "zone": "zones 1-7 (AP view) and 8-14 (lateral view)"
@@ -221,39 +231,35 @@ def surface_views_figure(result, colouring: str, views: list[SurfaceView] | None
     fig.text(0.5, 1 - 40 / fig_h, run_description(result), ha="center", va="top", fontsize=10, color="#222222")
     fig.text(0.5, 1 - 58 / fig_h, f"{detail}; lines: Gruen zone borders and the resection line",
              ha="center", va="top", fontsize=9, color="#444444")
-    for i, (view, rect) in enumerate(zip(views, rects)):
-        ax = fig.add_axes(rect)
-        ax.set_axis_off()
-        ax.imshow(view.image, interpolation="none", extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-        ax.set_xlim(-0.5, w - 0.5)
-        ax.set_ylim(h - 0.5, -0.5)
-        ax.set_label(view.name)
-        ax.set_title(f"{view.name.capitalize()} view", fontsize=12, pad=6)
-        segs = [visible_border_lines(view, b) for b in borders]
-        heavy = np.concatenate([s for s, b in zip(segs, borders) if b.kind == "resection"] + [np.zeros((0, 2, 2))])
-        thin = np.concatenate([s for s, b in zip(segs, borders) if b.kind != "resection"] + [np.zeros((0, 2, 2))])
-        ax.add_collection(LineCollection(thin, colors="#1a1a1a", linewidths=1.0, alpha=0.85, capstyle="round"))
-        ax.add_collection(LineCollection(heavy, colors="black", linewidths=1.6, capstyle="round"))
+    heavy, thin = [], []
+    for i, (view, (x0, y0)) in enumerate(zip(views, corners)):
+        pixels.image(fig, view.image, x0, y0)
+        title = f"{view.name.capitalize()} view"
+        panel = pixels.Panel(view.name, (x0, y0, w, h), title)
+        fig.panels[view.name] = panel
+        pixels.text(fig, x0 + 0.5 * w, y0 - 6, title, ha="center", va="baseline", fontsize=12)
+        for b in borders:
+            segs = visible_border_lines(view, b)
+            (heavy if b.kind == "resection" else thin).append(segs + np.array([x0, y0]))
         left_word = side_word(-view.right, frame)
         right_word = side_word(view.right, frame)
-        ax.text(0.5, -0.012, f"\u2190 {left_word}    {right_word} \u2192", transform=ax.transAxes, ha="center", va="top",
-                fontsize=9.5, color="#333333")
+        pixels.text(fig, x0 + 0.5 * w, y0 + h + 8, f"\u2190 {left_word}    {right_word} \u2192", ha="center", va="top",
+                    fontsize=9.5, color="#333333")
         if i == 0:
-            ax.text(0.0, 1.0, "proximal \u2191", transform=ax.transAxes, ha="left", va="top", fontsize=9, color="#444444")
+            pixels.text(fig, x0, y0, "proximal \u2191", ha="left", va="top", fontsize=9, color="#444444")
         if colouring == "zone":
             for z, (cx, cy) in zone_label_positions(view.pixel_zones(result)).items():
-                ax.text(cx, cy, str(z), ha="center", va="center", fontsize=10, weight="bold", color="black",
-                        path_effects=[withStroke(linewidth=3, foreground="white")])
+                panel.labels.append((str(z), cx, cy))
+                pixels.text(fig, x0 + cx + 0.5, y0 + cy + 0.5, str(z), ha="center", va="center", fontsize=10,
+                            weight="bold", color="black", path_effects=[withStroke(linewidth=3, foreground="white")])
+    pixels.segments(fig, np.concatenate(thin + [np.zeros((0, 2, 2))]), 0, 0, color="#1a1a1a", lw=1.0, alpha=0.85,
+                    solid_capstyle="round")
+    pixels.segments(fig, np.concatenate(heavy + [np.zeros((0, 2, 2))]), 0, 0, color="black", lw=1.6,
+                    solid_capstyle="round")
     draw_key(fig, result, colouring, side)
-    # Scale bar under the key, in figure pixels: the panels show the renderings one to one.
+    # Scale bar under the key: the panels show the renderings one to one.
     bar_px = 50.0 / views[0].mm_per_pixel
-    x0, y0 = side[0] * fig_w, side[1] * fig_h + 8
-    fig.add_artist(_hline(fig, x0, x0 + bar_px, y0))
-    fig.text(x0 / fig_w + 0.5 * bar_px / fig_w, (y0 + 5) / fig_h, "50 mm (all views)", ha="center", va="bottom", fontsize=9)
+    x0, y0 = side[0] * fig_w, fig_h - (side[1] * fig_h + 8)
+    pixels.polyline(fig, [x0, x0 + bar_px], [y0, y0], color="black", lw=3, solid_capstyle="butt")
+    pixels.text(fig, x0 + 0.5 * bar_px, y0 - 5, "50 mm (all views)", ha="center", va="bottom", fontsize=9)
     return fig
-
-
-def _hline(fig: Figure, x0: float, x1: float, y: float):
-    from matplotlib.lines import Line2D
-
-    return Line2D([x0, x1], [y, y], color="black", lw=3, solid_capstyle="butt", transform=None, figure=fig)
