@@ -22,6 +22,7 @@ surviving mutants to ``build/mutation/<module>/survivors.txt`` (see them with
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
 import os
@@ -68,6 +69,11 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["test_core_known_answers.py"],
     ),
 }
+# Modules whose argparse help texts are documentation, not behaviour: a mutant that changes only the text of a
+# ``help=`` or ``description=`` argument or an argument group's title is counted apart ("documentation") and left
+# out of the score. Every other mutant on the same lines (choices, types, defaults, metavars, option names) counts.
+DOCUMENTATION_KEYWORDS = ("help", "description")
+DOCUMENTATION_MODULES = {"cli"}
 ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). mesh, frame, export by name.
@@ -131,6 +137,52 @@ def mutant_names(module: str) -> list[str]:
     return [f"{PACKAGE}.{module}.{g}" for g in globs]
 
 
+class _MaskDocumentation(ast.NodeTransformer):
+    """Replace the documentation arguments of argparse calls by one placeholder."""
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        self.generic_visit(node)
+        for kw in node.keywords:
+            if kw.arg in DOCUMENTATION_KEYWORDS or (kw.arg == "title" and _is_group_call(node)):
+                kw.value = ast.Constant("<documentation>")
+        if _is_group_call(node) and node.args:
+            node.args[0] = ast.Constant("<documentation>")
+        return node
+
+
+def _is_group_call(node: ast.Call) -> bool:
+    return isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument_group"
+
+
+def documentation_mutants(module: str) -> set[str]:
+    """Names of the mutants of ``module`` that change only documentation text (see ``DOCUMENTATION_KEYWORDS``).
+
+    Read from mutmut's mutated copy of the module: each mutant is a function ``<name>__mutmut_<n>`` next to
+    ``<name>__mutmut_orig``; a mutant is documentation when the two are equal once the help texts,
+    descriptions and group titles of both are replaced by the same placeholder.
+    """
+    if module not in DOCUMENTATION_MODULES:
+        return set()
+    path = STAGE / module / "mutants" / "src" / PACKAGE / f"{module}.py"
+    if not path.exists():
+        return set()
+    funcs = {n.name: n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+    def masked(fn) -> str:
+        return "".join(ast.dump(_MaskDocumentation().visit(ast.parse(ast.unparse(stmt)))) for stmt in fn.body)
+
+    out = set()
+    for name, fn in funcs.items():
+        base, sep, number = name.rpartition("__mutmut_")
+        if not sep or not number.isdigit() or base + "__mutmut_orig" not in funcs:
+            continue
+        orig = funcs[base + "__mutmut_orig"]
+        if ast.dump(orig) != ast.dump(fn) and masked(orig) == masked(fn):
+            out.add(f"{PACKAGE}.{module}.{name}")
+    return out
+
+
 def _meta_codes(module: str) -> dict:
     meta = STAGE / module / "mutants" / "src" / PACKAGE / f"{module}.py.meta"
     return json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
@@ -150,7 +202,10 @@ def score(module: str, previous: dict | None = None) -> dict:
         return {}
     (d / "exit_codes.json").write_text(json.dumps(codes, indent=1) + "\n")
     pats = mutant_names(module)
+    docs = documentation_mutants(module)
     sel = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in pats)}
+    documentation = sorted(k for k in sel if k in docs)
+    sel = {k: v for k, v in sel.items() if k not in docs}
     killed = sorted(k for k, v in sel.items() if v in (1, 3))
     timeout = sorted(k for k, v in sel.items() if v in (36, 24, -24, 152, 255))
     survived = sorted(k for k, v in sel.items() if v == 0)
@@ -161,10 +216,14 @@ def score(module: str, previous: dict | None = None) -> dict:
     out = {
         "module": module, "total": len(sel), "killed": len(killed), "timeout": len(timeout),
         "survived": len(survived), "no_tests": len(no_tests), "not_checked": len(unchecked), "other": len(other),
+        # mutants of help texts, descriptions and group titles: not in total, not scored
+        "documentation": len(documentation),
         # timeouts count as killed: the mutant made the tests hang (e.g. an endless loop)
         "score_percent": round(100.0 * (len(killed) + len(timeout)) / checked, 1) if checked else None,
     }
     (d / "survivors.txt").write_text("\n".join(survived + no_tests + other) + "\n")
+    if documentation:
+        (d / "documentation.txt").write_text("\n".join(documentation) + "\n")
     return out
 
 
