@@ -808,3 +808,122 @@ def test_plane_segments_are_those_of_vtk_contour_filter(direction):
     for p in (a, b):
         t = (p - pts.mean(axis=0)) @ d
         assert np.min(np.abs(t[:, None] - values[None, :]), axis=1).max() < 1e-9
+
+
+# ---------------------------------------------------------------- details that only a known answer pins down
+
+
+def test_frame_json_is_indented_by_two_spaces():
+    """frame.json is read and compared by people (and diffed between runs): one key per line."""
+    text = _upright().to_json()
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[1].startswith('  "proximal_point": [') and lines[2] == "    0.0,"
+
+
+def test_unit_vectors_down_to_a_nanometre():
+    from ImplantBoneContactLib.frame import _unit
+
+    _close(_unit([1e-9, 0.0, 0.0]), [1, 0, 0])
+    with pytest.raises(InputError, match="^the vector has zero length$"):
+        _unit([1e-10, 0.0, 0.0])
+
+
+def test_a_bad_point_is_shown_rounded_to_a_thousandth():
+    with pytest.raises(InputError) as e:
+        _frame(*_stem("left"), medial_point=(1.23456, float("nan"), 2.0))
+    assert str(e.value) == "the medial point (--medial-point) must be three finite numbers X,Y,Z (RAS), got [1.235, nan, 2.0]"
+
+
+def test_a_line_through_two_centroids_is_a_line():
+    from ImplantBoneContactLib.frame import _fit_line
+
+    c, d = _fit_line(np.array([[0.0, 0.0, 0.0], [np.nan, np.nan, np.nan], [0.0, 0.0, 2.0]]))
+    _close(c, [0, 0, 1])
+    _close(abs(d @ [0, 0, 1]), 1.0)
+    with pytest.raises(InputError, match="no continuous body along its length"):
+        _fit_line(np.array([[0.0, 0.0, 0.0], [np.nan, np.nan, np.nan]]))
+
+
+def test_two_separate_parts_have_no_body_to_fit_an_axis_to():
+    """Two short tubes 200 mm apart: elongated overall, but no cross-section in the middle."""
+    a, fa = _tube([0, 0, 0], [0, 0, 10], 5.0, cap_start=True)
+    b, fb = _tube([0, 0, 200], [0, 0, 210], 5.0, cap_start=True)
+    with pytest.raises(InputError) as e:
+        _frame(np.vstack([a, b]), np.vstack([fa, fb + len(a)]))
+    assert str(e.value) == (
+        "cannot find the stem axis: the model has no continuous body along its length (several separate parts or "
+        "too few triangles); give --axis"
+    )
+
+
+def test_a_flat_model_across_the_given_axis_has_no_length():
+    """A disc at z = 50 with the axis along z: no plane cuts it, and it has no extent along the axis."""
+    pts, faces = _tube([0, 0, 50], [0, 0, 50.0001], 20.0, n_along=1, cap_start=True)
+    pts[:, 2] = 50.0
+    with pytest.raises(InputError) as e:
+        _frame(pts, faces, axis_points=((0, 0, 60), (0, 0, 40)), side="left")
+    assert str(e.value) == "the model has no extent along the stem axis"
+
+
+def _weighted_median(values, weights):
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return values[order][np.nonzero(cum >= 0.5 * cum[-1])[0][0]]
+
+
+def test_an_axis_beside_the_model_is_refused_with_the_median_distance_and_the_centre():
+    """A plain tube moved to (10, 20, 30): its area-weighted centre is (10, 20, 90); an axis 45 mm
+    beside it leaves half of the surface farther than the weighted median distance, about 45 mm."""
+    pts, faces = _stem(neck=False)
+    moved = _moved(pts, np.eye(3), [10.0, 20.0, 30.0])
+    w = vertex_areas(moved, faces)
+    dist = np.hypot(moved[:, 0] - 55.0, moved[:, 1] - 20.0)
+    median = _weighted_median(dist, w)
+    assert 44.0 < median < 46.0
+    with pytest.raises(InputError) as e:
+        _frame(moved, faces, axis_points=((55, 20, 150), (55, 20, 30)), side="left")
+    assert str(e.value).startswith(
+        f"the stem axis from --axis does not run through this model: half of its surface lies more than {median:.0f} mm "
+        "from the axis (a stem's surface lies within about 30 mm of its axis; the model's centre is at RAS (10, 20, 90) mm)"
+    )
+
+
+def test_side_from_position_in_an_off_centre_ct():
+    """The CT's centre is the middle of its right-left extent, not the origin: a CT from x = 0 to 400
+    (centre 200) with a left stem at x = 260 (60 mm right of the centre) is warned, at x = 140 not;
+    the CT's AP extent plays no part; 300 mm wide is wide enough."""
+    pts, faces = _stem("left")
+    for x, width, warned in ((260.0, 400.0, True), (140.0, 400.0, False), (245.0, 300.0, True)):
+        lo, hi = 200.0 - width / 2, 200.0 + width / 2
+        bounds = np.array([[lo, -1000.0, -100.0], [hi, 10.0, 200.0]])
+        _, warnings = _frame(_moved(pts, np.eye(3), [x, 0, 0]), faces, ct_bounds_ras=bounds)
+        assert bool(warnings) == warned, (x, width, warnings)
+        if warned:
+            assert "to the patient's right of the CT's centre, where a right femur is" in warnings[0]
+
+
+def test_zones_do_not_depend_on_where_the_frame_is():
+    """The same stem and frame moved by (30, -40, 500): every zone column is unchanged (the AP and
+    lateral halves are measured from the tip, wherever it is)."""
+    f = _upright(cut=(0.0, 0.0, 90.0), normal=(-0.5, 0.0, 1.0))
+    g = _upright(cut=(30.0, -40.0, 590.0), normal=(-0.5, 0.0, 1.0))
+    g.tip = np.array([30.0, -40.0, 500.0])
+    rng = np.random.default_rng(5)
+    pts = np.c_[rng.uniform(-9, 9, (300, 2)), rng.uniform(-5, 110, 300)]
+    a, b = assign_zones(f, pts), assign_zones(g, pts + [30.0, -40.0, 500.0])
+    for k in ("gruen_zone", "gruen_zone_ap", "gruen_zone_lateral"):
+        assert a[k].tolist() == b[k].tolist()
+        assert len(set(a[k].tolist())) >= 8
+
+
+def test_no_numpy_warnings_where_the_cut_meets_the_tip():
+    """A steep cut z = 90 + 10 x meets the line x = -9 at the tip's height: the depth there is 0/0 or
+    x/0; assign_zones must stay quiet (no RuntimeWarning in a user's console) and put the point at the
+    tip in the tip zone."""
+    import warnings
+
+    f = _upright(cut=(0.0, 0.0, 90.0), normal=(-10.0, 0.0, 1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        z = assign_zones(f, np.array([[-9.0, 0.0, 0.0], [-9.0, 0.0, -3.0], [5.0, 0.0, 50.0]]))
+    assert z["gruen_zone"].tolist() == [4, 4, 6]
