@@ -927,3 +927,50 @@ def test_no_numpy_warnings_where_the_cut_meets_the_tip():
         warnings.simplefilter("error")
         z = assign_zones(f, np.array([[-9.0, 0.0, 0.0], [-9.0, 0.0, -3.0], [5.0, 0.0, 50.0]]))
     assert z["gruen_zone"].tolist() == [4, 4, 6]
+
+
+@pytest.mark.parametrize(
+    "length, squash, elongated",
+    [
+        (25.0, 1.0, True),  # capped tube R 8: largest / middle variance 2.64 >= 1.5 ** 2
+        (20.0, 1.0, False),  # 1.82 < 2.25
+        (40.0, 0.05, False),  # flat (20 x 1 mm ellipse): largest / middle 1.07, largest / smallest 224
+    ],
+)
+def test_elongation_is_the_largest_over_the_middle_principal_variance(length, squash, elongated):
+    """Away from the origin (a centroid error would show). Catches: another power of 1.5, the smallest
+    variance compared instead of the middle one, the centroid added instead of subtracted."""
+    pts, faces = _tube([0, 0, 0], [0, 0, length], 8.0 if squash == 1.0 else 20.0, cap_start=True)
+    pts[:, 1] *= squash
+    pts = pts + [100.0, 50.0, 300.0]
+    if elongated:
+        frame, _ = _frame(pts, faces, side="left")
+        _close(abs(frame.axis[2]), 1.0)
+    else:
+        with pytest.raises(InputError, match="^cannot find the stem axis: the model is not elongated"):
+            _frame(pts, faces, side="left")
+
+
+def test_end_reach_of_a_cone():
+    """A cone of radius 5 + 0.1 z (z from 0 to 120), moved to (40, -70, 15): 40 planes 3 mm apart from
+    z = 1.5; the first 8 average z = 12 (radius 6.2), the last 8 z = 108 (radius 15.8). Contour points
+    lie on the 24-gon between r cos(7.5 deg) and r."""
+    from ImplantBoneContactLib.frame import _end_reach
+
+    pts, faces = _tube([0, 0, 0], [0, 0, 120], 1.0, n_along=40, cap_end=False)
+    pts[:, :2] *= (5.0 + 0.1 * pts[:, 2])[:, None]
+    shift = np.array([40.0, -70.0, 15.0])
+    prox, dist = _end_reach(pts + shift, faces, shift, np.array([0.0, 0.0, 1.0]))
+    assert 6.2 * math.cos(math.radians(7.5)) <= prox <= 6.2
+    assert 15.8 * math.cos(math.radians(7.5)) <= dist <= 15.8
+
+
+def test_a_reversed_axis_is_turned_round_wherever_the_stem_is():
+    pts, faces = _stem("right", 5.0)
+    shift = np.array([-120.0, 60.0, 40.0])
+    frame, warnings = _frame(pts + shift, faces, axis_points=(tuple(shift), tuple(shift + [0, 0, 120])))
+    _close(frame.axis, [0, 0, -1])
+    _close(frame.tip, shift, atol=1e-9)
+    assert frame.side == "right" and len(warnings) == 1
+    # the body's end reaches 8 mm from the axis (7.93 to 8 on the 24-gon)
+    assert " mm from it at the given distal end and 8 mm at the proximal end " in warnings[0]
