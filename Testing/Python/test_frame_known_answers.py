@@ -961,6 +961,8 @@ def test_end_reach_of_a_cone():
     pts[:, :2] *= (5.0 + 0.1 * pts[:, 2])[:, None]
     shift = np.array([40.0, -70.0, 15.0])
     prox, dist = _end_reach(pts + shift, faces, shift, np.array([0.0, 0.0, 1.0]))
+    # a proximal point given 300 mm beyond the model's end: the planes still span the model only
+    assert _end_reach(pts + shift, faces, shift - [0.0, 0.0, 300.0], np.array([0.0, 0.0, 1.0])) == (prox, dist)
     assert 6.2 * math.cos(math.radians(7.5)) <= prox <= 6.2
     assert 15.8 * math.cos(math.radians(7.5)) <= dist <= 15.8
 
