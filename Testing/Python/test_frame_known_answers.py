@@ -976,3 +976,19 @@ def test_a_reversed_axis_is_turned_round_wherever_the_stem_is():
     assert frame.side == "right" and len(warnings) == 1
     # the body's end reaches 8 mm from the axis (7.93 to 8 on the 24-gon)
     assert " mm from it at the given distal end and 8 mm at the proximal end " in warnings[0]
+
+
+def test_the_necks_strength_does_not_depend_on_the_models_size():
+    """The neck's mean offset over the proximal surface's mean distance from the axis is a ratio: the
+    stem at 1/20 of its size (under 1 mm across) has the same neck direction and strength."""
+    from ImplantBoneContactLib.frame import _neck_direction
+
+    pts, faces = _stem("left", 20.0)
+    axis = np.array([0.0, 0.0, -1.0])
+    full = _neck_direction(pts, vertex_areas(pts, faces), np.zeros(3), axis, float(pts[:, 2].max()))
+    small = 0.05 * pts
+    tiny = _neck_direction(small, vertex_areas(small, faces), np.zeros(3), axis, float(small[:, 2].max()))
+    assert full[1] > 0.6
+    assert tiny[1] == pytest.approx(full[1], rel=1e-9)
+    _close(tiny[0], full[0], atol=1e-9)
+    _close(full[0], _medial("left", 20.0))
