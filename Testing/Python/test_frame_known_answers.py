@@ -992,3 +992,61 @@ def test_the_necks_strength_does_not_depend_on_the_models_size():
     assert tiny[1] == pytest.approx(full[1], rel=1e-9)
     _close(tiny[0], full[0], atol=1e-9)
     _close(full[0], _medial("left", 20.0))
+
+
+def test_a_proximal_point_given_beyond_the_model_gives_the_same_frame():
+    """The stem's length is its extent along the axis, not the distance from the given proximal point:
+    a point 180 mm above the model (on the head, say) finds the same neck, side and cut."""
+    pts, faces = _stem("left", 10.0)
+    auto, _ = _frame(pts, faces)
+    given, warnings = _frame(pts, faces, axis_points=((0, 0, 300), (0, 0, 0)))
+    assert warnings == []
+    _close(given.medial, auto.medial)
+    assert given.side == "left" and given.resection_point[2] == pytest.approx(auto.resection_point[2])
+
+
+@pytest.mark.parametrize("tip_length", [0.0, 0.5])
+def test_a_tip_zone_of_zero_or_half_a_millimetre_is_allowed(tip_length):
+    frame, _ = _frame(*_stem("left"), tip_length_mm=tip_length)
+    assert frame.tip_length_mm == tip_length
+
+
+def _cone(r_tip: float, r_top: float):
+    """A tube tapering linearly from radius ``r_tip`` at z = 0 to ``r_top`` at z = 120 (no neck)."""
+    pts, faces = _tube([0, 0, 0], [0, 0, 120], 1.0, n_along=40, cap_start=True)
+    pts[:, :2] *= (r_tip + (r_top - r_tip) * pts[:, 2] / 120.0)[:, None]
+    return pts, faces
+
+
+@pytest.mark.parametrize(
+    "r_tip, r_top, turned",
+    [
+        # the reach is the mean over the end 20 % of the planes: radius at z = 12 and z = 108
+        (20.0, 13.0, False),  # 19.3 vs 13.7: 5.6 mm farther but only 1.41 times: kept
+        (20.0, 8.0, True),  # 18.8 vs 9.2: 2.04 times and 9.6 mm: turned round
+        (8.0, 3.0, False),  # 7.5 vs 3.5: 2.1 times but only 4 mm: kept
+        (13.0, 6.5, True),  # 12.35 vs 7.15: 1.73 times and 5.2 mm: turned round
+    ],
+)
+def test_a_given_axis_is_turned_round_only_when_the_distal_end_reaches_clearly_farther(r_tip, r_top, turned):
+    """Given proximal at the top (z = 120), distal at the tip: the given distal end is the wide end
+    here; it is taken for the neck end only when it reaches both 1.5 times and 5 mm farther."""
+    pts, faces = _cone(r_tip, r_top)
+    frame, warnings = _frame(pts, faces, axis_points=((0, 0, 120), (0, 0, 0)), side="left", zone_reference="patient",
+                             resection_point=(0, 0, 60), resection_normal=(0, 0, 1))
+    assert (frame.axis[2] > 0) == turned
+    assert any("runs from the tip to the neck" in w for w in warnings) == turned
+
+
+@pytest.mark.parametrize("tilt, outcome", [(44.5, "quiet"), (45.5, "warned"), (89.5, "warned"), (90.5, "refused")])
+def test_tilt_limits_of_the_automatic_axis_in_a_patient_ct(tilt, outcome):
+    """Tilted about the AP axis: more than 45 degrees from inferior is warned, more than 90 refused."""
+    pts, faces = _stem("left")
+    bounds = np.array([[-300.0, -300.0, -300.0], [300.0, 300.0, 300.0]])
+    moved = _moved(pts, _rot_y(-tilt), [0, 0, 0])
+    if outcome == "refused":
+        with pytest.raises(InputError, match="^the automatic stem axis puts the tip superior to the neck"):
+            _frame(moved, faces, ct_bounds_ras=bounds)
+        return
+    _, warnings = _frame(moved, faces, ct_bounds_ras=bounds)
+    assert any("degrees from the patient's inferior direction (a femoral stem" in w for w in warnings) == (outcome == "warned")
