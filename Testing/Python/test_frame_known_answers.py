@@ -1050,3 +1050,17 @@ def test_tilt_limits_of_the_automatic_axis_in_a_patient_ct(tilt, outcome):
         return
     _, warnings = _frame(moved, faces, ct_bounds_ras=bounds)
     assert any("degrees from the patient's inferior direction (a femoral stem" in w for w in warnings) == (outcome == "warned")
+
+
+@pytest.mark.parametrize("reference", ["patient", "implant"])
+def test_a_stem_tilted_toward_anterior_keeps_unit_perpendicular_directions(reference):
+    """Tilted 30 degrees about the right-left axis (its tip toward posterior): the patient's anterior made
+    perpendicular to the axis is (0, cos 30, sin 30) turned with the stem; medial stays +R."""
+    rot = _rot_x(30.0)
+    pts, faces = _stem("left")
+    frame, warnings = _frame(_moved(pts, rot, [0, 0, 0]), faces, zone_reference=reference)
+    assert warnings == []
+    _close(frame.axis, rot @ [0, 0, -1])
+    _close(frame.medial, [1, 0, 0])
+    _close(frame.anterior, rot @ [0, 1, 0])
+    assert frame.version_deg == pytest.approx(0.0, abs=1e-6)
