@@ -113,6 +113,7 @@ def stage(module: str, fresh: bool, exclude: list[str]) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "Testing" / "Python", d / "Testing" / "Python", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "README.md", d / "README.md")  # test_cli_options_documented reads its option table
     test_paths = ", ".join(f'"Testing/Python/{t}"' for t in tests
                            if (REPO / "Testing" / "Python" / t).exists() and t not in exclude)
     deselect = "".join(f', "--deselect", "Testing/Python/{t}"' for t in DESELECT)
@@ -123,7 +124,7 @@ only_mutate = ["src/{PACKAGE}/{module}.py"]
 pytest_add_cli_args_test_selection = [{test_paths}]
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider"{deselect}]
 use_git_change_detection = false
-also_copy = ["Testing"]
+also_copy = ["Testing", "README.md"]
 
 [tool.pytest.ini_options]
 markers = ["slow: long tests", "mrml: tests on Slicer's MRML classes"]
