@@ -230,7 +230,13 @@ def test_a_faint_neck_lets_the_given_side_decide():
     _close(frame.medial, [-1, 0, 0])
     _close(frame.anterior, [0, 1, 0])
     assert frame.zone_reference == "patient"
-    assert frame.provenance["medial"] == "from --side right (the neck is faint)"
+    assert frame.provenance == {
+        "axis": "given",
+        "medial": "from --side right (the neck is faint)",
+        "anterior": "patient anterior (+A) perpendicular to the axis",
+        "side": "given",
+        "resection": "given",
+    }
     assert warnings == [
         "the neck points laterally for a right femur (--side right), but sticks out only a little: "
         "the frame follows --side; check the registration (is the model mirrored?)"
