@@ -234,9 +234,11 @@ def score(module: str, previous: dict | None = None) -> dict:
     return out
 
 
-def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool = False) -> dict:
+def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool = False,
+        skip: frozenset = frozenset()) -> dict:
     """Mutate ``module`` and run its tests; with ``survivors`` only the mutants that survived the last run
-    (after new tests were written), keeping the earlier verdicts of the others."""
+    (after new tests were written), keeping the earlier verdicts of the others and of the mutants in
+    ``skip`` (judged equivalent: no test can kill them, so testing them again only costs time)."""
     previous = None
     names = mutant_names(module)
     if survivors:
@@ -244,7 +246,8 @@ def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool
         if not saved.exists():
             sys.exit(f"no earlier run of {module} to take the survivors from")
         previous = json.loads(saved.read_text())
-        names = [k for k, v in previous.items() if v in (0, 5, 33, None)]  # survived, no test, or never checked
+        # survived, no test, or never checked; not those judged equivalent
+        names = [k for k, v in previous.items() if v in (0, 5, 33, None) and k.rpartition(".")[2] not in skip]
         if not names:
             return score(module, previous)
         fresh = False
@@ -268,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="reuse the results of the last run of unchanged functions")
     ap.add_argument("--survivors", action="store_true",
                     help="test again only the mutants that survived the last run or were not checked (after writing tests for them)")
+    ap.add_argument("--skip", metavar="FILE",
+                    help="with --survivors: names of mutants judged equivalent (one per line, e.g. "
+                    "x_assign_zones__mutmut_47; '#' starts a comment), not tested again")
     ap.add_argument("--report", action="store_true", help="only print the scores of the last runs")
     ap.add_argument("--exclude-tests", nargs="*", default=[], metavar="FILE",
                     help="test files to leave out (to measure the score without them)")
@@ -276,13 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(modules) - set(ORDER))
     if unknown:
         ap.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    skip = frozenset()
+    if args.skip:
+        skip = frozenset(line.split("#")[0].strip() for line in Path(args.skip).read_text().splitlines()) - {""}
     rows = []
     for m in modules:
         if args.report:
             saved = STAGE / m / "exit_codes.json"
             s = score(m, json.loads(saved.read_text()) if saved.exists() else None)
         else:
-            s = run(m, args.jobs, fresh=not args.keep, exclude=args.exclude_tests, survivors=args.survivors)
+            s = run(m, args.jobs, fresh=not args.keep, exclude=args.exclude_tests, survivors=args.survivors,
+                    skip=skip)
         rows.append(s)
         print(json.dumps(s), flush=True)
     print(f"\n{'module':10s} {'total':>6s} {'killed':>7s} {'survived':>9s} {'no test':>8s} {'score %':>8s} {'docs':>5s}")
