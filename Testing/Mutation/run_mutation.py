@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import fnmatch
 import json
 import os
@@ -176,18 +177,26 @@ def documentation_mutants(module: str) -> set[str]:
              if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
     def masked(fn) -> str:
-        body = "".join(ast.dump(_MaskDocumentation().visit(ast.parse(ast.unparse(stmt)))) for stmt in fn.body)
-        return ast.dump(fn.args) + body
+        node = _MaskDocumentation().visit(copy.deepcopy(fn))
+        return ast.dump(node.args) + "".join(ast.dump(stmt) for stmt in node.body)
 
     out = set()
+    masked_orig: dict[str, str] = {}
     for name, fn in funcs.items():
         base, sep, number = name.rpartition("__mutmut_")
         if not sep or not number.isdigit() or base + "__mutmut_orig" not in funcs:
             continue
         orig = funcs[base + "__mutmut_orig"]
-        if ast.dump(orig) != ast.dump(fn) and masked(orig) == masked(fn):
+        if base not in masked_orig:
+            masked_orig[base] = masked(orig)
+        if masked_orig[base] == masked(fn) and _plain(orig) != _plain(fn):
             out.add(f"{PACKAGE}.{module}.{name}")
     return out
+
+
+def _plain(fn) -> str:
+    """The function's arguments and body, without its name."""
+    return ast.dump(fn.args) + "".join(ast.dump(stmt) for stmt in fn.body)
 
 
 def _meta_codes(module: str) -> dict:
