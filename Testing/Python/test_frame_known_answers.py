@@ -923,16 +923,18 @@ def test_zones_do_not_depend_on_where_the_frame_is():
 
 
 def test_no_numpy_warnings_where_the_cut_meets_the_tip():
-    """A steep cut z = 90 + 10 x meets the line x = -9 at the tip's height: the depth there is 0/0 or
-    x/0; assign_zones must stay quiet (no RuntimeWarning in a user's console) and put the point at the
-    tip in the tip zone."""
+    """A cut through the tip itself (z = 0, exactly): every depth is 0/0 or h/0; assign_zones must stay
+    quiet (no RuntimeWarning in a user's console): points on the cut or below the tip are in the tip zone,
+    points above it in zone 0."""
     import warnings
 
-    f = _upright(cut=(0.0, 0.0, 90.0), normal=(-10.0, 0.0, 1.0))
+    f = _upright(cut=(0.0, 0.0, 0.0), normal=(0.0, 0.0, 1.0))
+    pts = np.array([[5.0, 0.0, 0.0], [5.0, 0.0, -2.0], [-5.0, 0.0, -1.0], [5.0, 0.0, 3.0]])
+    assert f.cut_height(pts).tolist() == [0.0, 0.0, 0.0, 0.0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        z = assign_zones(f, np.array([[-9.0, 0.0, 0.0], [-9.0, 0.0, -3.0], [5.0, 0.0, 50.0]]))
-    assert z["gruen_zone"].tolist() == [4, 4, 6]
+        z = assign_zones(f, pts)
+    assert z["gruen_zone"].tolist() == [4, 4, 4, 0]
 
 
 @pytest.mark.parametrize(
