@@ -108,3 +108,11 @@ def test_calibration_register_and_metal_aware_reach_the_parameters(tmp_path):
     del args.calibration, args.register
     r = parameters_from_args(args)
     assert (r.calibration, r.register) == (None, False)
+
+
+def test_every_subcommand_is_listed_in_the_help():
+    """argparse lists a subcommand in ``--help`` only when it was added with a help text."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(c.dest for c in sub._choices_actions) == sorted(sub.choices)
+    assert all(c.help for c in sub._choices_actions)
