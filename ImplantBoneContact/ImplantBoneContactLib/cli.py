@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_analysis_options(a: argparse.ArgumentParser) -> None:
     g = a.add_argument_group("inputs")
-    g.add_argument("--transform", help="registration moving the model into the CT: 4x4 RAS matrix text file, or ITK .tfm/.txt/.h5")
+    g.add_argument("--transform", metavar="FILE", help="registration moving the model into the CT: 4x4 RAS matrix text file, or ITK .tfm/.txt/.h5")
     g.add_argument("--model-space", choices=("RAS", "LPS"), type=str.upper, help="override the model file's coordinate system (default: its SPACE= header, else LPS)")
-    g.add_argument("--series-uid", help="DICOM series to read when the folder holds several")
+    g.add_argument("--series-uid", metavar="UID", help="DICOM series to read when the folder holds several")
     g.add_argument("--calibration", metavar="FILE.json", help="density calibration (linear relation or phantom rods): adds density in mg/cm3")
     g.add_argument("--baseline", metavar="RESULT", help="follow-up: analyse on this baseline result's surface and frame, moved by the two registrations")
     g.add_argument("--register", action="store_true", help="register the CAD model to the CT's metal first (post-operative CT; instead of --transform)")
@@ -111,8 +111,8 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
                    help="fast (default): ACVD clustering on an adaptively refined surface with a vectorised mesh "
                    "construction, 10-30x faster than acvd; acvd: uniform remesh exactly as Slicer's Surface Toolbox; "
                    "none: keep the input mesh")
-    g.add_argument("--points", type=int, default=10000, help="points after remeshing (default 10000)")
-    g.add_argument("--subdivide", type=int, default=None, help="subdivisions before clustering (default: smallest giving 3 input points per cluster and no triangle larger than 4 clusters)")
+    g.add_argument("--points", type=int, default=10000, metavar="N", help="points after remeshing (default 10000)")
+    g.add_argument("--subdivide", type=int, default=None, metavar="K", help="subdivisions before clustering (default: smallest giving 3 input points per cluster and no triangle larger than 4 clusters)")
 
     g = a.add_argument_group("sampling")
     g.add_argument("--sampling", choices=("trilinear", "nearest"), default="trilinear", help="trilinear (as Probe Volume With Model, default) or nearest voxel")
@@ -124,8 +124,8 @@ def _add_analysis_options(a: argparse.ArgumentParser) -> None:
                    "and no --offset/--profile is given; a pre-operative CT is sampled as before")
 
     g = a.add_argument_group("contact classes")
-    g.add_argument("--classes", default="default", help=f"preset ({', '.join(PRESETS)}), 'name:low:high,...' HU bands, or a JSON file (default: default)")
-    g.add_argument("--metal-hu", type=float, default=2500.0, help="samples at or above this HU are class metal (default 2500)")
+    g.add_argument("--classes", default="default", metavar="SPEC", help=f"preset ({', '.join(PRESETS)}), 'name:low:high,...' HU bands, or a JSON file (default: default)")
+    g.add_argument("--metal-hu", type=float, default=2500.0, metavar="HU", help="samples at or above this HU are class metal (default 2500)")
     g.add_argument("--no-metal-class", action="store_true", help="no metal class")
 
     g = a.add_argument_group("stem frame and zones")

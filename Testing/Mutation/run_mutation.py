@@ -23,6 +23,8 @@ surviving mutants to ``build/mutation/<module>/survivors.txt`` (see them with
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import fnmatch
 import json
 import os
@@ -43,7 +45,9 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
     "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
     "sampling": (["*"], ["test_sampling.py", "test_stats_classes.py", "test_core_known_answers.py"]),
-    "frame": (["*"], ["test_frame_zones.py", "test_core_known_answers.py", "test_stats_classes.py"]),
+    # small synthetic stems built inside the tests (test_frame_zones.py and test_stats_classes.py analyse the
+    # phantom in session fixtures: seconds per mutant; they run in `make test`)
+    "frame": (["*"], ["test_frame_known_answers.py", "test_core_known_answers.py"]),
     # geometry and orientation only (readers and writers are covered by test_bad_inputs / test_cli);
     # known answers on meshes of a few dozen triangles built by the tests (test_mesh builds the phantom stem)
     "mesh": (
@@ -67,9 +71,14 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "cli": (
         ["x__join_coordinate_values*", "x__point*", "x__pair*", "x_build_parser*", "x__add_analysis_options*",
          "x_parameters_from_args*"],
-        ["test_core_known_answers.py"],
+        ["test_core_known_answers.py", "test_cli_options_documented.py"],
     ),
 }
+# Modules whose argparse help texts are documentation, not behaviour: a mutant that changes only the text of a
+# ``help=`` or ``description=`` argument or an argument group's title is counted apart ("documentation") and left
+# out of the score. Every other mutant on the same lines (choices, types, defaults, metavars, option names) counts.
+DOCUMENTATION_KEYWORDS = ("help", "description")
+DOCUMENTATION_MODULES = {"cli"}
 ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). By name: mesh, export and atomicio
@@ -110,6 +119,7 @@ def stage(module: str, fresh: bool, exclude: list[str]) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "Testing" / "Python", d / "Testing" / "Python", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "README.md", d / "README.md")  # test_cli_options_documented reads its option table
     test_paths = ", ".join(f'"Testing/Python/{t}"' for t in tests
                            if (REPO / "Testing" / "Python" / t).exists() and t not in exclude)
     deselect = "".join(f', "--deselect", "Testing/Python/{t}"' for t in DESELECT)
@@ -120,7 +130,7 @@ only_mutate = ["src/{PACKAGE}/{module}.py"]
 pytest_add_cli_args_test_selection = [{test_paths}]
 pytest_add_cli_args = ["-m", "not slow", "-p", "no:cacheprovider"{deselect}]
 use_git_change_detection = false
-also_copy = ["Testing"]
+also_copy = ["Testing", "README.md"]
 
 [tool.pytest.ini_options]
 markers = ["slow: long tests", "mrml: tests on Slicer's MRML classes"]
@@ -132,6 +142,66 @@ filterwarnings = ["ignore::DeprecationWarning"]
 def mutant_names(module: str) -> list[str]:
     globs, _ = MODULES[module]
     return [f"{PACKAGE}.{module}.{g}" for g in globs]
+
+
+class _MaskDocumentation(ast.NodeTransformer):
+    """Replace the text (a string or f-string, not ``None``) of the documentation arguments of argparse calls
+    by one placeholder."""
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        self.generic_visit(node)
+        for kw in node.keywords:
+            if (kw.arg in DOCUMENTATION_KEYWORDS or (kw.arg == "title" and _is_group_call(node))) and _is_text(kw.value):
+                kw.value = ast.Constant("<documentation>")
+        if _is_group_call(node) and node.args and _is_text(node.args[0]):
+            node.args[0] = ast.Constant("<documentation>")
+        return node
+
+
+def _is_text(node: ast.expr) -> bool:
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _is_group_call(node: ast.Call) -> bool:
+    return isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument_group"
+
+
+def documentation_mutants(module: str) -> set[str]:
+    """Names of the mutants of ``module`` that change only documentation text (see ``DOCUMENTATION_KEYWORDS``).
+
+    Read from mutmut's mutated copy of the module: each mutant is a function ``<name>__mutmut_<n>`` next to
+    ``<name>__mutmut_orig``; a mutant is documentation when the two are equal once the help texts,
+    descriptions and group titles of both are replaced by the same placeholder.
+    """
+    if module not in DOCUMENTATION_MODULES:
+        return set()
+    path = STAGE / module / "mutants" / "src" / PACKAGE / f"{module}.py"
+    if not path.exists():
+        return set()
+    funcs = {n.name: n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+    def masked(fn) -> str:
+        node = _MaskDocumentation().visit(copy.deepcopy(fn))
+        return ast.dump(node.args) + "".join(ast.dump(stmt) for stmt in node.body)
+
+    out = set()
+    masked_orig: dict[str, str] = {}
+    for name, fn in funcs.items():
+        base, sep, number = name.rpartition("__mutmut_")
+        if not sep or not number.isdigit() or base + "__mutmut_orig" not in funcs:
+            continue
+        orig = funcs[base + "__mutmut_orig"]
+        if base not in masked_orig:
+            masked_orig[base] = masked(orig)
+        if masked_orig[base] == masked(fn) and _plain(orig) != _plain(fn):
+            out.add(f"{PACKAGE}.{module}.{name}")
+    return out
+
+
+def _plain(fn) -> str:
+    """The function's arguments and body, without its name."""
+    return ast.dump(fn.args) + "".join(ast.dump(stmt) for stmt in fn.body)
 
 
 def _meta_codes(module: str) -> dict:
@@ -153,7 +223,10 @@ def score(module: str, previous: dict | None = None) -> dict:
         return {}
     (d / "exit_codes.json").write_text(json.dumps(codes, indent=1) + "\n")
     pats = mutant_names(module)
+    docs = documentation_mutants(module)
     sel = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, p) for p in pats)}
+    documentation = sorted(k for k in sel if k in docs)
+    sel = {k: v for k, v in sel.items() if k not in docs}
     # -11: the tests crashed (a segmentation fault in VTK on a broken cell array): caught, like a failure
     killed = sorted(k for k, v in sel.items() if v in (1, 3, -11))
     timeout = sorted(k for k, v in sel.items() if v in (36, 24, -24, 152, 255))
@@ -165,16 +238,22 @@ def score(module: str, previous: dict | None = None) -> dict:
     out = {
         "module": module, "total": len(sel), "killed": len(killed), "timeout": len(timeout),
         "survived": len(survived), "no_tests": len(no_tests), "not_checked": len(unchecked), "other": len(other),
+        # mutants of help texts, descriptions and group titles: not in total, not scored
+        "documentation": len(documentation),
         # timeouts count as killed: the mutant made the tests hang (e.g. an endless loop)
         "score_percent": round(100.0 * (len(killed) + len(timeout)) / checked, 1) if checked else None,
     }
     (d / "survivors.txt").write_text("\n".join(survived + no_tests + other) + "\n")
+    if documentation:
+        (d / "documentation.txt").write_text("\n".join(documentation) + "\n")
     return out
 
 
-def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool = False) -> dict:
+def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool = False,
+        skip: frozenset = frozenset()) -> dict:
     """Mutate ``module`` and run its tests; with ``survivors`` only the mutants that survived the last run
-    (after new tests were written), keeping the earlier verdicts of the others."""
+    (after new tests were written), keeping the earlier verdicts of the others and of the mutants in
+    ``skip`` (judged equivalent: no test can kill them, so testing them again only costs time)."""
     previous = None
     names = mutant_names(module)
     if survivors:
@@ -182,7 +261,8 @@ def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool
         if not saved.exists():
             sys.exit(f"no earlier run of {module} to take the survivors from")
         previous = json.loads(saved.read_text())
-        names = [k for k, v in previous.items() if v in (0, 5, 33, None)]  # survived, no test, or never checked
+        # survived, no test, or never checked; not those judged equivalent
+        names = [k for k, v in previous.items() if v in (0, 5, 33, None) and k.rpartition(".")[2] not in skip]
         if not names:
             return score(module, previous)
         fresh = False
@@ -206,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="reuse the results of the last run of unchanged functions")
     ap.add_argument("--survivors", action="store_true",
                     help="test again only the mutants that survived the last run or were not checked (after writing tests for them)")
+    ap.add_argument("--skip", metavar="FILE",
+                    help="with --survivors: names of mutants judged equivalent (one per line, e.g. "
+                    "x_assign_zones__mutmut_47; '#' starts a comment), not tested again")
     ap.add_argument("--report", action="store_true", help="only print the scores of the last runs")
     ap.add_argument("--exclude-tests", nargs="*", default=[], metavar="FILE",
                     help="test files to leave out (to measure the score without them)")
@@ -214,20 +297,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(modules) - set(ORDER))
     if unknown:
         ap.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(ORDER)}")
+    skip = frozenset()
+    if args.skip:
+        skip = frozenset(line.split("#")[0].strip() for line in Path(args.skip).read_text().splitlines()) - {""}
     rows = []
     for m in modules:
         if args.report:
             saved = STAGE / m / "exit_codes.json"
             s = score(m, json.loads(saved.read_text()) if saved.exists() else None)
         else:
-            s = run(m, args.jobs, fresh=not args.keep, exclude=args.exclude_tests, survivors=args.survivors)
+            s = run(m, args.jobs, fresh=not args.keep, exclude=args.exclude_tests, survivors=args.survivors,
+                    skip=skip)
         rows.append(s)
         print(json.dumps(s), flush=True)
-    print(f"\n{'module':10s} {'total':>6s} {'killed':>7s} {'survived':>9s} {'no test':>8s} {'score %':>8s}")
+    print(f"\n{'module':10s} {'total':>6s} {'killed':>7s} {'survived':>9s} {'no test':>8s} {'score %':>8s} {'docs':>5s}")
     for s in rows:
         if s:
             print(f"{s['module']:10s} {s['total']:6d} {s['killed'] + s['timeout']:7d} {s['survived']:9d} "
-                  f"{s['no_tests']:8d} {s['score_percent']!s:>8s}")
+                  f"{s['no_tests']:8d} {s['score_percent']!s:>8s} {s.get('documentation', 0):5d}")
     return 0
 
 
