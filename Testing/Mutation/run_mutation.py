@@ -65,8 +65,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x_parameters_from_args*"],
         ["test_core_known_answers.py"],
     ),
+    "calibration": (["*"], ["test_calibration_known_answers.py", "test_calibration.py"]),
+    "scan_noise": (["*"], ["test_scan_noise_known_answers.py"]),
 }
-ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame"]
+ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame", "calibration", "scan_noise"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). mesh, frame, export by name.
 DEFAULT = ["classes", "stats", "sampling", "cli"]
@@ -84,6 +86,8 @@ DESELECT = [
     "test_sampling.py::test_profile_aggregates",
     "test_sampling.py::test_profile_sees_bone_past_metal_blooming",
     "test_sampling.py::test_outside_ct_is_nan_never_zero_on_pelvis_with_implant_at_scan_edge",
+    "test_calibration.py::test_density_is_the_linear_map_of_hu_on_a_calibrated_ct",
+    "test_calibration.py::test_calibration_recorded_in_parameters_json",
 ]
 
 
