@@ -67,8 +67,15 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     ),
     "calibration": (["*"], ["test_calibration_known_answers.py", "test_calibration.py"]),
     "scan_noise": (["*"], ["test_scan_noise_known_answers.py"]),
+    # the comparison itself and its checks (reading and writing result folders, the follow-up analysis and the
+    # CLI run end to end in test_compare on a phantom study, too slow per mutant)
+    "compare": (
+        ["x_rigid_fit*", "x_transform_frame*", "x_check_same_stem*", "x__norm*", "x__patch_labels*", "x__spread_se*",
+         "x_compare__mutmut*", "x__change_surface*", "xǁStoredResultǁ*", "xǁComparisonǁ*"],
+        ["test_compare_known_answers.py"],
+    ),
 }
-ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame", "calibration", "scan_noise"]
+ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame", "calibration", "scan_noise", "compare"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). mesh, frame, export by name.
 DEFAULT = ["classes", "stats", "sampling", "cli"]
