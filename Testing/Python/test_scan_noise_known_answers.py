@@ -183,3 +183,89 @@ def test_same_seed_same_number_other_seed_close():
     assert scan_noise(v)["noise_sd_hu"] == scan_noise(v, seed=0)["noise_sd_hu"]
     assert scan_noise(v, seed=1)["noise_sd_hu"] != scan_noise(v, seed=0)["noise_sd_hu"]
     assert scan_noise(v, seed=1)["noise_sd_hu"] == pytest.approx(scan_noise(v, seed=0)["noise_sd_hu"], rel=0.03)
+
+
+@pytest.mark.parametrize("shape", [(4, 30, 30), (30, 4, 30), (30, 30, 4)])
+def test_thinner_than_a_cube_along_any_axis(shape):
+    out = scan_noise(_volume(np.zeros(shape)))
+    assert out["n_blocks"] == 0 and np.isnan(out["noise_sd_hu"])
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_cubes_extend_forward_from_their_corner(axis):
+    # Soft tissue only in the last 10 slices along one axis of 40 (bone before): 6 of the 36 corner positions
+    # give a cube wholly in soft tissue (corners 30..35), about 8000 * 6 / 36 of the candidates.
+    rng = np.random.default_rng(12)
+    shape = [12, 12, 12]
+    shape[axis] = 40
+    a = 10.0 * rng.standard_normal(shape)
+    index = [slice(None)] * 3
+    index[axis] = slice(0, 30)
+    a[tuple(index)] = 400.0
+    out = scan_noise(_volume(a))
+    assert out["n_blocks"] == pytest.approx(N_CANDIDATES * 6 / 36, rel=0.08)
+    # Only 1440 soft-tissue voxels, shared by overlapping cubes: the median sd is within about 10 %.
+    assert out["noise_sd_hu"] == pytest.approx(10.0, rel=0.1)
+
+
+def test_implant_margin_keeps_exactly_the_cubes_whose_centre_is_20_mm_away():
+    # Soft tissue in columns 0..39 of 120 (bone beyond): corners 0..35. With the implant on the plane x = 0
+    # (points at every integer y, z the cube centres take: none left out by thinning), a cube counts when its
+    # centre x = corner + 2 is >= 20 mm, corners 18..35. The same CT with bone also in columns 0..17 and no
+    # implant keeps the same candidate positions (same seed), so the counts and the noise must be equal.
+    rng = np.random.default_rng(13)
+    a = 10.0 * rng.standard_normal((24, 24, 120))
+    a[:, :, 40:] = 400.0
+    y, z = np.meshgrid(np.arange(24.0), np.arange(24.0), indexing="ij")
+    plane = np.stack([np.zeros(y.size), y.ravel(), z.ravel()], axis=1)
+    with_implant = scan_noise(_volume(a), plane)
+    b = a.copy()
+    b[:, :, :18] = 400.0
+    by_tissue = scan_noise(_volume(b))
+    assert with_implant["n_blocks"] == by_tissue["n_blocks"] > 1000
+    assert with_implant["noise_sd_hu"] == by_tissue["noise_sd_hu"]
+
+
+def test_twenty_cubes_are_enough(monkeypatch):
+    import ImplantBoneContactLib.scan_noise as sn
+
+    rng = np.random.default_rng(14)
+    a = 20.0 * rng.standard_normal((5, 5, 5))
+    monkeypatch.setattr(sn, "N_CANDIDATES", MIN_BLOCKS)
+    out = scan_noise(_volume(a))
+    assert out["n_blocks"] == MIN_BLOCKS and out["noise_sd_hu"] == pytest.approx(a.std(ddof=1), rel=1e-12)
+    monkeypatch.setattr(sn, "N_CANDIDATES", MIN_BLOCKS - 1)
+    out = scan_noise(_volume(a))
+    assert out["n_blocks"] == MIN_BLOCKS - 1 and np.isnan(out["noise_sd_hu"])
+
+
+def test_one_cube_correlation_is_that_of_the_cube():
+    rng = np.random.default_rng(15)
+    a = rng.standard_normal((5, 5, 5))
+    a[:, :, 1:] += a[:, :, :-1]
+    out = scan_noise(_volume(a))
+    r = a - a.mean()
+    var = (r**2).mean()
+    cov = np.mean([(r[1:] * r[:-1]).mean(), (r[:, 1:] * r[:, :-1]).mean(), (r[:, :, 1:] * r[:, :, :-1]).mean()])
+    assert out["neighbour_correlation"] == pytest.approx(cov / var, rel=1e-9)
+
+
+def test_fat_and_muscle_cubes_median_mean_and_per_cube_correlation():
+    # 70 % of the columns fat (-100 HU), 30 % muscle (+40 HU), white noise of sd 10: the median cube mean is
+    # fat's, not the overall mean (-58 HU); each cube's own mean is removed, so the correlation stays about 0.
+    rng = np.random.default_rng(16)
+    a = 10.0 * rng.standard_normal((20, 20, 100))
+    a[:, :, :70] += -100.0
+    a[:, :, 70:] += 40.0
+    out = scan_noise(_volume(a))
+    assert out["tissue_mean_hu"] == pytest.approx(-100.0, abs=2.0)
+    assert abs(out["neighbour_correlation"]) < 0.03
+    assert out["noise_sd_hu"] == pytest.approx(10.0, rel=0.03)
+
+
+def test_noise_below_one_hu_is_measured():
+    rng = np.random.default_rng(17)
+    a = 30.0 + 0.5 * rng.standard_normal((15, 15, 15))
+    out = scan_noise(_volume(a))
+    assert out["noise_sd_hu"] == pytest.approx(0.5, rel=0.03)
+    assert abs(out["neighbour_correlation"]) < 0.03
