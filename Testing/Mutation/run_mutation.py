@@ -83,8 +83,22 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*", "x_assess*", "x_metal_advice*"],
         ["test_postop_known_answers.py"],
     ),
+    # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
+    "register": (
+        ["x__rodrigues*", "x__rot_x*", "x__apply*", "x_solid_moments*", "x__principal_axes*", "x_surface_samples*",
+         "x__block_mean*", "x__signed_distance*"],
+        ["test_geometry_known_answers.py"],
+    ),
+    # voxel helpers (the surface itself: test_segment on the real CT and a ball, slow)
+    "segment": (["x_bounding_box*", "x_label_components*", "x__cavities*"], ["test_geometry_known_answers.py"]),
+    # computations of the cohort run (running cases, workers and shards: test_cohort end to end, slow)
+    "cohort": (
+        ["x__match_rows*", "x_parse_shard*", "x__digest*", "x__resolve_path_value*", "x_summarize_zones*"],
+        ["test_geometry_known_answers.py"],
+    ),
 }
-ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame", "calibration", "scan_noise", "compare", "postop"]
+ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame", "calibration", "scan_noise", "compare", "postop", "register", "segment",
+         "cohort"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). mesh, frame, export by name.
 DEFAULT = ["classes", "stats", "sampling", "cli"]
