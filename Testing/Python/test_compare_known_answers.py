@@ -655,3 +655,58 @@ def test_patch_labels_follow_height_and_arc():
     neg = v.copy()
     neg["height_mm"] = -neg["height_mm"]
     assert np.array_equal(cmp._patch_labels(neg, FRAME, 5.0), -(ROW + 1) * 100_000 + COL // 2)
+
+
+def test_patch_labels_measure_radius_from_the_tip():
+    # The same cylinder and frame moved by (5, 3, 0): the same patches.
+    hu = np.zeros(len(PTS))
+    v = _result("b", hu).vertices
+    moved = v.copy()
+    moved["x_mm"] += 5.0
+    moved["y_mm"] += 3.0
+    frame = StemFrame(**{**FRAME.__dict__, "tip": np.array([5.0, 3.0, 0.0])})
+    assert np.array_equal(cmp._patch_labels(moved, frame, 5.0), ROW * 100_000 + COL // 2)
+
+
+def test_spread_se_with_exactly_two_effective_patches():
+    # Patch areas 4, 1, 1: n_eff = 36 / 18 = 2, enough for the patch estimate. Means 0, 3, 6: weighted mean 1.5,
+    # variance (4 * 2.25 + 2.25 + 20.25) / 6 * 3 / 2 = 7.875, SE = sqrt(7.875 / 2) (the vertex spread would be
+    # sqrt(5.25)).
+    se, n = cmp._spread_se(np.array([0.0, 3.0, 6.0]), np.array([4.0, 1.0, 1.0]), np.array([0, 1, 2]))
+    assert n == 3 and se == pytest.approx(math.sqrt(7.875 / 2.0), rel=1e-12)
+
+
+def test_spread_se_leaves_out_a_patch_of_zero_area():
+    se, n = cmp._spread_se(np.array([1.0, 2.0, 3.0, 4.0, 50.0]), np.array([1.0, 1.0, 1.0, 1.0, 0.0]),
+                           np.array([0, 1, 2, 3, 4]))
+    assert n == 4 and se == pytest.approx(math.sqrt(1.25 * 4.0 / 3.0 / 4.0), rel=1e-12)
+
+
+def test_small_patch_and_small_noise(results, tmp_path):
+    hu_b, hu_f = _zone7_change()
+    b = _result(tmp_path / "b", hu_b, spacing=(), noise=0.3)
+    f = _result(tmp_path / "f", hu_f, spacing=(), noise=0.4, sha="s")
+    c = results(b, f, patch_mm=0.5, registration_sd_mm=0.0)
+    assert c.summary["significance"]["patch_mm"] == 0.5
+    # Combined noise 0.5 HU: the change over it per vertex.
+    assert c.vertices["delta_hu_z"].dtype == np.float64
+    assert np.allclose(c.vertices["delta_hu_z"], (hu_f - hu_b) / 0.5)
+
+
+def test_no_noise_gives_a_float_column_the_surface_carries(results, tmp_path):
+    hu_b, hu_f = _zone7_change()
+    c = results(_result(tmp_path / "b", hu_b, noise=None), _result(tmp_path / "f", hu_f, sha="n"), registration_sd_mm=0.0)
+    assert c.vertices["delta_hu_z"].dtype == np.float64
+    pd_ = c.surface.GetPointData()
+    assert pd_.GetArray("delta_hu_z") is not None
+
+
+def test_different_materials_message_says_what_to_do(results, tmp_path):
+    hu_b, hu_f = _zone7_change()
+    d = np.full(len(PTS), 100.0)
+    b = _result(tmp_path / "b", hu_b, density=d, zone_density={}, calibration=_cal(1.0))
+    f = _result(tmp_path / "f", hu_f, density=d, zone_density={}, calibration=_cal(1.0, "hydroxyapatite"), sha="m")
+    with pytest.raises(InputError) as e:
+        results(b, f)
+    assert str(e.value).endswith("densities of different reference materials do not compare; calibrate both with the "
+                                 "same phantom material")
