@@ -463,3 +463,9 @@ def test_metal_advice():
     assert po.metal_advice(post).endswith("(no --offset/--profile, --metal-aware auto) to read the bone past the bloom")
     assert po.metal_advice(pre) == ("the model seems to touch metal in the CT; if the implant is in this CT, check the "
                                     "registration, then run with --metal-aware on")
+
+
+def test_unreliable_warning_without_a_recorded_depth_says_nan():
+    a = po.Assessment(po.POST_OPERATIVE, True, po.Detection(po.POST_OPERATIVE, np.ones(1, bool), np.ones(1)))
+    w = a.unreliable_warnings(_vertices([1, 1], [1.0, 1.0], [False, True]), np.ones(2))
+    assert len(w) == 1 and w[0].startswith("50.0% of the stem surface") and "within nan mm of the surface" in w[0]
