@@ -10,7 +10,7 @@ and runs, for each mutant, only those tests (first to fail stops the run).
 
 Usage (from the repository root)::
 
-    nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli
+    nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli, calibration, scan_noise
     nice -n 19 python Testing/Mutation/run_mutation.py classes stats   # some modules
     python Testing/Mutation/run_mutation.py --report                    # scores of the last runs
 
@@ -101,7 +101,8 @@ ORDER = ["classes", "stats", "sampling", "cli", "export", "mesh", "frame", "cali
          "cohort"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). mesh, frame, export by name.
-DEFAULT = ["classes", "stats", "sampling", "cli"]
+# calibration and scan_noise add 2-4 min (measured with the machine shared); compare and postop take tens of minutes.
+DEFAULT = ["classes", "stats", "sampling", "cli", "calibration", "scan_noise"]
 
 # Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a
 # session fixture that every mutant's fresh pytest session would build again). They run in `make test`.
