@@ -275,3 +275,14 @@ def test_summarize_zones_unsampled_and_empty():
         assert math.isnan(r[k]), k
     e = co.summarize_zones(pd.DataFrame(columns=["zone", "region", "hu_mean"]))
     assert e.empty and list(e.columns)[:4] == ["zone", "region", "quantity", "n"]
+
+
+def test_cavities_join_the_border_only_through_faces():
+    # The shell's corner voxel removed: the void touches that voxel only at a corner, so no face-connected path
+    # joins it to the border; it stays a cavity (and the open corner voxel is not one).
+    kept = np.zeros((7, 7, 7), bool)
+    kept[1:6, 1:6, 1:6] = True
+    kept[2:5, 2:5, 2:5] = False
+    kept[1, 1, 1] = False
+    cav = sg._cavities(kept)
+    assert cav.sum() == 27 and not cav[1, 1, 1]
