@@ -286,3 +286,18 @@ def test_cavities_join_the_border_only_through_faces():
     kept[1, 1, 1] = False
     cav = sg._cavities(kept)
     assert cav.sum() == 27 and not cav[1, 1, 1]
+
+
+def test_match_rows_converts_both_sides_and_refuses_a_missing_row():
+    a = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
+    assert co._match_rows(a, a[[1, 2, 0]].astype(np.float32)).tolist() == [2, 0, 1]
+    assert co._match_rows(a, np.array([[0.0, 0.0, 0.0], [9.0, 9.0, 9.0], [2.0, 2.0, 2.0]])) is None
+
+
+def test_summarize_zones_of_one_and_two_cases():
+    zones = pd.DataFrame({"zone": ["1", "2", "2"], "region": ["lateral", "middle", "middle"],
+                          "hu_mean": [300.0, 100.0, 200.0]})
+    s = co.summarize_zones(zones).set_index("zone")
+    assert s.loc["1", "region"] == "lateral" and s.loc["1", "n"] == 1 and math.isnan(s.loc["1", "sd"])
+    assert s.loc["2", "n"] == 2 and s.loc["2", "sd"] == pytest.approx(math.sqrt(5000.0))
+    assert s.loc["2", "q25"] == 125.0 and s.loc["2", "q75"] == 175.0
