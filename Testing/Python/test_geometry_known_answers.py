@@ -301,3 +301,29 @@ def test_summarize_zones_of_one_and_two_cases():
     assert s.loc["1", "region"] == "lateral" and s.loc["1", "n"] == 1 and math.isnan(s.loc["1", "sd"])
     assert s.loc["2", "n"] == 2 and s.loc["2", "sd"] == pytest.approx(math.sqrt(5000.0))
     assert s.loc["2", "q25"] == 125.0 and s.loc["2", "q75"] == 175.0
+
+
+def test_solid_moments_far_from_the_origin_keep_their_precision():
+    # A 1 x 2 x 3 mm box at y = 100 m, z = 200 m: taken about its own centre the sums stay exact; about the
+    # origin (or a point far from the box) the tetrahedra's volumes cancel to rounding noise.
+    pts, faces = _box([0.0, 1e5, 2e5], [1.0, 1e5 + 2.0, 2e5 + 3.0])
+    vol, centroid, central = rg.solid_moments(pts, faces)
+    assert vol == pytest.approx(6.0, rel=1e-9)
+    assert np.allclose(centroid, [0.5, 1e5 + 1.0, 2e5 + 1.5], rtol=0, atol=1e-6)
+    assert np.allclose(central, np.diag([1.0, 4.0, 9.0]) / 12.0, atol=1e-6)
+
+
+def test_principal_axes_are_right_handed_for_any_rotation():
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        r = rg._rodrigues(rng.normal(size=3))
+        v = rg._principal_axes(r @ np.diag([9.0, 4.0, 1.0]) @ r.T)
+        assert np.linalg.det(v) > 0.0
+
+
+def test_block_mean_with_a_different_factor_per_axis():
+    a = np.arange(6 * 4 * 2, dtype=float).reshape(6, 4, 2)
+    m = rg._block_mean(a, (3, 2, 1))
+    assert m.shape == (2, 2, 2)
+    assert m[1, 0, 1] == pytest.approx(a[3:6, 0:2, 1].mean())
+    assert m[0, 1, 0] == pytest.approx(a[0:3, 2:4, 0].mean())
