@@ -304,13 +304,17 @@ def test_summarize_zones_of_one_and_two_cases():
 
 
 def test_solid_moments_far_from_the_origin_keep_their_precision():
-    # A 1 x 2 x 3 mm box at y = 100 m, z = 200 m: taken about its own centre the sums stay exact; about the
-    # origin (or a point far from the box) the tetrahedra's volumes cancel to rounding noise.
-    pts, faces = _box([0.0, 1e5, 2e5], [1.0, 1e5 + 2.0, 2e5 + 3.0])
+    # A turned 1 x 2 x 3 mm box at y = 100 m, z = 200 m: about its own centre the sums keep about 1e-11 of
+    # precision; about the origin, or a point far from the box, the second moments lose it all (an error of
+    # tens to thousands of mm^2; 0.01 mm^2 even about a point 50 m away along one axis only).
+    r = rg._rodrigues(np.array([0.3, -0.5, 0.7]))
+    pts, faces = _box([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
+    centre = np.array([0.1, 1e5 + 0.3, 2e5 + 0.7])
+    pts = pts @ r.T + centre
     vol, centroid, central = rg.solid_moments(pts, faces)
     assert vol == pytest.approx(6.0, rel=1e-9)
-    assert np.allclose(centroid, [0.5, 1e5 + 1.0, 2e5 + 1.5], rtol=0, atol=1e-6)
-    assert np.allclose(central, np.diag([1.0, 4.0, 9.0]) / 12.0, atol=1e-6)
+    assert np.allclose(centroid, centre + r @ [0.5, 1.0, 1.5], rtol=0, atol=1e-6)
+    assert np.allclose(central, r @ np.diag([1.0, 4.0, 9.0]) @ r.T / 12.0, rtol=0, atol=1e-8)
 
 
 def test_principal_axes_are_right_handed_for_any_rotation():
