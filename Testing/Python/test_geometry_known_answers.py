@@ -331,3 +331,17 @@ def test_block_mean_with_a_different_factor_per_axis():
     assert m.shape == (2, 2, 2)
     assert m[1, 0, 1] == pytest.approx(a[3:6, 0:2, 1].mean())
     assert m[0, 1, 0] == pytest.approx(a[0:3, 2:4, 0].mean())
+
+
+def test_solid_moments_of_two_unequal_boxes():
+    # Boxes [0, 1] and [2, 4] along x (volumes 1 and 2), 1 x 1 across: the centroid is not the bounding box's
+    # centre. x: (0.5 * 1 + 3 * 2) / 3; variance along x: each box's own (edge^2 / 12) plus its offset squared,
+    # weighted by volume.
+    p1, f1 = _box([0, 0, 0], [1, 1, 1])
+    p2, f2 = _box([2, 0, 0], [4, 1, 1])
+    vol, centroid, central = rg.solid_moments(np.vstack([p1, p2]), np.vstack([f1, f2 + 8]))
+    cx = 6.5 / 3.0
+    assert vol == pytest.approx(3.0)
+    assert np.allclose(centroid, [cx, 0.5, 0.5], atol=1e-12)
+    var_x = (1.0 * (1.0 / 12.0 + (0.5 - cx) ** 2) + 2.0 * (4.0 / 12.0 + (3.0 - cx) ** 2)) / 3.0
+    assert np.allclose(central, np.diag([var_x, 1.0 / 12.0, 1.0 / 12.0]), atol=1e-12)
