@@ -345,3 +345,11 @@ def test_solid_moments_of_two_unequal_boxes():
     assert np.allclose(centroid, [cx, 0.5, 0.5], atol=1e-12)
     var_x = (1.0 * (1.0 / 12.0 + (0.5 - cx) ** 2) + 2.0 * (4.0 / 12.0 + (3.0 - cx) ** 2)) / 3.0
     assert np.allclose(central, np.diag([var_x, 1.0 / 12.0, 1.0 / 12.0]), atol=1e-12)
+
+
+def test_surface_samples_of_a_small_box_have_unit_outward_normals():
+    # A 0.5 mm box: triangle cross products of 0.25 mm2 and a volume of 0.125 mm3 (below 1).
+    pts, faces = _box([0.0, 0.0, 0.0], [0.5, 0.5, 0.5])
+    p, n = rg.surface_samples(pts, faces, 200, seed=4)
+    assert np.allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-12)
+    assert (np.einsum("ij,ij->i", p - 0.25, n) > 0).all()
