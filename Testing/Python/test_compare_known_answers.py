@@ -712,3 +712,26 @@ def test_different_materials_message_says_what_to_do(results, tmp_path):
         results(b, f)
     assert str(e.value).endswith("densities of different reference materials do not compare; calibrate both with the "
                                  "same phantom material")
+
+
+def test_all_row_leaves_out_vertices_above_the_cut(results, tmp_path):
+    # The top row in zone 0 (above the resection plane), changed by 1000 HU: the "all" row does not see it.
+    zone = ZONE.copy()
+    zone[ROW == 28] = 0
+    hu_b = np.full(len(PTS), 500.0)
+    hu_f = hu_b.copy()
+    hu_f[ROW == 28] += 1000.0
+    c = results(_result(tmp_path / "b", hu_b, zone=zone), _result(tmp_path / "f", hu_f, zone=zone, sha="t"),
+                registration_sd_mm=0.0)
+    z = c.zones.set_index("zone")
+    assert z.loc["all", "se_spread_hu"] == 0.0 and z.loc["all", "n_patches"] == 28 * 12
+
+
+def test_results_without_recorded_inputs(results, tmp_path):
+    hu_b, hu_f = _zone7_change()
+    b = _result(tmp_path / "b", hu_b)
+    f = _result(tmp_path / "f", hu_f)
+    del f.metadata["inputs"]
+    c = results(b, f, registration_sd_mm=0.0)
+    assert c.summary["registration_sensitivity"] == {} and math.isnan(c.summary["noise_sd_hu"]["followup"])
+    assert c.warnings[0].startswith("the noise of one scan is not recorded")
