@@ -211,7 +211,9 @@ def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool
         if not saved.exists():
             sys.exit(f"no earlier run of {module} to take the survivors from")
         previous = json.loads(saved.read_text())
-        names = [k for k, v in previous.items() if v in (0, 5, 33, None)]  # survived, no test, or never checked
+        pats = mutant_names(module)
+        # survived, no test, or never checked; of the selected functions only (the others are never checked)
+        names = [k for k, v in previous.items() if v in (0, 5, 33, None) and any(fnmatch.fnmatch(k, p) for p in pats)]
         if not names:
             return score(module, previous)
         fresh = False
