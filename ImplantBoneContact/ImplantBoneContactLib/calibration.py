@@ -145,13 +145,14 @@ def _check_slope(slope: float, where: str) -> None:
         )
 
 
-def fit_rods(densities_mg_cm3, hu, material: str = "K2HPO4") -> Calibration:
+def fit_rods(densities_mg_cm3, hu, material: str = "K2HPO4", where: str = "calibration rods") -> Calibration:
     """Least-squares line through phantom rods: HU = intercept + slope * density.
 
     Args:
         densities_mg_cm3: known density of each rod (mg/cm3 of ``material``).
         hu: mean HU measured in each rod.
         material: the rods' reference material.
+        where: what the rods come from, the start of every error message (a calibration file names itself).
 
     Returns:
         the calibration, with ``fit`` holding each rod's residual (measured minus
@@ -161,7 +162,6 @@ def fit_rods(densities_mg_cm3, hu, material: str = "K2HPO4") -> Calibration:
         InputError: fewer than two rods, rods all of one density, a slope that
             is not positive or not plausible.
     """
-    where = "calibration rods"
     x = np.asarray(densities_mg_cm3, dtype=float).reshape(-1)
     y = np.asarray(hu, dtype=float).reshape(-1)
     if x.size != y.size:
@@ -227,7 +227,7 @@ def calibration_from_dict(d: dict, where: str = "calibration") -> Calibration:
                 raise InputError(f"{where}: rod {i + 1} must be {{\"density_mg_cm3\": ..., \"hu\": ...}}, got {r!r}")
             dens.append(_number(r.get("density_mg_cm3", r.get("density")), f"rod {i + 1} density", where) * factor)
             hus.append(_number(r["hu"], f"rod {i + 1} HU", where))
-        return fit_rods(dens, hus, material)
+        return fit_rods(dens, hus, material, where)
     if not ("slope_hu_per_mg_cm3" in d and "intercept_hu" in d):
         raise InputError(
             f"{where}: give both slope_hu_per_mg_cm3 and intercept_hu (density = (HU - intercept) / slope), or a list of rods"

@@ -187,7 +187,7 @@ def _apply(m: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def solid_moments(pts: np.ndarray, faces: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Volume (mm^3), centroid (mm) and 3x3 central second moment (mm^5) of the solid a closed surface bounds.
+    """Volume (mm^3), centroid (mm) and 3x3 central second moment per unit volume (mm^2) of the solid a closed surface bounds.
 
     Sums over the signed tetrahedra (origin, a, b, c) of each triangle, taken
     about the bounding-box centre for precision; a mesh with inward triangles

@@ -10,7 +10,7 @@ and runs, for each mutant, only those tests (first to fail stops the run).
 
 Usage (from the repository root)::
 
-    nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli
+    nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli, calibration, scan_noise
     nice -n 19 python Testing/Mutation/run_mutation.py classes stats   # some modules
     nice -n 19 python Testing/Mutation/run_mutation.py mesh export atomicio --jobs 1
     python Testing/Mutation/run_mutation.py --report                    # scores of the last runs
@@ -73,17 +73,50 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x_parameters_from_args*"],
         ["test_core_known_answers.py", "test_cli_options_documented.py"],
     ),
+    "calibration": (["*"], ["test_calibration_known_answers.py", "test_calibration.py"]),
+    "scan_noise": (["*"], ["test_scan_noise_known_answers.py"]),
+    # the comparison itself and its checks (reading and writing result folders, the follow-up analysis and the
+    # CLI run end to end in test_compare on a phantom study, too slow per mutant)
+    "compare": (
+        ["x_rigid_fit*", "x_transform_frame*", "x_check_same_stem*", "x__norm*", "x__patch_labels*", "x__spread_se*",
+         "x_compare__mutmut*", "x__change_surface*", "xǁStoredResultǁ*", "xǁComparisonǁ*"],
+        ["test_compare_known_answers.py"],
+    ),
+    # detection, edge, walk, reliability marking and the assessment; not the profile fit (_layer_fit), whose
+    # accuracy the phantom tests of test_postop measure (slow fixtures)
+    "postop": (
+        ["x__grid_step*", "x__voxel*", "x_inside_depth_mm*", "x_walk_depth_mm*", "x_max_bone_start_mm*",
+         "x_read_depth_mm*", "x_profiles*", "x_detect*", "xǁEdgeModelǁ*", "x__first_crossing*", "x__walk*",
+         "x_measure_edge*", "x__gaussian_tail*", "x__blur_from_slope*", "x_sample_metal_aware*",
+         "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*", "x_assess*", "x_metal_advice*"],
+        ["test_postop_known_answers.py"],
+    ),
+    # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
+    "register": (
+        ["x__rodrigues*", "x__rot_x*", "x__apply*", "x_solid_moments*", "x__principal_axes*", "x_surface_samples*",
+         "x__block_mean*", "x__signed_distance*"],
+        ["test_geometry_known_answers.py"],
+    ),
+    # voxel helpers (the surface itself: test_segment on the real CT and a ball, slow)
+    "segment": (["x_bounding_box*", "x_label_components*", "x__cavities*"], ["test_geometry_known_answers.py"]),
+    # computations of the cohort run (running cases, workers and shards: test_cohort end to end, slow)
+    "cohort": (
+        ["x__match_rows*", "x_parse_shard*", "x__digest*", "x__resolve_path_value*", "x_summarize_zones*"],
+        ["test_geometry_known_answers.py"],
+    ),
 }
 # Modules whose argparse help texts are documentation, not behaviour: a mutant that changes only the text of a
 # ``help=`` or ``description=`` argument or an argument group's title is counted apart ("documentation") and left
 # out of the score. Every other mutant on the same lines (choices, types, defaults, metavars, option names) counts.
 DOCUMENTATION_KEYWORDS = ("help", "description")
 DOCUMENTATION_MODULES = {"cli"}
-ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame"]
+ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame", "calibration", "scan_noise",
+         "compare", "postop", "register", "segment", "cohort"]
 # What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). By name: mesh, export and atomicio
 # (known-answer tests on tiny meshes and folders, about 15 min at --jobs 1 on the shared machine), frame.
-DEFAULT = ["classes", "stats", "sampling", "cli"]
+# calibration and scan_noise add 2-4 min (measured with the machine shared); compare and postop take tens of minutes.
+DEFAULT = ["classes", "stats", "sampling", "cli", "calibration", "scan_noise"]
 
 # Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a
 # session fixture that every mutant's fresh pytest session would build again). They run in `make test`.
@@ -98,6 +131,8 @@ DESELECT = [
     "test_sampling.py::test_profile_aggregates",
     "test_sampling.py::test_profile_sees_bone_past_metal_blooming",
     "test_sampling.py::test_outside_ct_is_nan_never_zero_on_pelvis_with_implant_at_scan_edge",
+    "test_calibration.py::test_density_is_the_linear_map_of_hu_on_a_calibrated_ct",
+    "test_calibration.py::test_calibration_recorded_in_parameters_json",
 ]
 
 
@@ -261,8 +296,12 @@ def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool
         if not saved.exists():
             sys.exit(f"no earlier run of {module} to take the survivors from")
         previous = json.loads(saved.read_text())
-        # survived, no test, or never checked; not those judged equivalent
-        names = [k for k, v in previous.items() if v in (0, 5, 33, None) and k.rpartition(".")[2] not in skip]
+        pats = mutant_names(module)
+        # survived, no test, or never checked, of the selected functions only (the others are never checked);
+        # not those judged equivalent
+        names = [k for k, v in previous.items()
+                 if v in (0, 5, 33, None) and any(fnmatch.fnmatch(k, p) for p in pats)
+                 and k.rpartition(".")[2] not in skip]
         if not names:
             return score(module, previous)
         fresh = False
