@@ -81,6 +81,11 @@ MAX_FIT_RMS_HU = 80.0
 METAL_SCALE_RANGE = (0.6, 1.8)
 #: A tissue read above this (HU) is the metal itself, not bone (adult cortex reads up to about 2000 HU).
 MAX_BONE_HU = 2500.0
+#: A point's own metal edge is kept within this distance (mm) of the rigid fit at least, and at most
+#: :data:`EDGE_TOLERANCE_VOXELS` voxels (see :class:`EdgePlacement`).
+EDGE_TOLERANCE_MIN_MM = 0.3
+#: The most a point's own metal edge may depart from the rigid fit and be kept (voxels).
+EDGE_TOLERANCE_VOXELS = 0.5
 #: Residuals below this (HU RMS) are noise: one tissue explains the profile.
 NOISE_FLOOR_HU = 30.0
 
@@ -189,6 +194,92 @@ def detect(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.nd
 
 
 @dataclass
+class EdgePlacement:
+    """Where the metal edge lies along each normal, from the surface's own edges and the implant being rigid.
+
+    A point's own edge (the first steepest fall of its reading) moves outward where bone brighter than
+    the metal's bloom tail touches the metal in a layer thinner than the blur (a thin cortex on the
+    rounded tip): metal and layer then blur into one bright object whose steepest fall lies at the
+    layer's far side, and the bone would be read past the cortex it should read. The implant is rigid,
+    so the offset of its metal edge along the normal ``n`` at a surface point ``p`` is, for a small
+    misplacement (shift ``t``, rotation ``omega``) and a constant offset ``c`` of the edge definition,
+    ``c + n . t + (p x n) . omega``: linear in seven unknowns, fitted robustly (trimmed least squares) to
+    the points' own edges. A point whose own edge departs from that by more than ``tolerance_mm`` takes
+    the fitted edge.
+
+    Attributes:
+        coef: the seven fitted values (``c`` mm, ``t`` mm, ``omega`` radians).
+        centre: the point the rotation is about (RAS mm).
+        residual_mm: robust spread (1.4826 MAD) of the points' own edges about the fit (mm).
+        tolerance_mm: a point's own edge is kept within this distance of the fit (mm).
+        n_points: points the fit used (inliers).
+    """
+
+    coef: np.ndarray
+    centre: np.ndarray
+    residual_mm: float
+    tolerance_mm: float
+    n_points: int
+
+    def predict(self, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        """The fitted metal edge offset (mm along the outward normal) at each point."""
+        return _rigid_design(np.asarray(points, float) - self.centre, np.asarray(normals, float)) @ self.coef
+
+    def place(self, points: np.ndarray, normals: np.ndarray, own_edge_mm: np.ndarray) -> np.ndarray:
+        """Each point's own edge where it agrees with the fit within the tolerance, the fitted edge elsewhere."""
+        fitted = self.predict(points, normals)
+        own = np.asarray(own_edge_mm, float)
+        keep = np.abs(own - fitted) <= self.tolerance_mm
+        return np.where(np.isfinite(own), np.where(keep, own, fitted), np.nan)
+
+    def to_dict(self) -> dict:
+        return {
+            "edge_placement_offset_mm": round(float(self.coef[0]), 3),
+            "edge_placement_shift_mm": [round(float(v), 3) for v in self.coef[1:4]],
+            "edge_placement_rotation_deg": [round(float(np.degrees(v)), 3) for v in self.coef[4:7]],
+            "edge_placement_residual_mm": round(self.residual_mm, 3),
+            "edge_placement_tolerance_mm": round(self.tolerance_mm, 3),
+        }
+
+
+def _rigid_design(rel: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones(rel.shape[0]), normals, np.cross(rel, normals)])
+
+
+def fit_edge_placement(points: np.ndarray, normals: np.ndarray, own_edge_mm: np.ndarray,
+                       voxel_mm: float) -> EdgePlacement | None:
+    """Fit the rigid placement of the metal edge (see :class:`EdgePlacement`) to the points' own edges (mm).
+
+    Trimmed least squares: five rounds, each dropping the points further than three robust spreads (at
+    least :data:`EDGE_TOLERANCE_MIN_MM`) from the fit. The tolerance is three robust spreads, at least
+    :data:`EDGE_TOLERANCE_MIN_MM` and at most :data:`EDGE_TOLERANCE_VOXELS` voxels. ``None`` with fewer
+    than 50 edges found.
+    """
+    own = np.asarray(own_edge_mm, float)
+    ok = np.isfinite(own)
+    if np.count_nonzero(ok) < 50:
+        return None
+    pts = np.asarray(points, float)[ok]
+    nrm = np.asarray(normals, float)[ok]
+    centre = pts.mean(axis=0)
+    design = _rigid_design(pts - centre, nrm)
+    y = own[ok]
+    use = np.ones(y.size, dtype=bool)
+    coef = np.zeros(7)
+    spread = float("nan")
+    for _ in range(5):
+        coef = np.linalg.lstsq(design[use], y[use], rcond=None)[0]
+        res = y - design @ coef
+        spread = float(1.4826 * np.median(np.abs(res[use] - np.median(res[use]))))
+        new = np.abs(res) <= max(3.0 * spread, EDGE_TOLERANCE_MIN_MM)
+        if np.count_nonzero(new) < 20 or np.array_equal(new, use):
+            break
+        use = new
+    tol = float(min(max(3.0 * spread, EDGE_TOLERANCE_MIN_MM), max(EDGE_TOLERANCE_MIN_MM, EDGE_TOLERANCE_VOXELS * voxel_mm)))
+    return EdgePlacement(coef, centre, spread, tol, int(np.count_nonzero(use)))
+
+
+@dataclass
 class EdgeModel:
     """How the reading falls from the metal to the tissue on this CT, measured at the implant's own edge.
 
@@ -204,6 +295,8 @@ class EdgeModel:
         n_vertices: vertices the edge spread was measured on.
         method: ``"measured"`` or, with too few vertices in soft tissue, ``"gaussian"`` (a Gaussian edge
             whose sigma comes from the edge slope).
+        placement: where the metal edge lies along each normal as the model surface moved rigidly (see
+            :class:`EdgePlacement`), or ``None`` (each point's own edge is used as found).
     """
 
     metal_hu: float
@@ -214,6 +307,7 @@ class EdgeModel:
     read_start_mm: float
     n_vertices: int
     method: str
+    placement: EdgePlacement | None = None
 
     def weight(self, x: np.ndarray) -> np.ndarray:
         """The metal's share of the reading at distances ``x`` (mm) past the edge; ``1 - w(-x)`` inside it."""
@@ -231,6 +325,7 @@ class EdgeModel:
             "edge_spread_method": self.method,
             "edge_spread_x_mm": [round(float(v), 3) for v in self.x_mm[::2]],
             "edge_spread_metal_weight": [round(float(v), 4) for v in self.metal_weight[::2]],
+            **(self.placement.to_dict() if self.placement is not None else {}),
         }
 
 
@@ -324,14 +419,16 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     ok = np.isfinite(w0.edge_mm)
     metal = float(np.median(w0.inside_max[ok])) if ok.any() else float(np.nanmax(volume.array))
     w = _walk(volume, points, normals, method, metal)
+    placement = fit_edge_placement(points, normals, w.edge_mm, _voxel(volume))
+    edges = placement.place(points, normals, w.edge_mm) if placement is not None else w.edge_mm
     step = _grid_step(volume)
     x_far = walk_depth_mm(volume) - max(1.0, _voxel(volume))
     x = step * np.arange(0, int(math.ceil(x_far / step)) + 1)
-    good = np.isfinite(w.edge_mm)
+    good = np.isfinite(edges)
     idx = np.flatnonzero(good)
-    # Profiles re-read from each point's own edge outward.
+    # Profiles re-read from each point's edge outward.
     if idx.size:
-        pts = np.asarray(points, float)[idx] + w.edge_mm[idx, None] * np.asarray(normals, float)[idx]
+        pts = np.asarray(points, float)[idx] + edges[idx, None] * np.asarray(normals, float)[idx]
         aligned, inside = profiles(volume, pts, np.asarray(normals, float)[idx], x, method)
         aligned = np.where(inside.all(axis=1)[:, None], aligned, np.nan)
         tail = x >= x[-1] - max(1.0, 0.5 * _voxel(volume))
@@ -358,7 +455,7 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     blur = _first_crossing(x, weight, 0.1587)
     bloom = _first_crossing(x, weight, 0.02)
     read = _first_crossing(x, weight, READ_METAL_WEIGHT)
-    return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used)
+    return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used, placement)
 
 
 def _gaussian_tail(z: np.ndarray) -> np.ndarray:
@@ -414,15 +511,16 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
     nrm = np.asarray(normals, dtype=float)
     n = pts.shape[0]
     w = _walk(volume, pts, nrm, method, edge.metal_hu, edge.read_start_mm)
+    edge_mm = edge.placement.place(pts, nrm, w.edge_mm) if edge.placement is not None else w.edge_mm
     step = _grid_step(volume)
     depth = max_bone_start_mm(volume) + read_depth_mm(volume)
     x = step * np.arange(0, int(math.ceil(depth / step)) + 1)
-    start = w.edge_mm + edge.read_start_mm
+    start = edge_mm + edge.read_start_mm
     found = np.isfinite(start)
     inside_ct = w.inside.all(axis=1)
     reliable = found & (start <= max_bone_start_mm(volume)) & inside_ct
     # Where no edge is found, read from the bounded depth (the value is kept, the class is unreliable).
-    origin = np.where(found, w.edge_mm, max_bone_start_mm(volume) - edge.read_start_mm)
+    origin = np.where(found, edge_mm, max_bone_start_mm(volume) - edge.read_start_mm)
     raw, inside = profiles(volume, pts + origin[:, None] * nrm, nrm, x, method)
     ok = inside.all(axis=1) & inside_ct
     hu = np.full(n, np.nan)
@@ -445,7 +543,7 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
     fallback_sel = ok & ~reliable
     hu[fallback_sel] = np.where(plain_inside[fallback_sel], plain[fallback_sel], np.nan)
     return MetalAwareSamples(hu=hu, inside_ct=ok, bone_start_mm=np.where(found, start, np.nan), reliable=reliable,
-                             edge_mm=w.edge_mm)
+                             edge_mm=edge_mm)
 
 
 @dataclass
