@@ -297,6 +297,10 @@ class EdgeModel:
             whose sigma comes from the edge slope).
         placement: where the metal edge lies along each normal as the model surface moved rigidly (see
             :class:`EdgePlacement`), or ``None`` (each point's own edge is used as found).
+        tissue_blur_mm: the scanner's own blur (Gaussian sigma, mm, with the voxel interpolation), measured
+            on the inside of the metal edge: the distance inside the edge where the reading has risen to
+            84.1 % of the way from the tissue to the metal. The metal's extra bloom lies outside it, so this
+            is the blur of an edge between two tissues; ``None``: not measured, ``blur_mm`` is used.
     """
 
     metal_hu: float
@@ -308,6 +312,16 @@ class EdgeModel:
     n_vertices: int
     method: str
     placement: EdgePlacement | None = None
+    tissue_blur_mm: float | None = None
+
+    def tissue_sigma_mm(self) -> float:
+        """Gaussian sigma (mm) of an edge between two tissues on this CT (:attr:`tissue_blur_mm`, else :attr:`blur_mm`)."""
+        t = self.tissue_blur_mm
+        return float(t) if t is not None and math.isfinite(t) and t > 0 else float(self.blur_mm)
+
+    def tissue_weight(self, x: np.ndarray) -> np.ndarray:
+        """The share of a tissue lying before an edge (at 0) in the reading at ``x`` mm past it: a Gaussian edge."""
+        return _gaussian_tail(np.asarray(x, dtype=float) / self.tissue_sigma_mm())
 
     def weight(self, x: np.ndarray) -> np.ndarray:
         """The metal's share of the reading at distances ``x`` (mm) past the edge; ``1 - w(-x)`` inside it."""
@@ -319,6 +333,7 @@ class EdgeModel:
         return {
             "metal_hu": self.metal_hu,
             "edge_blur_mm": self.blur_mm,
+            "tissue_blur_mm": self.tissue_blur_mm,
             "bloom_mm": self.bloom_mm,
             "read_start_past_edge_mm": self.read_start_mm,
             "edge_spread_measured_on_vertices": self.n_vertices,
@@ -455,7 +470,22 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     blur = _first_crossing(x, weight, 0.1587)
     bloom = _first_crossing(x, weight, 0.02)
     read = _first_crossing(x, weight, READ_METAL_WEIGHT)
-    return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used, placement)
+    tissue_blur = None
+    if low.sum() >= 30:
+        # Inside the edge: the reading rises from the tissue to the metal with the scanner's blur alone.
+        x_in = step * np.arange(0, int(math.ceil(inside_depth_mm(volume) / step)) + 1)
+        sel = idx[low]
+        inner, inner_ok = profiles(volume, np.asarray(points, float)[sel] + edges[sel, None] * np.asarray(normals, float)[sel],
+                                   -np.asarray(normals, float)[sel], x_in, method)
+        inner = np.where(inner_ok.all(axis=1)[:, None], inner, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rise = np.nanmedian((inner - tissue[low, None]) / (metal - tissue[low, None]), axis=0)
+        if np.isfinite(rise).all():
+            sigma = _first_crossing(x_in, 1.0 - np.maximum.accumulate(rise), 1.0 - 0.8413)
+            if 0.0 < sigma < x_in[-1]:
+                tissue_blur = float(sigma)
+    return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used, placement, tissue_blur)
 
 
 def _gaussian_tail(z: np.ndarray) -> np.ndarray:
@@ -528,7 +558,7 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
         fit = _layer_fit(raw[ok], x, edge)
         hu[ok] = fit.tissue_hu
         told = (
-            (fit.layer_mm >= edge.blur_mm)
+            (fit.layer_mm >= edge.tissue_sigma_mm())
             & (fit.rms_hu <= MAX_FIT_RMS_HU)
             & (fit.metal_scale >= METAL_SCALE_RANGE[0])
             & (fit.metal_scale <= METAL_SCALE_RANGE[1])
@@ -569,6 +599,7 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     xs = x[use]
     y = raw[:, use]
     w_x = edge.weight(xs)
+    g_x = edge.tissue_weight(xs)
     step = float(x[1] - x[0]) if x.size > 1 else 0.25
     n = y.shape[0]
 
@@ -585,7 +616,7 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     best = np.full(n, np.inf)
     for stretch in EDGE_STRETCH:
         w_s = edge.weight(xs / stretch)
-        coef, res = fit([1.0 - w_s], w_s)
+        coef, res = fit([1.0 - edge.tissue_weight(xs / stretch)], w_s)
         better = res < best
         t1[better], scale[better], best[better] = coef[better, 1], coef[better, 0], res[better]
     one_res = best.copy()
@@ -595,7 +626,8 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     l_best = np.full(n, np.inf)
     l_b = np.full(n, np.inf)
     for b in np.arange(MIN_LAYER_MM, x[-1] + 1e-9, step):
-        coef, res = fit([edge.weight(xs - b) - w_x, 1.0 - edge.weight(xs - b)], w_x)
+        g_b = edge.tissue_weight(xs - b)
+        coef, res = fit([g_b - g_x, 1.0 - g_b], w_x)
         better = res < l_best
         l_t1[better], l_scale[better], l_best[better], l_b[better] = coef[better, 1], coef[better, 0], res[better], b
     two = (l_best < LAYER_RESIDUAL_RATIO * one_res) & (one_res > NOISE_FLOOR_HU**2)
