@@ -89,6 +89,10 @@ EDGE_TOLERANCE_VOXELS = 0.5
 #: Residuals below this (HU RMS) are noise: one tissue explains the profile.
 NOISE_FLOOR_HU = 30.0
 
+#: How a post-operative CT was sampled, for the record of a run whose caller offered its own sampler (the Slicer
+#: module's Probe Volume With Model): the walk samples along each normal itself and never calls it.
+METAL_AWARE_SAMPLER = "ImplantBoneContactLib metal-aware walk (trilinear along each normal, the bone read past the metal's bloom)"
+
 PRE_OPERATIVE = "pre-operative"
 POST_OPERATIVE = "post-operative"
 METAL_AWARE_MODES = ("auto", "on", "off")

@@ -18,6 +18,7 @@ from ImplantBoneContactLib import postop as postop_lib
 from ImplantBoneContactLib.cli import main
 from ImplantBoneContactLib.mesh import surface_geometry, transform_polydata, write_polydata
 from ImplantBoneContactLib.phantom import CORTICAL, ContactPhantom, FemurPhantom, PhantomSpec
+from test_slicer_module import _nodes_under_transforms, slicer_module  # noqa: F401  (a fixture)
 from vtk.util import numpy_support as ns
 
 POINTS = 3000
@@ -116,6 +117,22 @@ def test_postop_zone_cortical_fraction_within_5_points(contact_postop):
     fracs = [c for c in result.zones.columns if c.startswith("frac_")]
     np.testing.assert_allclose(result.zones[fracs].sum(axis=1), 1.0, atol=1e-9)
     assert "unreliable" in result.class_names
+
+
+def test_postop_zone_cortical_fraction_within_5_points_at_1mm_blur():
+    """1 mm voxels, a 1 mm blur and metal 3000 HU: the tip (zones 4 and 11) carries a cortex only 1-2 mm thick
+    along the normal, with soft tissue beyond. Read with the metal's bloom as the tissue's blur, or from a metal
+    edge that the thin cortex moved outward, it was called no bone (9 points off in zone 11)."""
+    ph = ContactPhantom(PhantomSpec(voxel_mm=1.0, metal=True, blur_sigma_mm=1.0, metal_hu=3000.0, bloom_hu=0.0, noise_hu=10.0))
+    result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
+    err = cortical_errors(ph, result)
+    assert np.abs(err).max() <= 5.0, np.round(err, 1)
+    assert result.zones.set_index("zone").loc["all", "frac_unreliable"] < 0.05
+    edge = result.postop["edge"]
+    # The scanner's blur (1 mm with the trilinear interpolation of 1 mm voxels) is measured inside the metal edge.
+    assert 0.6 < edge["tissue_blur_mm"] < 1.3
+    # The phantom's stem sits where the surface is: the rigid fit of the metal edges finds no shift.
+    assert abs(edge["edge_placement_offset_mm"]) < 0.3 and np.abs(edge["edge_placement_shift_mm"]).max() < 0.3
 
 
 def test_preop_zone_cortical_fraction_within_5_points(contact_preop):
@@ -343,3 +360,21 @@ def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom, limit):
     result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
     err = cortical_errors(ph, result)
     assert np.abs(err).max() <= limit, np.round(err, 1)
+
+
+# ----------------------------------------------------------------------------- the Slicer module's sampler
+
+
+def test_slicer_logic_records_the_metal_aware_walk_not_probe_volume(slicer_module):
+    """In a post-operative CT the walk samples along the normals itself: Probe Volume With Model is not run, and
+    the run's record says which sampler read the CT (not the previous run's, not the unused CLI's)."""
+    ph = ContactPhantom(PhantomSpec(voxel_mm=2.0, metal=True, bloom_hu=0.0, noise_hu=10.0))
+    ct, stem = ph.make_ct(), ph.make_stem_surface(target_triangles=3000)
+    ct_node, model = _nodes_under_transforms(slicer_module.scene, ct, stem)
+    logic = slicer_module.module.ImplantBoneContactLogic(interactive=False)
+    logic.lastSampler = "Probe Volume With Model (a previous run)"
+    logic.run(ct_node, model, AnalysisParameters(remesh="none", **frame_parameters(ph.true_frame())))
+    assert logic.lastResult.ct_kind == "post-operative"
+    assert slicer_module.cli.calls == 0
+    assert logic.lastSampler == postop_lib.METAL_AWARE_SAMPLER
+    assert logic.lastResult.inputs["slicer"]["sampling"] == postop_lib.METAL_AWARE_SAMPLER
