@@ -529,6 +529,7 @@ def analyze(
     below = vertices["gruen_zone"].to_numpy() > 0
     if metal_aware is not None:
         warnings.extend(post.unreliable_warnings(vertices, geom.areas))
+        warnings.extend(postop_lib.unreliable_zone_warnings(post, table))
     elif params.metal_hu is not None:
         sampled_below = below & np.isfinite(samples.hu)
         metal_area = geom.areas[sampled_below & (contact == METAL)].sum()

@@ -69,6 +69,10 @@ RESOLVED_CORTEX_VOXELS = 2.0
 #: Voxels larger than this (mm) cannot resolve the thin proximal cortex (1-2 mm): the run says so.
 COARSE_VOXEL_MM = 1.0
 
+#: A zone with at least this share of its sampled area 'unreliable' is named in a warning: its class fractions
+#: describe only the rest, which need not be like the whole zone.
+ZONE_UNRELIABLE_SHARE = 1.0 / 3.0
+
 #: Thinnest tissue layer on the metal the profile fit looks for (mm).
 MIN_LAYER_MM = 0.5
 #: A two-layer fit replaces the one-tissue fit only where it leaves less than this share of its squared residual.
@@ -653,8 +657,9 @@ def resolution_statement(volume: Volume) -> str | None:
     thin = RESOLVED_CORTEX_VOXELS * v
     return (
         f"at {v:.3g} mm voxels a cortex thinner than about {thin:.2g} mm ({RESOLVED_CORTEX_VOXELS:g} voxels) is not "
-        "resolved: thin (metaphyseal) cortical contact cannot be measured and reads as cancellous or no bone; "
-        "only a thick (diaphyseal) cortex is called cortical"
+        "resolved: thin (metaphyseal) cortical contact cannot be measured and reads as cancellous or no bone, and "
+        "a cancellous gap thinner than that between the metal and a cortex reads as the cortex beyond it; zones "
+        "where the bone cannot be told from the metal's bloom are named in a warning"
     )
 
 
@@ -718,6 +723,29 @@ class Assessment:
             "surface (no metal inside, no edge found, or a profile the blur model does not explain); "
             "they are counted in frac_unreliable, never as bone"
         ]
+
+
+def unreliable_zone_warnings(post: Assessment, zones) -> list[str]:
+    """A warning naming the zones whose sampled area is :data:`ZONE_UNRELIABLE_SHARE` or more 'unreliable'.
+
+    Args:
+        post: the run's assessment (the zones named are recorded in its notes, ``zones_mostly_unreliable``).
+        zones: the zones table (``zone``, ``frac_unreliable``).
+    """
+    if "frac_unreliable" not in zones.columns:
+        return []
+    rows = zones[zones["zone"].astype(str) != "all"]
+    share = rows["frac_unreliable"].to_numpy(dtype=float)
+    named = [(str(z), float(u)) for z, u in zip(rows["zone"], share) if np.isfinite(u) and u >= ZONE_UNRELIABLE_SHARE]
+    post.notes["zones_mostly_unreliable"] = [z for z, _ in named]
+    if not named:
+        return []
+    listed = ", ".join(f"{z} ({100 * u:.0f}%)" for z, u in named)
+    return [
+        f"zones {listed} are {100 * ZONE_UNRELIABLE_SHARE:.0f}% or more 'unreliable': their cortical, cancellous and "
+        "no-bone fractions describe only the rest of the zone, where the bone was told from the bloom, and cannot be "
+        "taken as the zone's contact"
+    ]
 
 
 def assess(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.ndarray, params) -> Assessment:

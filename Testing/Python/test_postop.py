@@ -351,15 +351,14 @@ def test_cli_metal_aware_off_is_recorded(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metal_hu,blur,bloom,limit", [(3500.0, 0.6, 0.0, 5.0), (3000.0, 1.0, 0.0, 10.0), (4000.0, 1.0, 1200.0, 13.0)])
-def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom, limit):
-    """0.5 mm voxels. With a 0.6 mm blur the 5-point target holds (3.1 measured at 6000 points); with a 1.0 mm
-    blur it does not at the rounded tip (zones 4 and 11: 8.7 and 11.9 measured, benchmarks/postop_accuracy.py),
-    so those limits are the measured error plus a margin for the coarser mesh."""
+@pytest.mark.parametrize("metal_hu,blur,bloom", [(3500.0, 0.6, 0.0), (3000.0, 1.0, 0.0), (4000.0, 1.0, 1200.0)])
+def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom):
+    """0.5 mm voxels, blur 0.6-1.0 mm, metal 3000-4000 HU, with and without extra bloom: within 5 points
+    (4.0-4.4 measured at 6000 points, benchmarks/postop_accuracy.py)."""
     ph = ContactPhantom(PhantomSpec(voxel_mm=0.5, metal=True, metal_hu=metal_hu, blur_sigma_mm=blur, bloom_hu=bloom, noise_hu=10.0))
     result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
     err = cortical_errors(ph, result)
-    assert np.abs(err).max() <= limit, np.round(err, 1)
+    assert np.abs(err).max() <= 5.0, np.round(err, 1)
 
 
 # ----------------------------------------------------------------------------- the Slicer module's sampler
@@ -378,3 +377,21 @@ def test_slicer_logic_records_the_metal_aware_walk_not_probe_volume(slicer_modul
     assert slicer_module.cli.calls == 0
     assert logic.lastSampler == postop_lib.METAL_AWARE_SAMPLER
     assert logic.lastResult.inputs["slicer"]["sampling"] == postop_lib.METAL_AWARE_SAMPLER
+
+
+def test_at_2mm_voxels_the_zones_far_off_are_named_unreliable():
+    """2 mm voxels, a 0.6 mm blur: the 4 mm layers are two voxels thin and much of the stem cannot be told from
+    the bloom. Every zone whose cortical fraction is more than 10 points off is named in the warning (its
+    fractions describe only the rest of the zone), and the run says what 2 mm voxels cannot resolve."""
+    ph = ContactPhantom(PhantomSpec(voxel_mm=2.0, metal=True, blur_sigma_mm=0.6, metal_hu=3500.0, bloom_hu=0.0, noise_hu=10.0))
+    result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
+    err = cortical_errors(ph, result)
+    named = set(result.postop["zones_mostly_unreliable"])
+    far = {str(z) for z, e in zip(range(1, 15), err) if abs(e) > 10.0}
+    assert far, np.round(err, 1)  # this CT is beyond the method: something is far off
+    assert far <= named, (np.round(err, 1), named)
+    zones = result.zones.set_index("zone")
+    assert all(zones.loc[z, "frac_unreliable"] >= postop_lib.ZONE_UNRELIABLE_SHARE for z in named)
+    warning = [w for w in result.warnings if "'unreliable': their cortical" in w]
+    assert len(warning) == 1 and all(f"{z} (" in warning[0] for z in named)
+    assert any("2 mm voxels" in w and "cancellous gap" in w for w in result.warnings)
