@@ -364,7 +364,7 @@ def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom):
 # ----------------------------------------------------------------------------- the Slicer module's sampler
 
 
-def test_slicer_logic_records_the_metal_aware_walk_not_probe_volume(slicer_module):
+def test_slicer_logic_records_the_metal_aware_walk_not_probe_volume(slicer_module):  # noqa: F811 (the fixture)
     """In a post-operative CT the walk samples along the normals itself: Probe Volume With Model is not run, and
     the run's record says which sampler read the CT (not the previous run's, not the unused CLI's)."""
     ph = ContactPhantom(PhantomSpec(voxel_mm=2.0, metal=True, bloom_hu=0.0, noise_hu=10.0))
