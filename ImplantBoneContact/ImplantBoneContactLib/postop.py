@@ -11,18 +11,24 @@ pre-operative CT (a virtual stem placed in the bone) almost none has.
 
 :func:`measure_edge` measures, on this CT, how the reading falls from metal
 to tissue (the edge spread): along each vertex normal it finds the metal
-edge (where the reading crosses halfway between the metal and the lowest
-reading outside), then, over the vertices whose tissue beyond the bloom is
+edge (the first steepest fall of the reading), then, over the vertices whose tissue beyond the bloom is
 soft (below :data:`LOW_TISSUE_HU`), the median share of metal in the
 reading at each distance past the edge, ``w(x) = (reading - tissue) /
 (metal - tissue)``. ``w`` holds the scanner's blur, the voxel size and any
-extra bloom of the metal: nothing about the scanner is assumed.
+extra bloom of the metal: nothing about the scanner is assumed. Inside the
+edge the reading rises with the scanner's blur alone (the bloom lies
+outside the metal): that gives the blur of an edge between two tissues
+(``tissue_blur_mm``). The points' own edges are fitted with the implant's
+rigid placement (:class:`EdgePlacement`), and a point whose own edge a thin
+bright layer moved off that placement takes the fitted edge.
 
 :func:`sample_metal_aware` then walks each point's normal: it finds the
-point's own metal edge (the first steepest fall of the reading), reads the
+point's own metal edge (the first steepest fall of the reading; the fitted
+one where the two disagree, :meth:`EdgePlacement.place`), reads the
 profile outward from it up to the bounded depth (:func:`max_bone_start_mm`
 plus :func:`read_depth_mm`) and fits the linear blur model ``a metal w(x) +
-T1 (w(x - b) - w(x)) + T2 (1 - w(x - b))`` (see :func:`_layer_fit`): ``T1``,
+T1 (G(x - b) - G(x)) + T2 (1 - G(x - b))``, ``G`` the tissues' Gaussian edge
+(see :func:`_layer_fit`): ``T1``,
 the tissue touching the metal, is the bone reading. ``bone_start_mm`` is
 where the metal's share of the reading has fallen to
 :data:`READ_METAL_WEIGHT`. A point whose surface has no metal inside, whose
@@ -595,8 +601,11 @@ class _Fit:
 def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     """The tissue touching the metal, from profiles read outward from the metal edge.
 
-    Model (linear blur): ``reading(x) = a metal w(x / s) + T1 (w(x - b) - w(x)) + T2 (1 - w(x - b))``: a
-    first layer of HU ``T1`` and thickness ``b`` on the metal, then ``T2``; ``a`` (about 1) lets the metal's
+    Model (linear blur): ``reading(x) = a metal w(x / s) + T1 (G(x - b) - G(x)) + T2 (1 - G(x - b))``: a
+    first layer of HU ``T1`` and thickness ``b`` on the metal, then ``T2``. The metal blooms with its measured
+    spread ``w``; the tissues' edges blur with the scanner alone, ``G`` a Gaussian edge of
+    :meth:`EdgeModel.tissue_sigma_mm` (with ``w`` there, a thin bright layer would be smeared like the
+    metal's bloom and read as a stronger bloom over a darker tissue). ``a`` (about 1) lets the metal's
     bloom be locally stronger or weaker than measured, and ``s`` (one tissue only, 1 to 2) wider, where the
     normal crosses the edge obliquely. For each ``b`` (and ``s``) on a grid the other unknowns are a linear
     least-squares fit. Two layers replace one tissue only where they leave less than
