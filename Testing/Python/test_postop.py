@@ -395,3 +395,30 @@ def test_at_2mm_voxels_the_zones_far_off_are_named_unreliable():
     warning = [w for w in result.warnings if "'unreliable': their cortical" in w]
     assert len(warning) == 1 and all(f"{z} (" in warning[0] for z in named)
     assert any("2 mm voxels" in w and "cancellous gap" in w for w in result.warnings)
+
+
+def test_edge_placement_recovers_a_rigid_misplacement_and_overrules_outliers():
+    """Edges made from a known small shift and rotation of a rigid body (plus noise), a tenth of them moved 1 mm
+    outward as a thin bright layer moves them: the fit finds the motion, keeps the good edges, replaces the moved."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    normals = rng.normal(size=(n, 3))
+    normals /= np.linalg.norm(normals, axis=1)[:, None]
+    points = np.array([-80.0, 20.0, -60.0]) + np.array([10.0, 12.0, 60.0]) * normals  # an ellipsoid-ish cloud
+    shift, omega, offset = np.array([0.3, -0.2, 0.1]), np.radians([0.4, -0.3, 0.2]), 0.15
+    centre = points.mean(axis=0)
+    true_edge = offset + normals @ shift + np.cross(points - centre, normals) @ omega
+    own = true_edge + rng.normal(0.0, 0.05, n)
+    moved = rng.random(n) < 0.1
+    own[moved] += 1.0
+    fit = postop_lib.fit_edge_placement(points, normals, own, voxel_mm=1.0)
+    np.testing.assert_allclose(fit.coef[1:4], shift, atol=0.02)
+    np.testing.assert_allclose(fit.coef[4:7], omega, atol=np.radians(0.02))
+    assert fit.coef[0] == pytest.approx(offset, abs=0.02)
+    assert fit.residual_mm == pytest.approx(0.05, abs=0.02)
+    placed = fit.place(points, normals, own)
+    np.testing.assert_array_equal(placed[~moved], own[~moved])  # good edges kept as found
+    assert np.abs(placed[moved] - true_edge[moved]).max() < 0.05  # moved edges take the fit
+    assert fit.tolerance_mm == pytest.approx(postop_lib.EDGE_TOLERANCE_MIN_MM)
+    own[:1951] = np.nan  # 49 left
+    assert postop_lib.fit_edge_placement(points, normals, own, voxel_mm=1.0) is None  # too few edges found
