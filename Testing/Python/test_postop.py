@@ -354,9 +354,12 @@ def test_cli_metal_aware_off_is_recorded(tmp_path):
 @pytest.mark.parametrize("metal_hu,blur,bloom", [(3500.0, 0.6, 0.0), (3000.0, 1.0, 0.0), (4000.0, 1.0, 1200.0)])
 def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom):
     """0.5 mm voxels, blur 0.6-1.0 mm, metal 3000-4000 HU, with and without extra bloom: within 5 points
-    (4.0-4.4 measured at 6000 points, benchmarks/postop_accuracy.py)."""
+    (4.0-4.4 measured at 6000 points, benchmarks/postop_accuracy.py). At 6000 points as the benchmark: with
+    3000 the 4000 HU case with extra bloom read 6.6 points off in zone 2 (its few cortical points lie on the
+    border between the cortical and cancellous sides, and a coarser mesh samples that border unevenly)."""
     ph = ContactPhantom(PhantomSpec(voxel_mm=0.5, metal=True, metal_hu=metal_hu, blur_sigma_mm=blur, bloom_hu=bloom, noise_hu=10.0))
-    result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
+    params = AnalysisParameters(points=6000, remesh="fast", **frame_parameters(ph.true_frame()))
+    result = analyze(ph.make_ct(), ph.make_stem_surface(), params)
     err = cortical_errors(ph, result)
     assert np.abs(err).max() <= 5.0, np.round(err, 1)
 
