@@ -100,7 +100,9 @@ point on the medial side, then Apply. The stem is shown as a heat map (HU, zones
 and the per-zone table is filled; tables can also be saved as CSV.
 Plain trilinear sampling on the surface uses the Probe Volume With Model module; sampling
 at an offset or along a profile, and nearest-voxel sampling, use the library's sampler on the
-volume's voxels with its IJK-to-RAS matrix.
+volume's voxels with its IJK-to-RAS matrix. In a post-operative CT (the implant's metal is in
+it) the library's metal-aware walk reads the bone past the metal's bloom along each normal;
+Probe Volume With Model, which probes only the points it is given, is not used then.
 """)
         self.parent.acknowledgementText = _("""
 Remeshing uses Surface Toolbox (pyacvd). Probing uses Probe Volume With Model (Lauren O'Donnell).
@@ -624,11 +626,17 @@ class ImplantBoneContactLogic(ScriptedLoadableModuleLogic):
             remeshedBy = {"acvd": "ImplantBoneContactLib (same ACVD algorithm)", "fast": "ImplantBoneContactLib fast remesh",
                           "none": "none"}.get(params.remesh, params.remesh)
         extra["slicer"] = {"version": slicer.app.applicationVersion, "remesh": remeshedBy}
+        self.lastSampler = None
         try:
             result = mrml.analyze_nodes(ctVolumeNode, modelNode, params, outputModelNode, outputTableNode,
                                         progress=self._progress, remesher=remesher, sampler=sampler, inputs=extra)
         finally:
             self._progress = None
+        if (result.postop or {}).get("metal_aware_sampling"):
+            # The metal-aware walk samples along each normal itself: the sampler above was not called.
+            from ImplantBoneContactLib.postop import METAL_AWARE_SAMPLER
+
+            self.lastSampler = METAL_AWARE_SAMPLER
         result.inputs["slicer"]["sampling"] = self.lastSampler
         if outputModelNode is not None and outputModelNode.GetScene() is not None:
             # The stem's outline on the CT slices, where the registration is checked.

@@ -403,7 +403,8 @@ def analyze(
         inputs: descriptions of the inputs, copied into the result.
         remesher: used instead of the built-in ACVD remesh when ``parameters.remesh``
             is ``"acvd"``; its output is cleaned (triangulated, degenerate triangles dropped).
-        sampler: used instead of :func:`~ImplantBoneContactLib.sampling.sample_surface`.
+        sampler: used instead of :func:`~ImplantBoneContactLib.sampling.sample_surface`; not called when the
+            metal-aware walk samples a post-operative CT (:func:`.postop.sample_metal_aware`).
 
     Raises:
         InputError: bad parameters, a model that misses the CT, a frame that
@@ -528,6 +529,7 @@ def analyze(
     below = vertices["gruen_zone"].to_numpy() > 0
     if metal_aware is not None:
         warnings.extend(post.unreliable_warnings(vertices, geom.areas))
+        warnings.extend(postop_lib.unreliable_zone_warnings(post, table))
     elif params.metal_hu is not None:
         sampled_below = below & np.isfinite(samples.hu)
         metal_area = geom.areas[sampled_below & (contact == METAL)].sum()

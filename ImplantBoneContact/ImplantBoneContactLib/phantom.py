@@ -348,9 +348,12 @@ class ContactPhantom(FemurPhantom):
     Around the stem (local frame, below the neck cut), within 4 mm of its surface: cortical bone where the
     direction from the canal axis lies within 90 degrees of ``contact_azimuth_deg`` (towards anterior-medial),
     cancellous bone elsewhere, with a 4 mm cortex beyond it; the same tissue fills the stem's own volume, as in
-    a pre-operative CT where the stem is only planned. Soft tissue beyond. Every tissue layer the stem
-    touches is 4 mm thick, so the tissue just outside the stem is the same from its surface to 4 mm out: a
-    truth that does not depend on the depth it is read at.
+    a pre-operative CT where the stem is only planned. Soft tissue beyond. The layers are 4 mm of the stem's
+    implicit function, which is a distance along the body: there the tissue just outside the stem is the
+    same from its surface to 4 mm out, a truth that does not depend on the depth it is read at. On the
+    rounded tip the function grows faster than the distance, so the layer under the tip is thinner along
+    the normal (down to 1 mm; under 2 mm on about a tenth of the tip zones' area): a thin cortex on the
+    metal with soft tissue beyond, the hard case of a post-operative CT.
     """
 
     contact_azimuth_deg = 40.0

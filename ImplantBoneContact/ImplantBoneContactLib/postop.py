@@ -11,18 +11,24 @@ pre-operative CT (a virtual stem placed in the bone) almost none has.
 
 :func:`measure_edge` measures, on this CT, how the reading falls from metal
 to tissue (the edge spread): along each vertex normal it finds the metal
-edge (where the reading crosses halfway between the metal and the lowest
-reading outside), then, over the vertices whose tissue beyond the bloom is
+edge (the first steepest fall of the reading), then, over the vertices whose tissue beyond the bloom is
 soft (below :data:`LOW_TISSUE_HU`), the median share of metal in the
 reading at each distance past the edge, ``w(x) = (reading - tissue) /
 (metal - tissue)``. ``w`` holds the scanner's blur, the voxel size and any
-extra bloom of the metal: nothing about the scanner is assumed.
+extra bloom of the metal: nothing about the scanner is assumed. Inside the
+edge the reading rises with the scanner's blur alone (the bloom lies
+outside the metal): that gives the blur of an edge between two tissues
+(``tissue_blur_mm``). The points' own edges are fitted with the implant's
+rigid placement (:class:`EdgePlacement`), and a point whose own edge a thin
+bright layer moved off that placement takes the fitted edge.
 
 :func:`sample_metal_aware` then walks each point's normal: it finds the
-point's own metal edge (the first steepest fall of the reading), reads the
+point's own metal edge (the first steepest fall of the reading; the fitted
+one where the two disagree, :meth:`EdgePlacement.place`), reads the
 profile outward from it up to the bounded depth (:func:`max_bone_start_mm`
 plus :func:`read_depth_mm`) and fits the linear blur model ``a metal w(x) +
-T1 (w(x - b) - w(x)) + T2 (1 - w(x - b))`` (see :func:`_layer_fit`): ``T1``,
+T1 (G(x - b) - G(x)) + T2 (1 - G(x - b))``, ``G`` the tissues' Gaussian edge
+(see :func:`_layer_fit`): ``T1``,
 the tissue touching the metal, is the bone reading. ``bone_start_mm`` is
 where the metal's share of the reading has fallen to
 :data:`READ_METAL_WEIGHT`. A point whose surface has no metal inside, whose
@@ -69,6 +75,10 @@ RESOLVED_CORTEX_VOXELS = 2.0
 #: Voxels larger than this (mm) cannot resolve the thin proximal cortex (1-2 mm): the run says so.
 COARSE_VOXEL_MM = 1.0
 
+#: A zone with at least this share of its sampled area 'unreliable' is named in a warning: its class fractions
+#: describe only the rest, which need not be like the whole zone.
+ZONE_UNRELIABLE_SHARE = 1.0 / 3.0
+
 #: Thinnest tissue layer on the metal the profile fit looks for (mm).
 MIN_LAYER_MM = 0.5
 #: A two-layer fit replaces the one-tissue fit only where it leaves less than this share of its squared residual.
@@ -81,8 +91,17 @@ MAX_FIT_RMS_HU = 80.0
 METAL_SCALE_RANGE = (0.6, 1.8)
 #: A tissue read above this (HU) is the metal itself, not bone (adult cortex reads up to about 2000 HU).
 MAX_BONE_HU = 2500.0
+#: A point's own metal edge is kept within this distance (mm) of the rigid fit at least, and at most
+#: :data:`EDGE_TOLERANCE_VOXELS` voxels (see :class:`EdgePlacement`).
+EDGE_TOLERANCE_MIN_MM = 0.3
+#: The most a point's own metal edge may depart from the rigid fit and be kept (voxels).
+EDGE_TOLERANCE_VOXELS = 0.5
 #: Residuals below this (HU RMS) are noise: one tissue explains the profile.
 NOISE_FLOOR_HU = 30.0
+
+#: How a post-operative CT was sampled, for the record of a run whose caller offered its own sampler (the Slicer
+#: module's Probe Volume With Model): the walk samples along each normal itself and never calls it.
+METAL_AWARE_SAMPLER = "ImplantBoneContactLib metal-aware walk (trilinear along each normal, the bone read past the metal's bloom)"
 
 PRE_OPERATIVE = "pre-operative"
 POST_OPERATIVE = "post-operative"
@@ -189,6 +208,92 @@ def detect(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.nd
 
 
 @dataclass
+class EdgePlacement:
+    """Where the metal edge lies along each normal, from the surface's own edges and the implant being rigid.
+
+    A point's own edge (the first steepest fall of its reading) moves outward where bone brighter than
+    the metal's bloom tail touches the metal in a layer thinner than the blur (a thin cortex on the
+    rounded tip): metal and layer then blur into one bright object whose steepest fall lies at the
+    layer's far side, and the bone would be read past the cortex it should read. The implant is rigid,
+    so the offset of its metal edge along the normal ``n`` at a surface point ``p`` is, for a small
+    misplacement (shift ``t``, rotation ``omega``) and a constant offset ``c`` of the edge definition,
+    ``c + n . t + (p x n) . omega``: linear in seven unknowns, fitted robustly (trimmed least squares) to
+    the points' own edges. A point whose own edge departs from that by more than ``tolerance_mm`` takes
+    the fitted edge.
+
+    Attributes:
+        coef: the seven fitted values (``c`` mm, ``t`` mm, ``omega`` radians).
+        centre: the point the rotation is about (RAS mm).
+        residual_mm: robust spread (1.4826 MAD) of the points' own edges about the fit (mm).
+        tolerance_mm: a point's own edge is kept within this distance of the fit (mm).
+        n_points: points the fit used (inliers).
+    """
+
+    coef: np.ndarray
+    centre: np.ndarray
+    residual_mm: float
+    tolerance_mm: float
+    n_points: int
+
+    def predict(self, points: np.ndarray, normals: np.ndarray) -> np.ndarray:
+        """The fitted metal edge offset (mm along the outward normal) at each point."""
+        return _rigid_design(np.asarray(points, float) - self.centre, np.asarray(normals, float)) @ self.coef
+
+    def place(self, points: np.ndarray, normals: np.ndarray, own_edge_mm: np.ndarray) -> np.ndarray:
+        """Each point's own edge where it agrees with the fit within the tolerance, the fitted edge elsewhere."""
+        fitted = self.predict(points, normals)
+        own = np.asarray(own_edge_mm, float)
+        keep = np.abs(own - fitted) <= self.tolerance_mm
+        return np.where(np.isfinite(own), np.where(keep, own, fitted), np.nan)
+
+    def to_dict(self) -> dict:
+        return {
+            "edge_placement_offset_mm": round(float(self.coef[0]), 3),
+            "edge_placement_shift_mm": [round(float(v), 3) for v in self.coef[1:4]],
+            "edge_placement_rotation_deg": [round(float(np.degrees(v)), 3) for v in self.coef[4:7]],
+            "edge_placement_residual_mm": round(self.residual_mm, 3),
+            "edge_placement_tolerance_mm": round(self.tolerance_mm, 3),
+        }
+
+
+def _rigid_design(rel: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones(rel.shape[0]), normals, np.cross(rel, normals)])
+
+
+def fit_edge_placement(points: np.ndarray, normals: np.ndarray, own_edge_mm: np.ndarray,
+                       voxel_mm: float) -> EdgePlacement | None:
+    """Fit the rigid placement of the metal edge (see :class:`EdgePlacement`) to the points' own edges (mm).
+
+    Trimmed least squares: five rounds, each dropping the points further than three robust spreads (at
+    least :data:`EDGE_TOLERANCE_MIN_MM`) from the fit. The tolerance is three robust spreads, at least
+    :data:`EDGE_TOLERANCE_MIN_MM` and at most :data:`EDGE_TOLERANCE_VOXELS` voxels. ``None`` with fewer
+    than 50 edges found.
+    """
+    own = np.asarray(own_edge_mm, float)
+    ok = np.isfinite(own)
+    if np.count_nonzero(ok) < 50:
+        return None
+    pts = np.asarray(points, float)[ok]
+    nrm = np.asarray(normals, float)[ok]
+    centre = pts.mean(axis=0)
+    design = _rigid_design(pts - centre, nrm)
+    y = own[ok]
+    use = np.ones(y.size, dtype=bool)
+    coef = np.zeros(7)
+    spread = float("nan")
+    for _ in range(5):
+        coef = np.linalg.lstsq(design[use], y[use], rcond=None)[0]
+        res = y - design @ coef
+        spread = float(1.4826 * np.median(np.abs(res[use] - np.median(res[use]))))
+        new = np.abs(res) <= max(3.0 * spread, EDGE_TOLERANCE_MIN_MM)
+        if np.count_nonzero(new) < 20 or np.array_equal(new, use):
+            break
+        use = new
+    tol = float(min(max(3.0 * spread, EDGE_TOLERANCE_MIN_MM), max(EDGE_TOLERANCE_MIN_MM, EDGE_TOLERANCE_VOXELS * voxel_mm)))
+    return EdgePlacement(coef, centre, spread, tol, int(np.count_nonzero(use)))
+
+
+@dataclass
 class EdgeModel:
     """How the reading falls from the metal to the tissue on this CT, measured at the implant's own edge.
 
@@ -204,6 +309,12 @@ class EdgeModel:
         n_vertices: vertices the edge spread was measured on.
         method: ``"measured"`` or, with too few vertices in soft tissue, ``"gaussian"`` (a Gaussian edge
             whose sigma comes from the edge slope).
+        placement: where the metal edge lies along each normal as the model surface moved rigidly (see
+            :class:`EdgePlacement`), or ``None`` (each point's own edge is used as found).
+        tissue_blur_mm: the scanner's own blur (Gaussian sigma, mm, with the voxel interpolation), measured
+            on the inside of the metal edge: the distance inside the edge where the reading has risen to
+            84.1 % of the way from the tissue to the metal. The metal's extra bloom lies outside it, so this
+            is the blur of an edge between two tissues; ``None``: not measured, ``blur_mm`` is used.
     """
 
     metal_hu: float
@@ -214,6 +325,17 @@ class EdgeModel:
     read_start_mm: float
     n_vertices: int
     method: str
+    placement: EdgePlacement | None = None
+    tissue_blur_mm: float | None = None
+
+    def tissue_sigma_mm(self) -> float:
+        """Gaussian sigma (mm) of an edge between two tissues on this CT (:attr:`tissue_blur_mm`, else :attr:`blur_mm`)."""
+        t = self.tissue_blur_mm
+        return float(t) if t is not None and math.isfinite(t) and t > 0 else float(self.blur_mm)
+
+    def tissue_weight(self, x: np.ndarray) -> np.ndarray:
+        """The share of a tissue lying before an edge (at 0) in the reading at ``x`` mm past it: a Gaussian edge."""
+        return _gaussian_tail(np.asarray(x, dtype=float) / self.tissue_sigma_mm())
 
     def weight(self, x: np.ndarray) -> np.ndarray:
         """The metal's share of the reading at distances ``x`` (mm) past the edge; ``1 - w(-x)`` inside it."""
@@ -225,12 +347,14 @@ class EdgeModel:
         return {
             "metal_hu": self.metal_hu,
             "edge_blur_mm": self.blur_mm,
+            "tissue_blur_mm": self.tissue_blur_mm,
             "bloom_mm": self.bloom_mm,
             "read_start_past_edge_mm": self.read_start_mm,
             "edge_spread_measured_on_vertices": self.n_vertices,
             "edge_spread_method": self.method,
             "edge_spread_x_mm": [round(float(v), 3) for v in self.x_mm[::2]],
             "edge_spread_metal_weight": [round(float(v), 4) for v in self.metal_weight[::2]],
+            **(self.placement.to_dict() if self.placement is not None else {}),
         }
 
 
@@ -324,14 +448,16 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     ok = np.isfinite(w0.edge_mm)
     metal = float(np.median(w0.inside_max[ok])) if ok.any() else float(np.nanmax(volume.array))
     w = _walk(volume, points, normals, method, metal)
+    placement = fit_edge_placement(points, normals, w.edge_mm, _voxel(volume))
+    edges = placement.place(points, normals, w.edge_mm) if placement is not None else w.edge_mm
     step = _grid_step(volume)
     x_far = walk_depth_mm(volume) - max(1.0, _voxel(volume))
     x = step * np.arange(0, int(math.ceil(x_far / step)) + 1)
-    good = np.isfinite(w.edge_mm)
+    good = np.isfinite(edges)
     idx = np.flatnonzero(good)
-    # Profiles re-read from each point's own edge outward.
+    # Profiles re-read from each point's edge outward.
     if idx.size:
-        pts = np.asarray(points, float)[idx] + w.edge_mm[idx, None] * np.asarray(normals, float)[idx]
+        pts = np.asarray(points, float)[idx] + edges[idx, None] * np.asarray(normals, float)[idx]
         aligned, inside = profiles(volume, pts, np.asarray(normals, float)[idx], x, method)
         aligned = np.where(inside.all(axis=1)[:, None], aligned, np.nan)
         tail = x >= x[-1] - max(1.0, 0.5 * _voxel(volume))
@@ -358,7 +484,22 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     blur = _first_crossing(x, weight, 0.1587)
     bloom = _first_crossing(x, weight, 0.02)
     read = _first_crossing(x, weight, READ_METAL_WEIGHT)
-    return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used)
+    tissue_blur = None
+    if low.sum() >= 30:
+        # Inside the edge: the reading rises from the tissue to the metal with the scanner's blur alone.
+        x_in = step * np.arange(0, int(math.ceil(inside_depth_mm(volume) / step)) + 1)
+        sel = idx[low]
+        inner, inner_ok = profiles(volume, np.asarray(points, float)[sel] + edges[sel, None] * np.asarray(normals, float)[sel],
+                                   -np.asarray(normals, float)[sel], x_in, method)
+        inner = np.where(inner_ok.all(axis=1)[:, None], inner, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rise = np.nanmedian((inner - tissue[low, None]) / (metal - tissue[low, None]), axis=0)
+        if np.isfinite(rise).all():
+            sigma = _first_crossing(x_in, 1.0 - np.maximum.accumulate(rise), 1.0 - 0.8413)
+            if 0.0 < sigma < x_in[-1]:
+                tissue_blur = float(sigma)
+    return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used, placement, tissue_blur)
 
 
 def _gaussian_tail(z: np.ndarray) -> np.ndarray:
@@ -414,15 +555,16 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
     nrm = np.asarray(normals, dtype=float)
     n = pts.shape[0]
     w = _walk(volume, pts, nrm, method, edge.metal_hu, edge.read_start_mm)
+    edge_mm = edge.placement.place(pts, nrm, w.edge_mm) if edge.placement is not None else w.edge_mm
     step = _grid_step(volume)
     depth = max_bone_start_mm(volume) + read_depth_mm(volume)
     x = step * np.arange(0, int(math.ceil(depth / step)) + 1)
-    start = w.edge_mm + edge.read_start_mm
+    start = edge_mm + edge.read_start_mm
     found = np.isfinite(start)
     inside_ct = w.inside.all(axis=1)
     reliable = found & (start <= max_bone_start_mm(volume)) & inside_ct
     # Where no edge is found, read from the bounded depth (the value is kept, the class is unreliable).
-    origin = np.where(found, w.edge_mm, max_bone_start_mm(volume) - edge.read_start_mm)
+    origin = np.where(found, edge_mm, max_bone_start_mm(volume) - edge.read_start_mm)
     raw, inside = profiles(volume, pts + origin[:, None] * nrm, nrm, x, method)
     ok = inside.all(axis=1) & inside_ct
     hu = np.full(n, np.nan)
@@ -430,7 +572,7 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
         fit = _layer_fit(raw[ok], x, edge)
         hu[ok] = fit.tissue_hu
         told = (
-            (fit.layer_mm >= edge.blur_mm)
+            (fit.layer_mm >= edge.tissue_sigma_mm())
             & (fit.rms_hu <= MAX_FIT_RMS_HU)
             & (fit.metal_scale >= METAL_SCALE_RANGE[0])
             & (fit.metal_scale <= METAL_SCALE_RANGE[1])
@@ -445,7 +587,7 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
     fallback_sel = ok & ~reliable
     hu[fallback_sel] = np.where(plain_inside[fallback_sel], plain[fallback_sel], np.nan)
     return MetalAwareSamples(hu=hu, inside_ct=ok, bone_start_mm=np.where(found, start, np.nan), reliable=reliable,
-                             edge_mm=w.edge_mm)
+                             edge_mm=edge_mm)
 
 
 @dataclass
@@ -459,8 +601,11 @@ class _Fit:
 def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     """The tissue touching the metal, from profiles read outward from the metal edge.
 
-    Model (linear blur): ``reading(x) = a metal w(x / s) + T1 (w(x - b) - w(x)) + T2 (1 - w(x - b))``: a
-    first layer of HU ``T1`` and thickness ``b`` on the metal, then ``T2``; ``a`` (about 1) lets the metal's
+    Model (linear blur): ``reading(x) = a metal w(x / s) + T1 (G(x - b) - G(x)) + T2 (1 - G(x - b))``: a
+    first layer of HU ``T1`` and thickness ``b`` on the metal, then ``T2``. The metal blooms with its measured
+    spread ``w``; the tissues' edges blur with the scanner alone, ``G`` a Gaussian edge of
+    :meth:`EdgeModel.tissue_sigma_mm` (with ``w`` there, a thin bright layer would be smeared like the
+    metal's bloom and read as a stronger bloom over a darker tissue). ``a`` (about 1) lets the metal's
     bloom be locally stronger or weaker than measured, and ``s`` (one tissue only, 1 to 2) wider, where the
     normal crosses the edge obliquely. For each ``b`` (and ``s``) on a grid the other unknowns are a linear
     least-squares fit. Two layers replace one tissue only where they leave less than
@@ -471,6 +616,7 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     xs = x[use]
     y = raw[:, use]
     w_x = edge.weight(xs)
+    g_x = edge.tissue_weight(xs)
     step = float(x[1] - x[0]) if x.size > 1 else 0.25
     n = y.shape[0]
 
@@ -487,7 +633,7 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     best = np.full(n, np.inf)
     for stretch in EDGE_STRETCH:
         w_s = edge.weight(xs / stretch)
-        coef, res = fit([1.0 - w_s], w_s)
+        coef, res = fit([1.0 - edge.tissue_weight(xs / stretch)], w_s)
         better = res < best
         t1[better], scale[better], best[better] = coef[better, 1], coef[better, 0], res[better]
     one_res = best.copy()
@@ -497,7 +643,8 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     l_best = np.full(n, np.inf)
     l_b = np.full(n, np.inf)
     for b in np.arange(MIN_LAYER_MM, x[-1] + 1e-9, step):
-        coef, res = fit([edge.weight(xs - b) - w_x, 1.0 - edge.weight(xs - b)], w_x)
+        g_b = edge.tissue_weight(xs - b)
+        coef, res = fit([g_b - g_x, 1.0 - g_b], w_x)
         better = res < l_best
         l_t1[better], l_scale[better], l_best[better], l_b[better] = coef[better, 1], coef[better, 0], res[better], b
     two = (l_best < LAYER_RESIDUAL_RATIO * one_res) & (one_res > NOISE_FLOOR_HU**2)
@@ -519,8 +666,9 @@ def resolution_statement(volume: Volume) -> str | None:
     thin = RESOLVED_CORTEX_VOXELS * v
     return (
         f"at {v:.3g} mm voxels a cortex thinner than about {thin:.2g} mm ({RESOLVED_CORTEX_VOXELS:g} voxels) is not "
-        "resolved: thin (metaphyseal) cortical contact cannot be measured and reads as cancellous or no bone; "
-        "only a thick (diaphyseal) cortex is called cortical"
+        "resolved: thin (metaphyseal) cortical contact cannot be measured and reads as cancellous or no bone, and "
+        "a cancellous gap thinner than that between the metal and a cortex reads as the cortex beyond it; zones "
+        "where the bone cannot be told from the metal's bloom are named in a warning"
     )
 
 
@@ -584,6 +732,29 @@ class Assessment:
             "surface (no metal inside, no edge found, or a profile the blur model does not explain); "
             "they are counted in frac_unreliable, never as bone"
         ]
+
+
+def unreliable_zone_warnings(post: Assessment, zones) -> list[str]:
+    """A warning naming the zones whose sampled area is :data:`ZONE_UNRELIABLE_SHARE` or more 'unreliable'.
+
+    Args:
+        post: the run's assessment (the zones named are recorded in its notes, ``zones_mostly_unreliable``).
+        zones: the zones table (``zone``, ``frac_unreliable``).
+    """
+    if "frac_unreliable" not in zones.columns:
+        return []
+    rows = zones[zones["zone"].astype(str) != "all"]
+    share = rows["frac_unreliable"].to_numpy(dtype=float)
+    named = [(str(z), float(u)) for z, u in zip(rows["zone"], share) if np.isfinite(u) and u >= ZONE_UNRELIABLE_SHARE]
+    post.notes["zones_mostly_unreliable"] = [z for z, _ in named]
+    if not named:
+        return []
+    listed = ", ".join(f"{z} ({100 * u:.0f}%)" for z, u in named)
+    return [
+        f"zones {listed} are {100 * ZONE_UNRELIABLE_SHARE:.0f}% or more 'unreliable': their cortical, cancellous and "
+        "no-bone fractions describe only the rest of the zone, where the bone was told from the bloom, and cannot be "
+        "taken as the zone's contact"
+    ]
 
 
 def assess(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.ndarray, params) -> Assessment:

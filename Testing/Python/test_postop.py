@@ -17,6 +17,7 @@ from ImplantBoneContactLib import postop as postop_lib
 from ImplantBoneContactLib.cli import main
 from ImplantBoneContactLib.mesh import surface_geometry, transform_polydata, write_polydata
 from ImplantBoneContactLib.phantom import CORTICAL, ContactPhantom, FemurPhantom, PhantomSpec
+from test_slicer_module import _nodes_under_transforms, slicer_module  # noqa: F401  (a fixture)
 
 POINTS = 3000
 
@@ -116,6 +117,22 @@ def test_postop_zone_cortical_fraction_within_5_points(contact_postop):
     fracs = [c for c in result.zones.columns if c.startswith("frac_")]
     np.testing.assert_allclose(result.zones[fracs].sum(axis=1), 1.0, atol=1e-9)
     assert "unreliable" in result.class_names
+
+
+def test_postop_zone_cortical_fraction_within_5_points_at_1mm_blur():
+    """1 mm voxels, a 1 mm blur and metal 3000 HU: the tip (zones 4 and 11) carries a cortex only 1-2 mm thick
+    along the normal, with soft tissue beyond. Read with the metal's bloom as the tissue's blur, or from a metal
+    edge that the thin cortex moved outward, it was called no bone (9 points off in zone 11)."""
+    ph = ContactPhantom(PhantomSpec(voxel_mm=1.0, metal=True, blur_sigma_mm=1.0, metal_hu=3000.0, bloom_hu=0.0, noise_hu=10.0))
+    result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
+    err = cortical_errors(ph, result)
+    assert np.abs(err).max() <= 5.0, np.round(err, 1)
+    assert result.zones.set_index("zone").loc["all", "frac_unreliable"] < 0.05
+    edge = result.postop["edge"]
+    # The scanner's blur (1 mm with the trilinear interpolation of 1 mm voxels) is measured inside the metal edge.
+    assert 0.6 < edge["tissue_blur_mm"] < 1.3
+    # The phantom's stem sits where the surface is: the rigid fit of the metal edges finds no shift.
+    assert abs(edge["edge_placement_offset_mm"]) < 0.3 and np.abs(edge["edge_placement_shift_mm"]).max() < 0.3
 
 
 def test_preop_zone_cortical_fraction_within_5_points(contact_preop):
@@ -308,12 +325,77 @@ def test_cli_metal_aware_off_is_recorded(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("metal_hu,blur,bloom,limit", [(3500.0, 0.6, 0.0, 5.0), (3000.0, 1.0, 0.0, 10.0), (4000.0, 1.0, 1200.0, 13.0)])
-def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom, limit):
-    """0.5 mm voxels. With a 0.6 mm blur the 5-point target holds (3.1 measured at 6000 points); with a 1.0 mm
-    blur it does not at the rounded tip (zones 4 and 11: 8.7 and 11.9 measured, benchmarks/postop_accuracy.py),
-    so those limits are the measured error plus a margin for the coarser mesh."""
+@pytest.mark.parametrize("metal_hu,blur,bloom", [(3500.0, 0.6, 0.0), (3000.0, 1.0, 0.0), (4000.0, 1.0, 1200.0)])
+def test_postop_accuracy_at_half_mm_voxels(metal_hu, blur, bloom):
+    """0.5 mm voxels, blur 0.6-1.0 mm, metal 3000-4000 HU, with and without extra bloom: within 5 points
+    (4.0-4.4 measured at 6000 points, benchmarks/postop_accuracy.py). At 6000 points as the benchmark: with
+    3000 the 4000 HU case with extra bloom read 6.6 points off in zone 2 (its few cortical points lie on the
+    border between the cortical and cancellous sides, and a coarser mesh samples that border unevenly)."""
     ph = ContactPhantom(PhantomSpec(voxel_mm=0.5, metal=True, metal_hu=metal_hu, blur_sigma_mm=blur, bloom_hu=bloom, noise_hu=10.0))
+    params = AnalysisParameters(points=6000, remesh="fast", **frame_parameters(ph.true_frame()))
+    result = analyze(ph.make_ct(), ph.make_stem_surface(), params)
+    err = cortical_errors(ph, result)
+    assert np.abs(err).max() <= 5.0, np.round(err, 1)
+
+
+# ----------------------------------------------------------------------------- the Slicer module's sampler
+
+
+def test_slicer_logic_records_the_metal_aware_walk_not_probe_volume(slicer_module):  # noqa: F811 (the fixture)
+    """In a post-operative CT the walk samples along the normals itself: Probe Volume With Model is not run, and
+    the run's record says which sampler read the CT (not the previous run's, not the unused CLI's)."""
+    ph = ContactPhantom(PhantomSpec(voxel_mm=2.0, metal=True, bloom_hu=0.0, noise_hu=10.0))
+    ct, stem = ph.make_ct(), ph.make_stem_surface(target_triangles=3000)
+    ct_node, model = _nodes_under_transforms(slicer_module.scene, ct, stem)
+    logic = slicer_module.module.ImplantBoneContactLogic(interactive=False)
+    logic.lastSampler = "Probe Volume With Model (a previous run)"
+    logic.run(ct_node, model, AnalysisParameters(remesh="none", **frame_parameters(ph.true_frame())))
+    assert logic.lastResult.ct_kind == "post-operative"
+    assert slicer_module.cli.calls == 0
+    assert logic.lastSampler == postop_lib.METAL_AWARE_SAMPLER
+    assert logic.lastResult.inputs["slicer"]["sampling"] == postop_lib.METAL_AWARE_SAMPLER
+
+
+def test_at_2mm_voxels_the_zones_far_off_are_named_unreliable():
+    """2 mm voxels, a 0.6 mm blur: the 4 mm layers are two voxels thin and much of the stem cannot be told from
+    the bloom. Every zone whose cortical fraction is more than 10 points off is named in the warning (its
+    fractions describe only the rest of the zone), and the run says what 2 mm voxels cannot resolve."""
+    ph = ContactPhantom(PhantomSpec(voxel_mm=2.0, metal=True, blur_sigma_mm=0.6, metal_hu=3500.0, bloom_hu=0.0, noise_hu=10.0))
     result = _analyze(ph, ph.make_ct(), ph.make_stem_surface())
     err = cortical_errors(ph, result)
-    assert np.abs(err).max() <= limit, np.round(err, 1)
+    named = set(result.postop["zones_mostly_unreliable"])
+    far = {str(z) for z, e in zip(range(1, 15), err) if abs(e) > 10.0}
+    assert far, np.round(err, 1)  # this CT is beyond the method: something is far off
+    assert far <= named, (np.round(err, 1), named)
+    zones = result.zones.set_index("zone")
+    assert all(zones.loc[z, "frac_unreliable"] >= postop_lib.ZONE_UNRELIABLE_SHARE for z in named)
+    warning = [w for w in result.warnings if "'unreliable': their cortical" in w]
+    assert len(warning) == 1 and all(f"{z} (" in warning[0] for z in named)
+    assert any("2 mm voxels" in w and "cancellous gap" in w for w in result.warnings)
+
+
+def test_edge_placement_recovers_a_rigid_misplacement_and_overrules_outliers():
+    """Edges made from a known small shift and rotation of a rigid body (plus noise), a tenth of them moved 1 mm
+    outward as a thin bright layer moves them: the fit finds the motion, keeps the good edges, replaces the moved."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    normals = rng.normal(size=(n, 3))
+    normals /= np.linalg.norm(normals, axis=1)[:, None]
+    points = np.array([-80.0, 20.0, -60.0]) + np.array([10.0, 12.0, 60.0]) * normals  # an ellipsoid-ish cloud
+    shift, omega, offset = np.array([0.3, -0.2, 0.1]), np.radians([0.4, -0.3, 0.2]), 0.15
+    centre = points.mean(axis=0)
+    true_edge = offset + normals @ shift + np.cross(points - centre, normals) @ omega
+    own = true_edge + rng.normal(0.0, 0.05, n)
+    moved = rng.random(n) < 0.1
+    own[moved] += 1.0
+    fit = postop_lib.fit_edge_placement(points, normals, own, voxel_mm=1.0)
+    np.testing.assert_allclose(fit.coef[1:4], shift, atol=0.02)
+    np.testing.assert_allclose(fit.coef[4:7], omega, atol=np.radians(0.02))
+    assert fit.coef[0] == pytest.approx(offset, abs=0.02)
+    assert fit.residual_mm == pytest.approx(0.05, abs=0.02)
+    placed = fit.place(points, normals, own)
+    np.testing.assert_array_equal(placed[~moved], own[~moved])  # good edges kept as found
+    assert np.abs(placed[moved] - true_edge[moved]).max() < 0.05  # moved edges take the fit
+    assert fit.tolerance_mm == pytest.approx(postop_lib.EDGE_TOLERANCE_MIN_MM)
+    own[:1951] = np.nan  # 49 left
+    assert postop_lib.fit_edge_placement(points, normals, own, voxel_mm=1.0) is None  # too few edges found
