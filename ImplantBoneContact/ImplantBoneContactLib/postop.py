@@ -412,21 +412,53 @@ def _walk(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, 
     limit = n_in + int(round(max_bone_start_mm(volume) / step))
     window = np.where(np.isfinite(fall[:, : limit + 1]), fall[:, : limit + 1], -np.inf)
     strongest = window.max(axis=1)
-    peak = np.zeros_like(window, dtype=bool)
-    peak[:, 1:-1] = (window[:, 1:-1] >= window[:, :-2]) & (window[:, 1:-1] >= window[:, 2:])
+    start, end = _plateaus(window, strongest)
+    rows = np.arange(hu.shape[0])
+    last = window.shape[1] - 1
+    with np.errstate(invalid="ignore"):
+        # A maximum is a run of equal falls (the sampling steps are finer than the voxels, and a trilinear
+        # profile falls evenly within a voxel) higher than the runs on either side: taking the first sample
+        # of a rising run instead would put the edge about a sigma inside the metal.
+        before = np.where(start > 0, window[rows[:, None], np.maximum(start - 1, 0)], np.inf)
+        after = np.where(end < last, window[rows[:, None], np.minimum(end + 1, last)], np.inf)
+        peak = (window > before) & (window > after) & (start > 0) & (end < last)
     peak &= window >= 0.5 * strongest[:, None]
     has = peak.any(axis=1) & in_metal & (strongest > 0)
     k = np.argmax(peak, axis=1)
-    rows = np.arange(hu.shape[0])
-    km1 = np.clip(k - 1, 0, window.shape[1] - 1)
-    kp1 = np.clip(k + 1, 0, window.shape[1] - 1)
+    k0, k1 = start[rows, k], end[rows, k]
+    km1 = np.clip(k0 - 1, 0, last)
+    kp1 = np.clip(k1 + 1, 0, last)
     f0, f1, f2 = window[rows, km1], window[rows, k], window[rows, kp1]
     with np.errstate(invalid="ignore", divide="ignore"):
         denom = f0 - 2 * f1 + f2
         shift = np.where(np.isfinite(denom) & (denom < 0), 0.5 * (f0 - f2) / denom, 0.0)
-    edge = offsets[k] + np.clip(shift, -0.5, 0.5) * step
+    # A single-sample maximum is refined by a parabola; a run's maximum is its middle.
+    edge = np.where(k0 == k1, offsets[k] + np.clip(shift, -0.5, 0.5) * step, 0.5 * (offsets[k0] + offsets[k1]))
     edge = np.where(has, edge, np.nan)
     return _Walk(offsets, hu, inside, n_in, inside_max, floor, edge, in_metal)
+
+
+def _plateaus(values: np.ndarray, strongest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of the run of (nearly) equal values each sample belongs to, along axis 1.
+
+    Values within a millionth of the row's ``strongest`` are one run (trilinear readings of a flat stretch
+    differ by rounding only).
+    """
+    n, m = values.shape
+    tol = 1e-6 * np.where(np.isfinite(strongest) & (strongest > 0), strongest, 1.0)[:, None]
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(np.diff(values, axis=1))
+        same = (diff <= tol) | (np.isinf(values[:, 1:]) & (values[:, 1:] == values[:, :-1]))
+    change = ~same
+    cols = np.arange(m - 1)
+    # a change between j and j + 1 ends a run at j and starts one at j + 1
+    end = np.where(change, cols, m - 1)
+    end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
+    end = np.concatenate([end, np.full((n, 1), m - 1)], axis=1)
+    start = np.where(change, cols + 1, 0)
+    start = np.maximum.accumulate(start, axis=1)
+    start = np.concatenate([np.zeros((n, 1), dtype=start.dtype), start], axis=1)
+    return start, end
 
 
 def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str = "trilinear",

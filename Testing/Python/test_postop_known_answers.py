@@ -152,7 +152,8 @@ def test_edge_weight_is_the_metal_share_on_both_sides():
     d = e.to_dict()
     assert d == {"metal_hu": 3500.0, "edge_blur_mm": 0.5, "bloom_mm": 1.0, "read_start_past_edge_mm": 0.7,
                  "edge_spread_measured_on_vertices": 40, "edge_spread_method": "measured",
-                 "edge_spread_x_mm": [0.0, 2.0], "edge_spread_metal_weight": [0.5, 0.0]}
+                 "edge_spread_x_mm": [0.0, 2.0], "edge_spread_metal_weight": [0.5, 0.0],
+                 "tissue_blur_mm": None}
     e = _edge([0.12345, 1.0, 2.0], [0.123456, 0.2, 0.0])
     assert e.to_dict()["edge_spread_x_mm"] == [0.123, 2.0] and e.to_dict()["edge_spread_metal_weight"] == [0.1235, 0.0]
 
@@ -175,9 +176,6 @@ def test_measured_edge_spread_of_a_blurred_step(sigma):
     assert e.blur_mm < e.read_start_mm < e.bloom_mm
 
 
-@pytest.mark.xfail(strict=True, reason="the edge finder takes the first sample whose fall reaches half the largest "
-                   "fall: on a trilinearly interpolated profile the fall is flat within each voxel, so every such "
-                   "sample is a local maximum and the edge is found about 1.2 sigma inside the metal")
 def test_measured_blur_of_a_blurred_step_is_its_sigma():
     # 0.5 mm voxels sampled trilinearly add little to a Gaussian blur of 0.8 mm: the edge is at the plane, the
     # share there one half, and the Gaussian-equivalent blur 0.8 mm.
@@ -187,6 +185,20 @@ def test_measured_blur_of_a_blurred_step_is_its_sigma():
     e = po.measure_edge(ct, pts, nrm)
     assert np.allclose(w.edge_mm, 0.0, atol=0.1)
     assert e.blur_mm == pytest.approx(0.8, abs=0.1)
+
+
+@pytest.mark.parametrize("tilt_deg", [0.0, 30.0, 45.0])
+def test_edge_found_at_the_metal_surface_along_tilted_normals(tilt_deg):
+    # Points on the metal plane x = 0 walked along normals tilted in the x-y plane: the edge is where the normal
+    # crosses the plane (offset 0), whatever the tilt; the fall along the normal is the blur stretched by
+    # 1 / cos(tilt), so the Gaussian-equivalent blur reads sigma / cos(tilt) (0.8 mm for an untilted normal).
+    t = math.radians(tilt_deg)
+    pts, _ = _plane_points(n=4)
+    nrm = np.tile([math.cos(t), math.sin(t), 0.0], (pts.shape[0], 1))
+    ct = _ct(sigma=0.8)
+    w = po._walk(ct, pts, nrm, "trilinear", None)
+    assert np.allclose(w.edge_mm, 0.0, atol=0.1)
+    assert po.measure_edge(ct, pts, nrm).blur_mm == pytest.approx(0.8 / math.cos(t), rel=0.15)
 
 
 def test_edge_moves_with_the_metal():
@@ -315,8 +327,9 @@ def test_resolution_statement():
     assert po.resolution_statement(_ct(voxel=1.0, n_i=8, n_jk=4)) is None
     s = po.resolution_statement(_ct(voxel=1.5, n_i=8, n_jk=4))
     assert s == ("at 1.5 mm voxels a cortex thinner than about 3 mm (2 voxels) is not resolved: thin (metaphyseal) "
-                 "cortical contact cannot be measured and reads as cancellous or no bone; only a thick (diaphyseal) "
-                 "cortex is called cortical")
+                 "cortical contact cannot be measured and reads as cancellous or no bone, and a cancellous gap "
+                 "thinner than that between the metal and a cortex reads as the cortex beyond it; zones where the "
+                 "bone cannot be told from the metal's bloom are named in a warning")
 
 
 def _vertices(zone, hu, reliable):
