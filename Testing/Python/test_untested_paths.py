@@ -82,7 +82,11 @@ def _write_ct_series(folder: Path, raw: np.ndarray, slope: float, intercept: flo
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = pydicom.valuerep.DSfloat(slope), intercept, "HU"
         ds.PixelData = np.ascontiguousarray(raw[k], dtype="<u2").tobytes()
-        ds.save_as(folder / f"slice{k:03d}.dcm", enforce_file_format=True)
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            ds.save_as(folder / f"slice{k:03d}.dcm", enforce_file_format=True)
+        else:  # pydicom 2.x (the Python 3.9 environment): the encoding is set on the dataset
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            ds.save_as(folder / f"slice{k:03d}.dcm", write_like_original=False)
 
 
 @pytest.mark.parametrize("slope, intercept", [(0.5, -1000.0), (2.0, -2048.0), (1.0, -1024.0)])
