@@ -32,6 +32,11 @@ README = REPO / "README.md"
 MARKER = re.compile(r"^<!-- readme-test: (?P<kind>cli|not run)\b(?P<rest>.*)-->\s*$")
 #: What the README's command-line synopsis stands for, filled in to run it.
 PLACEHOLDERS = {
+    # the follow-up example compares the analysis just made with itself (no change anywhere)
+    "BASELINE_RESULT": "results",
+    "FOLLOWUP_RESULT": "results",
+    "MANIFEST.csv --out DIR": "manifest.csv --out cohort_out",
+    "[--workers N] [--scheduler tcp://HOST:PORT] [--shard I/N]   (see Cohorts)": "--workers 1",
     "CT": "ct.nrrd",
     "STEM.stl": "stem.stl",
     "DIR": "demo_again",
@@ -101,6 +106,7 @@ def workdir(tmp_path_factory) -> Path:
     shutil.copy(d / "demo" / "phantom_ct.nrrd", d / "ct.nrrd")
     shutil.copy(d / "demo" / "phantom_stem.stl", d / "stem.stl")
     sitk.WriteTransform(sitk.Euler3DTransform(), str(d / "registration.tfm"))  # the stem is already in place
+    (d / "manifest.csv").write_text("case_id,ct,model\none,ct.nrrd,stem.stl\n", encoding="utf-8")
     return d
 
 
@@ -136,6 +142,10 @@ def test_command_line_example_runs(block: Block, workdir: Path, monkeypatch, tmp
         assert main(argv[1:] + extra) == 0, line
     assert (run / "results" / "zones.csv").is_file()
     assert (run / "demo_again" / "results" / "zones.csv").is_file()
+    if "cohort" in block.code:
+        assert (run / "cohort_out" / "cohort_cases.csv").is_file()
+    if "compare" in block.code:
+        assert (run / "change").is_dir()
 
 
 def test_coordinate_forms_in_the_readme_parse_alike() -> None:
