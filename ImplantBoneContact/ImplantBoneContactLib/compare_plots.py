@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .atomicio import atomic_file
+from .display import ABOVE_CUT_COLOUR, NOT_SAMPLED_COLOUR
 from .frame import ZONE_ORDER
 
 if TYPE_CHECKING:  # only for the annotations: compare.py imports this module to draw its pictures
@@ -45,8 +46,6 @@ CHANGE_RANGE_HU = 300.0
 CHANGE_RANGE_MG_CM3 = 250.0
 #: Diverging colormap, red for loss, blue for gain, white for no change.
 CHANGE_COLORMAP = "RdBu"
-ABOVE_CUT_COLOUR = "#d2d2d2"
-NOT_SAMPLED_COLOUR = "#7c7c7c"
 PICTURES = ("change_views.png", "unrolled_change.png", "zone_change.png")
 _DPI = 100
 
