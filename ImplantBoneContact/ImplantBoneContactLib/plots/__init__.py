@@ -54,6 +54,7 @@ from .borders import Border, zone_borders
 from .charts import zone_fractions_figure
 from .render import VIEWS, ViewGeometry, offscreen_window, render_geometry
 from .report import PICTURE_FILES, REPORT_FILE, report_html
+from .second_process import SecondProcess, fork_is_safe
 from .slices import Slice, make_slices, slices_figure
 from .style import class_colours, hu_to_rgb, run_description, vertex_colours
 from .unrolled import UnrolledMap, unrolled_figure, unrolled_map
@@ -98,7 +99,8 @@ def _timed(timings: dict | None, name: str):
         timings[name] = (w + time.perf_counter() - w0, c + time.process_time() - c0)
 
 
-def make_pictures(result, timings: dict | None = None) -> tuple[dict[str, bytes], list[str]]:
+def make_pictures(result, timings: dict | None = None,
+                  second_process: bool | None = None) -> tuple[dict[str, bytes], list[str]]:
     """Every picture as PNG bytes by file name, and notes about pictures that could not be made.
 
     The surface is rendered once for the three 3D pictures, the zone borders
@@ -106,15 +108,61 @@ def make_pictures(result, timings: dict | None = None) -> tuple[dict[str, bytes]
     views need OpenGL and the slices the CT (``result.volume``); when either
     is missing the other pictures are still made and the reason is noted.
 
+    Where it is safe (see :func:`.second_process.fork_is_safe`), the unrolled
+    maps, the chart and the slices are drawn in a forked second process on
+    another core while this one renders the 3D views; the pictures are the
+    same bytes either way.
+
     Args:
         result: an :class:`~ImplantBoneContactLib.analysis.AnalysisResult`.
         timings: when given, filled with ``(wall_s, cpu_s)`` seconds per step (the shared
-            steps, then each picture by file name), for benchmarks.
+            steps, then each picture by file name), for benchmarks. With a second process
+            its steps are its own seconds, and ``"second process"`` holds the parent's wait
+            for it (wall) and the child's whole CPU seconds, which the parent's own CPU
+            clock does not count.
+        second_process: ``True``/``False`` to force or forbid the second process
+            (``True`` still needs ``fork``); ``None`` (default): automatic.
     """
     pictures: dict[str, bytes] = {}
     notes: list[str] = []
     with _timed(timings, "zone borders"):
         borders = zone_borders(result.surface, result.frame, result.parameters.bands_axial)
+    flat_names = _FLAT_PICTURES
+    child = None
+    use_fork = fork_is_safe() if second_process is None else (bool(second_process) and hasattr(os, "fork"))
+    if use_fork:
+        child = SecondProcess(lambda: _flat_pictures(result, borders))
+    try:
+        _surface_pictures(result, borders, pictures, notes, timings)
+        flat = None
+        if child is not None:
+            w0 = time.perf_counter()
+            flat = child.result()
+            if timings is not None:
+                timings["second process"] = (time.perf_counter() - w0, child.cpu_s)
+            child = None
+        if flat is None:
+            flat = _flat_pictures(result, borders)
+    finally:
+        if child is not None:  # interrupted while the child draws
+            child.stop()
+    flat_pictures, flat_notes, flat_timings = flat
+    pictures.update(flat_pictures)
+    notes.extend(flat_notes)
+    if timings is not None:
+        for name, (w, c) in flat_timings.items():
+            w0, c0 = timings.get(name, (0.0, 0.0))
+            timings[name] = (w0 + w, c0 + c)
+    order = {name: i for i, name in enumerate(("heatmap_hu.png", "zones.png", "contact_classes.png") + flat_names)}
+    return dict(sorted(pictures.items(), key=lambda kv: order.get(kv[0], len(order)))), notes
+
+
+#: The pictures drawn without OpenGL (in the second process where there is one).
+_FLAT_PICTURES = ("unrolled_hu.png", "unrolled_classes.png", "zone_fractions.png", "slices.png")
+
+
+def _surface_pictures(result, borders, pictures: dict, notes: list, timings: dict | None) -> None:
+    """The three 3D pictures (one offscreen rendering), into ``pictures``."""
     try:
         with _timed(timings, "3D rendering"):
             geometry = render_geometry(result)
@@ -126,6 +174,13 @@ def make_pictures(result, timings: dict | None = None) -> tuple[dict[str, bytes]
             with _timed(timings, name):
                 views = colour_views(result, geometry, colouring)
                 pictures[name] = figure_png(surface_views_figure(result, colouring, views, borders))
+
+
+def _flat_pictures(result, borders) -> tuple[dict[str, bytes], list[str], dict]:
+    """The unrolled maps, the chart and the slices: (PNG bytes by name, notes, timings)."""
+    pictures: dict[str, bytes] = {}
+    notes: list[str] = []
+    timings: dict = {}
     with _timed(timings, "unrolled map"):
         umap = unrolled_map(result, borders=borders)
     for kind, name in (("hu", "unrolled_hu.png"), ("class", "unrolled_classes.png")):
@@ -139,19 +194,21 @@ def make_pictures(result, timings: dict | None = None) -> tuple[dict[str, bytes]
             pictures["slices.png"] = figure_png(slices_figure(result, volume))
     else:
         notes.append("slices.png was not made: the result holds no CT (it was read back from files)")
-    return pictures, notes
+    return pictures, notes, timings
 
 
-def write_pictures(result, folder: str | os.PathLike, timings: dict | None = None) -> list[str]:
+def write_pictures(result, folder: str | os.PathLike, timings: dict | None = None,
+                   second_process: bool | None = None) -> list[str]:
     """Write every picture and ``report.html`` into ``folder``; return the file names written.
 
     Args:
         result: an :class:`~ImplantBoneContactLib.analysis.AnalysisResult`.
         folder: an existing folder (each file is written to a temporary name, then renamed).
         timings: as in :func:`make_pictures`, plus ``"report and files"``.
+        second_process: as in :func:`make_pictures`.
     """
     folder = Path(folder)
-    pictures, notes = make_pictures(result, timings)
+    pictures, notes = make_pictures(result, timings, second_process)
     # A picture that could not be made is said where the user looks: the warnings (console, parameters.json).
     if isinstance(getattr(result, "warnings", None), list):
         result.warnings.extend(f"pictures: {note}" for note in notes if f"pictures: {note}" not in result.warnings)

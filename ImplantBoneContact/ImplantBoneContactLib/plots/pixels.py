@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.transforms import IdentityTransform
@@ -53,12 +54,67 @@ def _height(fig: Figure) -> float:
     return fig.get_figheight() * fig.dpi
 
 
-def image(fig: Figure, rgb: np.ndarray, column: int, row: int) -> None:
-    """Put an image (``(H, W, 3)`` uint8 or float 0..1; ``(H, W)`` is grey) one to one, top left corner at ``(column, row)``."""
+class PixelImage(Artist):
+    """An opaque RGB image drawn one to one at a figure pixel, straight onto the canvas.
+
+    What ``Figure.figimage(..., resample=False)`` draws, without its
+    resampling and normalisation machinery (about 10 ms an image): the
+    pixels are handed to the renderer as they are.
+
+    Attributes:
+        rgba: ``(H, W, 4)`` uint8, the first row at the top (as given).
+        x, y: figure pixel of the image's bottom left corner (origin at the bottom left, as in matplotlib).
+    """
+
+    def __init__(self, rgb: np.ndarray, x: int, y: int, zorder: float = 0):
+        super().__init__()
+        self.rgba = as_rgba8(rgb)
+        self.x, self.y = int(x), int(y)
+        self.set_zorder(zorder)
+
+    def get_array(self) -> np.ndarray:
+        return self.rgba
+
+    def draw(self, renderer) -> None:
+        if not self.get_visible() or self.rgba.size == 0:
+            return
+        gc = renderer.new_gc()
+        # The renderer takes the rows bottom first.
+        renderer.draw_image(gc, self.x, self.y, self.rgba[::-1])
+        gc.restore()
+        self.stale = False
+
+
+def as_rgba8(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W, 4)`` uint8 opaque RGBA of an ``(H, W, 3)`` uint8 or float 0..1 image (``(H, W)``: grey)."""
+    rgb = np.asarray(rgb)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=-1)
-    h = rgb.shape[0]
-    fig.figimage(rgb, xo=int(column), yo=int(round(_height(fig) - row - h)), origin="upper", resample=False)
+    if rgb.dtype != np.uint8:
+        # As matplotlib converts floats for display: 255 x truncated, clipped to 0..1 first.
+        rgb = (np.clip(rgb.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = np.empty(rgb.shape[:2] + (4,), dtype=np.uint8)
+    out[..., :3] = rgb[..., :3]
+    out[..., 3] = 255
+    return out
+
+
+def add_image(fig: Figure, rgb: np.ndarray, x: int, y: int, zorder: float = 0) -> PixelImage:
+    """Put an image one to one with its bottom left corner at figure pixel ``(x, y)`` (origin at the bottom left).
+
+    It is kept with the figure's images, so it is drawn where a ``figimage`` would be.
+    """
+    artist = PixelImage(rgb, x, y, zorder)
+    artist.set_figure(fig)
+    fig.images.append(artist)
+    fig.stale = True
+    return artist
+
+
+def image(fig: Figure, rgb: np.ndarray, column: int, row: int) -> None:
+    """Put an image (``(H, W, 3)`` uint8 or float 0..1; ``(H, W)`` is grey) one to one, top left corner at ``(column, row)``."""
+    h = np.asarray(rgb).shape[0]
+    add_image(fig, rgb, int(column), int(round(_height(fig) - row - h)))
 
 
 def text(fig: Figure, column: float, row: float, s: str, **kw) -> None:

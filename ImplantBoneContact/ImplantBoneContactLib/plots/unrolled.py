@@ -17,6 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from ..display import ABOVE_CUT_COLOUR
+from . import pixels
 from .borders import Border, zone_borders
 from .keys import draw_key
 from .style import DPI, hu_to_rgb, rgb, run_description, vertex_colours
@@ -337,7 +338,7 @@ def unrolled_axes(image: np.ndarray, umap: UnrolledMap, margins_px: tuple, minor
     top_mm = float(umap.height_mm[0] + 0.5 * (umap.height_mm[0] - umap.height_mm[1]))
     # The map one cell per pixel, under the axes (whose background is left out): no resampling.
     rgb8 = image if image.dtype == np.uint8 else (255.0 * np.clip(image, 0.0, 1.0) + 0.5).astype(np.uint8)
-    fig.figimage(rgb8, xo=left, yo=bottom, origin="upper", resample=False, zorder=-1)
+    pixels.add_image(fig, rgb8, left, bottom, zorder=-1)
     ax.patch.set_visible(False)
     ax.set_xlim(0, 360)
     ax.set_ylim(0, top_mm)
