@@ -29,6 +29,7 @@ and ``plots.make_pictures(result)`` keep working.
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import time
@@ -123,6 +124,24 @@ def make_pictures(result, timings: dict | None = None,
         second_process: ``True``/``False`` to force or forbid the second process
             (``True`` still needs ``fork``); ``None`` (default): automatic.
     """
+    # The analysis's objects (about 170 000 at 30 000 points) are set aside from the garbage collector while
+    # drawing: its full sweeps then skip them, and a forked child does not copy the pages they sit on.
+    frozen = _freeze_garbage_collector()
+    try:
+        return _make_pictures(result, timings, second_process)
+    finally:
+        if frozen:
+            gc.unfreeze()
+
+
+def _freeze_garbage_collector() -> bool:
+    if not hasattr(gc, "freeze"):  # Python before 3.7
+        return False
+    gc.freeze()
+    return True
+
+
+def _make_pictures(result, timings: dict | None, second_process: bool | None) -> tuple[dict[str, bytes], list[str]]:
     pictures: dict[str, bytes] = {}
     notes: list[str] = []
     with _timed(timings, "zone borders"):
