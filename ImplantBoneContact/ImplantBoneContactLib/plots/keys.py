@@ -12,9 +12,13 @@ from ..display import ABOVE_CUT_COLOUR, HU_COLORMAP, HU_DISPLAY_RANGE, NOT_SAMPL
 from ..frame import ZONE_ORDER
 from .style import SHORT_REGION, class_colours, class_label, hu_norm
 
+#: Legend text of the unrolled maps' white cells: no surface at that azimuth and height (a stem that is
+#: not a tube around its axis: a nail's screw hole, a segmented implant's notches).
+NO_SURFACE_LABEL = "no stem surface there\n(at that azimuth and height)"
 
-def legend_handles(result, colouring: str) -> list[Patch]:
-    """Legend entries of a colouring (``"hu"``, ``"zone"`` or ``"class"``)."""
+
+def legend_handles(result, colouring: str, no_surface: bool = False) -> list[Patch]:
+    """Legend entries of a colouring (``"hu"``, ``"zone"`` or ``"class"``); ``no_surface``: also white, :data:`NO_SURFACE_LABEL`."""
     handles = []
     if colouring == "zone":
         for z in ZONE_ORDER:
@@ -29,6 +33,8 @@ def legend_handles(result, colouring: str) -> list[Patch]:
     if colouring != "zone":
         handles.append(Patch(facecolor=NOT_SAMPLED_COLOUR, edgecolor="#555555", label="outside the CT (no HU)"))
     handles.append(Patch(facecolor=ABOVE_CUT_COLOUR, edgecolor="#555555", label="above the resection\n(not analysed)"))
+    if no_surface:
+        handles.append(Patch(facecolor="white", edgecolor="#555555", label=NO_SURFACE_LABEL))
     return handles
 
 
@@ -100,16 +106,19 @@ def hu_bar(fig: Figure, column: float, row: float, width: int, height: int, resu
                         fontsize=8.5, color="#333333")
 
 
-def draw_key(fig: Figure, result, colouring: str, rect, bar_fraction: float = 0.62) -> None:
-    """Colour bar (HU) or legend (zones, classes) in ``rect`` (figure fractions x, y, w, h)."""
+def draw_key(fig: Figure, result, colouring: str, rect, bar_fraction: float = 0.62, no_surface: bool = False) -> None:
+    """Colour bar (HU) or legend (zones, classes) in ``rect`` (figure fractions x, y, w, h).
+
+    ``no_surface``: the picture has white cells where there is no surface; the key says so.
+    """
     x, y, w, h = rect
     if colouring == "hu":
         fig_w, fig_h = fig.get_figwidth() * fig.dpi, fig.get_figheight() * fig.dpi
         bar_h = bar_fraction * h * fig_h
         hu_bar(fig, (x + 85 / fig_w) * fig_w, fig_h * (1 - (y + 0.30 * h)) - bar_h, 22, int(round(bar_h)), result)
-        fig.legend(handles=legend_handles(result, "hu"), loc="upper left", bbox_to_anchor=(x, y + 0.22 * h),
+        fig.legend(handles=legend_handles(result, "hu", no_surface), loc="upper left", bbox_to_anchor=(x, y + 0.22 * h),
                    fontsize=9, frameon=False, borderaxespad=0)
     else:
         title = "Gruen zone" if colouring == "zone" else "Contact class"
-        fig.legend(handles=legend_handles(result, colouring), loc="upper left", bbox_to_anchor=(x, y + h),
+        fig.legend(handles=legend_handles(result, colouring, no_surface), loc="upper left", bbox_to_anchor=(x, y + h),
                    fontsize=9, frameon=False, title=title, title_fontsize=10, alignment="left", borderaxespad=0)

@@ -286,6 +286,19 @@ def unrolled_rgb(result, umap: UnrolledMap, kind: str) -> np.ndarray:
     return out
 
 
+#: Share of the map's cells between the resection line and the tip that must lack a surface before the
+#: key names white: a few cells at a rounded tip's edge or along a seam are not worth a legend entry.
+NO_SURFACE_MIN_SHARE = 0.005
+
+
+def has_no_surface_cells(umap: UnrolledMap) -> bool:
+    """True when more than :data:`NO_SURFACE_MIN_SHARE` of the cells below the resection line lack a surface (white)."""
+    below = ~umap.above_cut() & (umap.height_mm[:, None] > 0.0)
+    if not below.any():
+        return False
+    return float((umap.vertex_id[below] < 0).mean()) > NO_SURFACE_MIN_SHARE
+
+
 def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -> Figure:
     """The unrolled map (``kind`` ``"hu"`` or ``"class"``) with the Gruen zone grid and numbers.
 
@@ -312,7 +325,7 @@ def unrolled_figure(result, kind: str = "hu", umap: UnrolledMap | None = None) -
     fig.text(0.5, 1 - 58 / fig_h, "azimuth around the stem axis against height, from the resection line (top) to the tip; "
              "lines: Gruen zone borders (dashed: sector borders)", ha="center", va="top", fontsize=9, color="#444444")
     key = (1 - (right - 20) / fig_w, bottom / fig_h, (right - 40) / fig_w, hgt / fig_h)
-    draw_key(fig, result, kind, key, bar_fraction=0.68)
+    draw_key(fig, result, kind, key, bar_fraction=0.68, no_surface=has_no_surface_cells(umap))
     ax.set_label("unrolled")
     return fig
 
