@@ -163,3 +163,54 @@ def test_pictures_are_complete_when_the_second_process_fails(phantom_result, mon
     reference, _ = plots.make_pictures(phantom_result, second_process=False)
     pictures, _ = plots.make_pictures(phantom_result, second_process=True)
     assert pictures == reference
+
+
+# --------------------------------------------------------------------------- the PNG writer
+
+
+def test_png_writer_round_trips_every_pixel_through_an_independent_reader():
+    from ImplantBoneContactLib.plots.png import png_rgb
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for shape in ((1, 1, 3), (3, 5, 3), (64, 33, 3)):
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        decoded = Image.open(io.BytesIO(png_rgb(img)))
+        decoded.load()  # Pillow checks the chunks' CRCs as it reads
+        assert decoded.mode == "RGB" and decoded.size == (shape[1], shape[0])
+        assert np.array_equal(np.asarray(decoded), img)
+
+
+def test_png_writer_known_bytes_of_a_one_pixel_image():
+    """The chunks of a 1 x 1 red image, built by hand from the PNG specification."""
+    import struct
+    import zlib
+
+    from ImplantBoneContactLib.plots.png import png_rgb
+
+    data = png_rgb(np.array([[[255, 0, 0]]], dtype=np.uint8))
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert (length, kind) == (13, b"IHDR")
+    assert struct.unpack(">IIBBBBB", data[16:29]) == (1, 1, 8, 2, 0, 0, 0)
+    idat_len, idat = struct.unpack(">I4s", data[33:41])
+    assert idat == b"IDAT"
+    assert zlib.decompress(data[41: 41 + idat_len]) == b"\x00\xff\x00\x00"  # filter 0, then R G B
+    assert data[-12:] == struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    with pytest.raises(ValueError):
+        png_rgb(np.zeros((2, 2, 4), dtype=np.uint8))
+
+
+def test_opaque_rgb_lays_transparent_pixels_on_white():
+    from ImplantBoneContactLib.plots.png import opaque_rgb
+
+    rgba = np.array([[[0, 0, 0, 255], [0, 0, 0, 0], [0, 0, 0, 51], [200, 100, 0, 255]]], dtype=np.uint8)
+    assert opaque_rgb(rgba).tolist() == [[[0, 0, 0], [255, 255, 255], [204, 204, 204], [200, 100, 0]]]
+
+
+def test_figure_png_gives_the_pixels_savefig_gives(phantom_result):
+    """The figure written by our writer against matplotlib's own ``savefig`` of the same figure."""
+    fig = plots.zone_fractions_figure(phantom_result)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
+    assert np.array_equal(_png(plots.figure_png(fig)), _png(buf.getvalue()))

@@ -30,12 +30,12 @@ and ``plots.make_pictures(result)`` keep working.
 from __future__ import annotations
 
 import gc
-import io
 import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from ..atomicio import write_bytes_atomic
@@ -53,6 +53,7 @@ from ..display import (
 from . import views3d  # noqa: F401 - the module, for callers that need its helpers
 from .borders import Border, zone_borders
 from .charts import zone_fractions_figure
+from .png import opaque_rgb, png_rgb
 from .render import VIEWS, ViewGeometry, offscreen_window, render_geometry
 from .report import PICTURE_FILES, REPORT_FILE, report_html
 from .second_process import SecondProcess, fork_is_safe
@@ -76,14 +77,19 @@ __all__ = [
 
 
 def figure_png(fig: Figure) -> bytes:
-    """PNG bytes of a figure at its own size and resolution (no cropping), drawn once.
+    """PNG bytes of a figure at its own size and resolution (no cropping), drawn once, on white.
 
-    Light compression (zlib level 1): the files are about a third larger
-    than at the default level and written several times faster.
+    The figure is drawn on its Agg canvas and written as opaque RGB by
+    :func:`.png.png_rgb` (zlib level 1, no row filters): the same pixels as
+    ``savefig(format="png")`` gives, in about a third of the encoding time,
+    for files about a tenth larger.
     """
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white", pil_kwargs={"compress_level": 1})
-    return buf.getvalue()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_facecolor("white")
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return png_rgb(opaque_rgb(np.asarray(canvas.buffer_rgba())))
 
 
 @contextmanager
