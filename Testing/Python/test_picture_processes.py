@@ -214,3 +214,20 @@ def test_figure_png_gives_the_pixels_savefig_gives(phantom_result):
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, facecolor="white")
     assert np.array_equal(_png(plots.figure_png(fig)), _png(buf.getvalue()))
+
+
+@needs_fork
+def test_an_interrupt_while_waiting_ends_the_second_process_at_once(monkeypatch):
+    child = SecondProcess(lambda: time.sleep(60))
+    pid = child._pid
+
+    def interrupted(fd, n):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(second_process.os, "read", interrupted)
+    t = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        child.result()
+    assert time.perf_counter() - t < 5  # not the child's 60 s
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -80,9 +80,11 @@ class SecondProcess:
                 if not chunk:
                     break
                 chunks.append(chunk)
-        finally:
-            os.close(self._read_end)
-            self._reap()
+        except BaseException:  # interrupted while waiting: end the child at once rather than wait for it
+            self.stop()
+            raise
+        os.close(self._read_end)
+        self._reap()
         try:
             status, value = pickle.loads(b"".join(chunks))
         except Exception as exc:  # noqa: BLE001 - a child that died before sending anything
