@@ -124,6 +124,12 @@ def test_fork_is_used_only_where_it_is_safe(monkeypatch):
     monkeypatch.setattr(second_process.sys, "platform", "darwin")
     assert not fork_is_safe()
     monkeypatch.setattr(second_process.sys, "platform", "linux")
+    monkeypatch.setattr(second_process, "_load_average", lambda: 1.5)  # both cores busy
+    assert not fork_is_safe()
+    monkeypatch.setenv(second_process.ENV_SWITCH, "1")
+    assert fork_is_safe() == hasattr(os, "fork")  # forced on whatever the load
+    monkeypatch.delenv(second_process.ENV_SWITCH)
+    monkeypatch.setattr(second_process, "_load_average", lambda: 0.9)  # this process alone
     if hasattr(os, "fork"):
         stop = threading.Event()
         worker = threading.Thread(target=stop.wait)
@@ -133,6 +139,7 @@ def test_fork_is_used_only_where_it_is_safe(monkeypatch):
         finally:
             stop.set()
             worker.join()
+        assert fork_is_safe()  # Linux, two cores, one free, one thread, not in Slicer
         monkeypatch.setitem(second_process.sys.modules, "slicer", object())
         assert not fork_is_safe()
 
