@@ -17,7 +17,8 @@ reading at each distance past the edge, ``w(x) = (reading - tissue) /
 (metal - tissue)``. ``w`` holds the scanner's blur, the voxel size and any
 extra bloom of the metal: nothing about the scanner is assumed. Inside the
 edge the reading rises with the scanner's blur alone (the bloom lies
-outside the metal): that gives the blur of an edge between two tissues
+outside the metal): read inward to the metal's plateau, that gives the metal's level and the blur of an
+edge between two tissues
 (``tissue_blur_mm``). The points' own edges are fitted with the implant's
 rigid placement (:class:`EdgePlacement`), and a point whose own edge a thin
 bright layer moved off that placement takes the fitted edge.
@@ -303,7 +304,9 @@ class EdgeModel:
     """How the reading falls from the metal to the tissue on this CT, measured at the implant's own edge.
 
     Attributes:
-        metal_hu: the metal's reading (median over the surface of the highest reading just inside), HU.
+        metal_hu: the metal's reading, HU: with the spread measured, the median plateau of the readings walked
+            inward from the edge (see :func:`_tissue_blur`); otherwise the median over the surface of the highest
+            reading within :func:`inside_depth_mm` inside.
         x_mm: distances past the metal edge (mm) at which ``metal_weight`` is given.
         metal_weight: the metal's share of the reading at each distance (1 in the metal, 0.5 at the edge,
             falling to 0); non-increasing.
@@ -318,8 +321,9 @@ class EdgeModel:
             :class:`EdgePlacement`), or ``None`` (each point's own edge is used as found).
         tissue_blur_mm: the scanner's own blur (Gaussian sigma, mm, with the voxel interpolation), measured
             on the inside of the metal edge: the distance inside the edge where the reading has risen to
-            84.1 % of the way from the tissue to the metal. The metal's extra bloom lies outside it, so this
-            is the blur of an edge between two tissues; ``None``: not measured, ``blur_mm`` is used.
+            84.1 % of the way from the tissue to the metal's plateau (the walk inward reaches it: 3.5 edge
+            blurs, see :func:`inner_depth_mm`). The metal's extra bloom lies outside it, so this is the blur
+            of an edge between two tissues; ``None``: not measured, ``blur_mm`` is used.
     """
 
     metal_hu: float
