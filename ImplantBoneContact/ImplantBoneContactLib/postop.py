@@ -17,7 +17,8 @@ reading at each distance past the edge, ``w(x) = (reading - tissue) /
 (metal - tissue)``. ``w`` holds the scanner's blur, the voxel size and any
 extra bloom of the metal: nothing about the scanner is assumed. Inside the
 edge the reading rises with the scanner's blur alone (the bloom lies
-outside the metal): that gives the blur of an edge between two tissues
+outside the metal): read inward to the metal's plateau, that gives the metal's level and the blur of an
+edge between two tissues
 (``tissue_blur_mm``). The points' own edges are fitted with the implant's
 rigid placement (:class:`EdgePlacement`), and a point whose own edge a thin
 bright layer moved off that placement takes the fitted edge.
@@ -96,6 +97,11 @@ MAX_BONE_HU = 2500.0
 EDGE_TOLERANCE_MIN_MM = 0.3
 #: The most a point's own metal edge may depart from the rigid fit and be kept (voxels).
 EDGE_TOLERANCE_VOXELS = 0.5
+#: The scanner's blur is measured inside the metal edge over this many times the edge's blur (at 3.5 sigma a
+#: Gaussian edge has risen to 99.98 % of the metal's plateau), plus a voxel.
+INNER_DEPTH_BLURS = 3.5
+#: A profile read inward has reached the metal's plateau where the reading falls back by this share of its rise.
+PLATEAU_FALL = 0.02
 #: Residuals below this (HU RMS) are noise: one tissue explains the profile.
 NOISE_FLOOR_HU = 30.0
 
@@ -298,7 +304,9 @@ class EdgeModel:
     """How the reading falls from the metal to the tissue on this CT, measured at the implant's own edge.
 
     Attributes:
-        metal_hu: the metal's reading (median over the surface of the highest reading just inside), HU.
+        metal_hu: the metal's reading, HU: with the spread measured, the median plateau of the readings walked
+            inward from the edge (see :func:`_tissue_blur`); otherwise the median over the surface of the highest
+            reading within :func:`inside_depth_mm` inside.
         x_mm: distances past the metal edge (mm) at which ``metal_weight`` is given.
         metal_weight: the metal's share of the reading at each distance (1 in the metal, 0.5 at the edge,
             falling to 0); non-increasing.
@@ -313,8 +321,9 @@ class EdgeModel:
             :class:`EdgePlacement`), or ``None`` (each point's own edge is used as found).
         tissue_blur_mm: the scanner's own blur (Gaussian sigma, mm, with the voxel interpolation), measured
             on the inside of the metal edge: the distance inside the edge where the reading has risen to
-            84.1 % of the way from the tissue to the metal. The metal's extra bloom lies outside it, so this
-            is the blur of an edge between two tissues; ``None``: not measured, ``blur_mm`` is used.
+            84.1 % of the way from the tissue to the metal's plateau (the walk inward reaches it: 3.5 edge
+            blurs, see :func:`inner_depth_mm`). The metal's extra bloom lies outside it, so this is the blur
+            of an edge between two tissues; ``None``: not measured, ``blur_mm`` is used.
     """
 
     metal_hu: float
@@ -502,9 +511,20 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
         low = np.zeros(0, dtype=bool)
     # Gaussian-equivalent blur from the slope at the edge: slope = (metal - floor) / (sigma sqrt(2 pi)).
     blur_from_slope = _blur_from_slope(w, good, metal, step)
+    tissue_blur = None
     if low.sum() >= 30:
         share = (aligned[low] - tissue[low, None]) / (metal - tissue[low, None])
         weight = np.clip(np.median(share, axis=0), 0.0, 1.0)
+        # The metal's level just inside the surface is below its plateau where the blur is wide: the walk
+        # inward reaches the plateau (its depth from this first spread), then the share is taken of it.
+        sel = idx[low]
+        tissue_blur, plateau = _tissue_blur(volume, np.asarray(points, float)[sel] + edges[sel, None] * np.asarray(normals, float)[sel],
+                                            -np.asarray(normals, float)[sel], tissue[low], metal,
+                                            _first_crossing(x, np.minimum.accumulate(weight), 0.1587), method)
+        if math.isfinite(plateau) and plateau > metal:
+            metal = plateau
+            share = (aligned[low] - tissue[low, None]) / (metal - tissue[low, None])
+            weight = np.clip(np.median(share, axis=0), 0.0, 1.0)
         weight = np.minimum.accumulate(weight)
         method_used = "measured"
         n_used = int(low.sum())
@@ -516,22 +536,70 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     blur = _first_crossing(x, weight, 0.1587)
     bloom = _first_crossing(x, weight, 0.02)
     read = _first_crossing(x, weight, READ_METAL_WEIGHT)
-    tissue_blur = None
-    if low.sum() >= 30:
-        # Inside the edge: the reading rises from the tissue to the metal with the scanner's blur alone.
-        x_in = step * np.arange(0, int(math.ceil(inside_depth_mm(volume) / step)) + 1)
-        sel = idx[low]
-        inner, inner_ok = profiles(volume, np.asarray(points, float)[sel] + edges[sel, None] * np.asarray(normals, float)[sel],
-                                   -np.asarray(normals, float)[sel], x_in, method)
-        inner = np.where(inner_ok.all(axis=1)[:, None], inner, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            rise = np.nanmedian((inner - tissue[low, None]) / (metal - tissue[low, None]), axis=0)
-        if np.isfinite(rise).all():
-            sigma = _first_crossing(x_in, 1.0 - np.maximum.accumulate(rise), 1.0 - 0.8413)
-            if 0.0 < sigma < x_in[-1]:
-                tissue_blur = float(sigma)
     return EdgeModel(metal, x, weight, blur, bloom, read, n_used, method_used, placement, tissue_blur)
+
+
+def inner_depth_mm(volume: Volume, blur_mm: float) -> float:
+    """How deep inside the metal edge the scanner's blur is measured (mm): far enough for the reading to reach
+    the metal's plateau, :data:`INNER_DEPTH_BLURS` times the edge's Gaussian-equivalent blur ``blur_mm`` (or
+    :func:`inside_depth_mm`, whichever is more), plus a voxel.
+    """
+    b = float(blur_mm) if math.isfinite(blur_mm) and blur_mm > 0 else 0.0
+    return max(inside_depth_mm(volume), INNER_DEPTH_BLURS * b) + _voxel(volume)
+
+
+def _tissue_blur(volume: Volume, edge_points: np.ndarray, inward: np.ndarray, tissue_hu: np.ndarray, metal_hu: float,
+                 blur_mm: float, method: str = "trilinear") -> tuple[float | None, float]:
+    """The scanner's own blur (Gaussian sigma, mm) measured inside the metal edge, and the metal's plateau (HU).
+
+    Each profile is read inward from its metal edge (``edge_points``, along ``inward``) to
+    :func:`inner_depth_mm`, and stops at its plateau: the first place where the reading falls back by more
+    than :data:`PLATEAU_FALL` of its rise so far (the metal's far side, in a part of the implant thinner
+    than the walk; the model's own depth bounds the walk). The rise from the tissue beyond the bloom
+    (``tissue_hu``) to that plateau (the median of its readings within :data:`PLATEAU_FALL` of the highest),
+    as a share, is ``1 - G(d / sigma)`` at ``d`` mm inside a Gaussian edge:
+    the median share over the profiles reaches 84.13 % at ``d = sigma``. The blur is ``None`` when the
+    median share never reaches it (the metal is thinner than the blur) or the profiles leave the CT; the
+    plateau, the median over the profiles of their highest reading before it, is NaN when fewer than 10
+    profiles rise by more than half of ``metal_hu`` above their tissue.
+    """
+    step = _grid_step(volume)
+    x_in = step * np.arange(0, int(math.ceil(inner_depth_mm(volume, blur_mm) / step)) + 1)
+    inner, inner_ok = profiles(volume, edge_points, inward, x_in, method)
+    inner = np.where(inner_ok, inner, np.nan)
+    t = np.asarray(tissue_hu, float)[:, None]
+    with np.errstate(invalid="ignore"):
+        rise = np.fmax.accumulate(np.where(np.isfinite(inner), inner, -np.inf), axis=1)
+        # The plateau: stop where the reading falls back by more than PLATEAU_FALL of its rise so far.
+        fell = inner < rise - PLATEAU_FALL * np.maximum(rise - t, 0.0)
+    stop = np.where(fell.any(axis=1), np.argmax(fell, axis=1), x_in.size)
+    cols = np.arange(x_in.size)[None, :]
+    kept = (cols < stop[:, None]) & np.isfinite(rise)
+    top = np.max(np.where(kept, rise, -np.inf), axis=1)
+    # The plateau: the median of the readings within PLATEAU_FALL of the highest (the highest alone is
+    # raised by the noise).
+    near = kept & np.isfinite(inner) & (inner >= (top - PLATEAU_FALL * np.maximum(top - t[:, 0], 0.0))[:, None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        top = np.where(near.any(axis=1), np.nanmedian(np.where(near, inner, np.nan), axis=1), top)
+    contrast = top - t[:, 0]
+    usable = np.isfinite(top) & (contrast > 0.5 * (metal_hu - t[:, 0]))
+    if np.count_nonzero(usable) < 10:
+        return None, float("nan")
+    plateau = float(np.median(top[usable]))
+    share = (rise[usable] - t[usable]) / contrast[usable, None]
+    # Past its plateau a profile stays at its plateau (share 1): the far side of a thin part does not pull it down.
+    share = np.where(kept[usable], share, 1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(share, axis=0)
+    if not np.isfinite(med).all():
+        return None, plateau
+    med = np.maximum.accumulate(med)
+    if med[-1] < 0.8413:
+        return None, plateau
+    sigma = _first_crossing(x_in, 1.0 - med, 1.0 - 0.8413)
+    return (float(sigma) if 0.0 < sigma < x_in[-1] else None), plateau
 
 
 def _gaussian_tail(z: np.ndarray) -> np.ndarray:

@@ -81,8 +81,9 @@ def test_detection_tells_post_from_pre_operative(contact_postop, contact_preop):
     assert pre.ct_kind == "pre-operative"
     assert post.postop["evidence"]["fraction_area_with_metal_inside"] > 0.95
     assert pre.postop["evidence"]["fraction_area_with_metal_inside"] < 0.05
-    # The metal's own reading is found (3500 HU, lowered a little by the blur where the stem is thin).
-    assert 3000 < post.postop["edge"]["metal_hu"] <= 3500
+    # The metal's own reading is found (its plateau, 3500 HU, lowered a little by the blur where the stem is thin;
+    # the median of noisy readings, 10 HU of noise, may pass it by a fraction of that).
+    assert 3000 < post.postop["edge"]["metal_hu"] <= 3510
     meta = post.metadata()
     assert meta["ct_kind"] == "post-operative" and meta["postop"]["metal_aware_sampling"] is True
     assert pre.metadata()["ct_kind"] == "pre-operative"
