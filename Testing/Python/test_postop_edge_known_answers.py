@@ -1,0 +1,245 @@
+"""Known answers for the post-operative edge code: the runs of equal falls the edge finder looks for, the
+rigid placement of the metal edge (its design, fit, prediction and record), the edge model's weights, the
+zones named as mostly unreliable, and the walk, edge and bone reading on small blurred metal planes.
+
+Every expected value is worked out here by hand or from the phantom's construction (a metal plane blurred by
+a known Gaussian, sampled at the voxel centres; see ``test_postop_known_answers.py`` for the same phantom).
+Each test takes well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from ImplantBoneContactLib import postop as po
+from ImplantBoneContactLib.volume import Volume
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runs of equal values (_plateaus)
+
+
+def _runs(row, strongest):
+    start, end = po._plateaus(np.array([row], float), np.array([strongest], float))
+    return start[0].tolist(), end[0].tolist()
+
+
+def test_plateaus_of_a_rising_run_and_a_fall():
+    # Runs: [1], [2, 2, 2], [3], [1].
+    assert _runs([1, 2, 2, 2, 3, 1], 3.0) == ([0, 1, 1, 1, 4, 5], [0, 3, 3, 3, 4, 5])
+    # A run at the start and a run to the end.
+    assert _runs([2, 2, 3], 3.0) == ([0, 0, 2], [1, 1, 2])
+    assert _runs([1, 2, 2], 2.0) == ([0, 1, 1], [0, 2, 2])
+    assert _runs([5, 5, 5, 5], 5.0) == ([0, 0, 0, 0], [3, 3, 3, 3])
+
+
+def test_plateaus_are_found_per_row():
+    # Two rows with different runs: accumulating the run ends along the wrong axis would mix them.
+    start, end = po._plateaus(np.array([[1.0, 2.0, 2.0, 3.0], [4.0, 4.0, 1.0, 1.0]]), np.array([3.0, 4.0]))
+    assert start.tolist() == [[0, 1, 1, 3], [0, 0, 2, 2]]
+    assert end.tolist() == [[0, 2, 2, 3], [1, 1, 3, 3]]
+
+
+def test_plateaus_tolerance_is_a_millionth_of_the_strongest():
+    # Within 1e-6 of the strongest (here 1) is the same run, exactly at the limit too.
+    assert _runs([0.0, 1e-6], 1.0) == ([0, 0], [1, 1])
+    assert _runs([0.0, 3e-6], 1.0) == ([0, 1], [0, 1])
+    # A strongest of 10: within 1e-5.
+    assert _runs([0.0, 8e-6], 10.0) == ([0, 0], [1, 1])
+    # A strongest of 0.5: within 5e-7.
+    assert _runs([0.0, 8e-7], 0.5) == ([0, 1], [0, 1])
+    # No positive finite strongest: within 1e-6 (as for a strongest of 1).
+    for strongest in (0.0, -5.0, -np.inf, np.nan):
+        assert _runs([0.0, 5e-7], strongest) == ([0, 0], [1, 1]), strongest
+        assert _runs([0.0, 1.5e-6], strongest) == ([0, 1], [0, 1]), strongest
+
+
+def test_plateaus_of_infinite_values():
+    # Missing falls are -inf: equal infinities are one run, an infinity after a finite value starts a new one.
+    assert _runs([-np.inf, -np.inf, 1.0], 1.0) == ([0, 0, 2], [1, 1, 2])
+    assert _runs([1.0, -np.inf], 1.0) == ([0, 1], [0, 1])
+    assert _runs([0.0, -np.inf, -np.inf], 1.0) == ([0, 1, 1], [0, 2, 2])
+    assert _runs([-np.inf, 0.0, -np.inf, -np.inf], 1.0) == ([0, 1, 2, 2], [0, 1, 3, 3])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rigid placement of the metal edge
+
+
+def test_rigid_design_rows():
+    # Row: 1, the normal, and (p - centre) x n, so that the edge offset of a rigid motion is linear in (c, t, omega).
+    rel = np.array([[0.0, 2.0, 3.0], [1.0, 0.0, 0.0]])
+    nrm = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    d = po._rigid_design(rel, nrm)
+    assert d.tolist() == [[1.0, 0.0, 0.0, 1.0, 2.0, 0.0, 0.0], [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]]
+
+
+def test_edge_placement_predicts_the_offset_of_a_small_rigid_motion():
+    # A point p with outward normal n, moved by a shift t and a small rotation omega about the centre c: it moves
+    # by t + omega x (p - c), which along n is n . t + omega . ((p - c) x n). Worked out by hand for
+    # p = (1, 2, 3), c = (1, 0, 0), n = (0, 0, 1): p - c = (0, 2, 3), (p - c) x n = (2, 0, 0).
+    coef = np.array([0.5, 0.1, 0.2, 0.3, 0.01, 0.02, 0.03])
+    pl = po.EdgePlacement(coef=coef, centre=np.array([1.0, 0.0, 0.0]), residual_mm=0.0, tolerance_mm=0.3, n_points=60)
+    got = pl.predict(np.array([[1.0, 2.0, 3.0], [1.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
+    assert got[0] == pytest.approx(0.5 + 0.3 + 2.0 * 0.01, abs=1e-12)
+    assert got[1] == pytest.approx(0.5 + 0.1, abs=1e-12)  # at the centre the rotation moves nothing
+
+
+def test_edge_placement_keeps_own_edges_within_the_tolerance():
+    # The fitted edge is 0.25 mm everywhere; own edges within 0.5 mm of it (the limit included) are kept, the
+    # others take the fitted edge, and a point without an edge has none.
+    pl = po.EdgePlacement(coef=np.array([0.25, 0, 0, 0, 0, 0, 0], float), centre=np.zeros(3), residual_mm=0.1,
+                          tolerance_mm=0.5, n_points=60)
+    pts = np.zeros((5, 3))
+    nrm = np.tile([1.0, 0.0, 0.0], (5, 1))
+    got = pl.place(pts, nrm, np.array([0.75, -0.25, 1.0, -0.5, np.nan]))
+    assert got[:4].tolist() == [0.75, -0.25, 0.25, 0.25] and math.isnan(got[4])
+
+
+def test_edge_placement_record():
+    pl = po.EdgePlacement(coef=np.array([0.12345, 1.23456, -0.5, 2.0, math.radians(10.0), 0.01, -math.radians(1.0)]),
+                          centre=np.zeros(3), residual_mm=0.12345, tolerance_mm=0.3, n_points=60)
+    assert pl.to_dict() == {
+        "edge_placement_offset_mm": 0.123,
+        "edge_placement_shift_mm": [1.235, -0.5, 2.0],
+        "edge_placement_rotation_deg": [10.0, 0.573, -1.0],  # 0.01 rad = 0.5730 degrees
+        "edge_placement_residual_mm": 0.123,
+        "edge_placement_tolerance_mm": 0.3,
+    }
+    # The edge model's record carries it.
+    e = po.EdgeModel(metal_hu=3000.0, x_mm=np.array([0.0, 1.0]), metal_weight=np.array([0.5, 0.0]), blur_mm=0.5,
+                     bloom_mm=1.0, read_start_mm=0.5, n_vertices=60, method="measured", placement=pl)
+    assert {k: v for k, v in e.to_dict().items() if k.startswith("edge_placement")} == pl.to_dict()
+
+
+def _sphere_points(n=64, radius=10.0, centre=(2.0, -1.0, 5.0)):
+    """Points on a sphere (a Fibonacci lattice) with their outward normals: every direction, so the seven unknowns
+    of the rigid placement are all determined."""
+    k = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * k / n
+    phi = math.pi * (3.0 - math.sqrt(5.0)) * k
+    r = np.sqrt(1.0 - z**2)
+    nrm = np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+    # A sphere's normals are radial, so a rotation about its centre moves nothing along them: stretch it into an
+    # ellipsoid (normals of x^2/a^2 + ... : (x/a^2, y/b^2, z/c^2)).
+    axes = np.array([1.0, 1.5, 2.5]) * radius
+    pts = nrm * axes
+    n_out = pts / axes**2
+    n_out /= np.linalg.norm(n_out, axis=1, keepdims=True)
+    return pts + np.asarray(centre), n_out
+
+
+def test_fit_edge_placement_recovers_a_rigid_motion_and_drops_a_bright_layer():
+    # Own edges from a known placement (offset 0.2 mm, shift (0.3, -0.1, 0.05) mm, rotation (0.01, -0.02, 0.005)
+    # rad about the points' mean), each found twice, +-0.05 mm off (a spread whose robust value is 1.4826 * 0.05
+    # and which the least squares average out exactly), and 8 points whose edge a bright layer moved 2 mm out.
+    pts, nrm = _sphere_points()
+    truth = np.array([0.2, 0.3, -0.1, 0.05, 0.01, -0.02, 0.005])
+    pts2, nrm2 = np.vstack([pts, pts]), np.vstack([nrm, nrm])
+    centre = pts2.mean(axis=0)
+    exact = np.column_stack([np.ones(len(pts2)), nrm2, np.cross(pts2 - centre, nrm2)]) @ truth
+    own = exact + np.r_[np.full(len(pts), 0.05), np.full(len(pts), -0.05)]
+    layer = np.arange(0, 64, 8)
+    own[layer] += 2.0
+    own[layer + 64] += 2.0
+    pl = po.fit_edge_placement(pts2, nrm2, own, voxel_mm=3.0)
+    assert pl is not None
+    assert np.allclose(pl.centre, centre, atol=1e-12)
+    assert np.allclose(pl.coef, truth, atol=1e-9)
+    assert pl.n_points == 128 - 16
+    assert pl.residual_mm == pytest.approx(1.4826 * 0.05, rel=1e-6)
+    # The tolerance: three robust spreads (0.222 mm) raised to 0.3 mm.
+    assert pl.tolerance_mm == pytest.approx(0.3, abs=1e-12)
+    fitted = pl.predict(pts2, nrm2)
+    assert np.allclose(fitted, exact, atol=1e-9)
+    placed = pl.place(pts2, nrm2, own)
+    assert np.allclose(placed[layer], exact[layer], atol=1e-9)  # the layer's points take the fitted edge
+    keep = np.setdiff1d(np.arange(128), np.r_[layer, layer + 64])
+    assert np.array_equal(placed[keep], own[keep])
+
+
+@pytest.mark.parametrize(("spread", "voxel", "tolerance"), [
+    (0.1, 3.0, 3 * 1.4826 * 0.1),  # three robust spreads: 0.445 mm, within [0.3 mm, half a voxel]
+    (0.1, 0.8, 0.4),  # at most half a voxel
+    (0.1, 0.5, 0.3),  # half a voxel is below 0.3 mm: 0.3 mm
+    (0.01, 3.0, 0.3),  # at least 0.3 mm
+])
+def test_fit_edge_placement_tolerance(spread, voxel, tolerance):
+    pts, nrm = _sphere_points()
+    pts2, nrm2 = np.vstack([pts, pts]), np.vstack([nrm, nrm])
+    own = 0.1 + np.r_[np.full(len(pts), spread), np.full(len(pts), -spread)]
+    pl = po.fit_edge_placement(pts2, nrm2, own, voxel_mm=voxel)
+    assert pl.residual_mm == pytest.approx(1.4826 * spread, rel=1e-6)
+    assert pl.tolerance_mm == pytest.approx(tolerance, rel=1e-6)
+    assert pl.n_points == 128 and np.allclose(pl.coef, [0.1, 0, 0, 0, 0, 0, 0], atol=1e-9)
+
+
+def test_fit_edge_placement_needs_50_edges():
+    pts, nrm = _sphere_points(n=60)
+    own = np.full(60, 0.4)
+    own[50:] = np.nan  # points without an edge do not count and are not fitted
+    pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
+    assert pl is not None and pl.n_points == 50
+    assert np.allclose(pl.centre, pts[:50].mean(axis=0), atol=1e-12)
+    assert np.allclose(pl.coef, [0.4, 0, 0, 0, 0, 0, 0], atol=1e-9)
+    own[49] = np.nan
+    assert po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The edge model's weights
+
+
+def _edge_model(x, w, blur=0.5, tissue_blur=None):
+    return po.EdgeModel(metal_hu=3000.0, x_mm=np.asarray(x, float), metal_weight=np.asarray(w, float), blur_mm=blur,
+                        bloom_mm=1.0, read_start_mm=0.5, n_vertices=40, method="measured", tissue_blur_mm=tissue_blur)
+
+
+def test_edge_weight_at_the_edge_and_beyond_the_measured_distances():
+    e = _edge_model([0.0, 1.0, 2.0], [0.6, 0.3, 0.1])
+    # At the edge itself: the measured share (not one minus it); beyond the last distance: no metal.
+    assert e.weight([0.0]).tolist() == [0.6]
+    assert np.allclose(e.weight([-1.0, 2.0, 2.5, 10.0]), [0.7, 0.1, 0.0, 0.0])
+
+
+def test_tissue_weight_is_a_gaussian_edge_of_the_tissue_blur():
+    # sigma 2 mm: the share at 2 mm is that one sigma past a Gaussian edge, 15.87 %; at -4 mm 97.72 %.
+    e = _edge_model([0.0, 1.0], [0.5, 0.0], blur=0.5, tissue_blur=2.0)
+    assert e.tissue_sigma_mm() == 2.0
+    assert np.allclose(e.tissue_weight(np.array([0.0, 2.0, -4.0])), [0.5, 0.158655, 0.977250], atol=1e-6)
+    # Not measured, zero, negative or NaN: the edge's own blur.
+    for t in (None, 0.0, -1.0, float("nan")):
+        assert _edge_model([0.0, 1.0], [0.5, 0.0], blur=0.5, tissue_blur=t).tissue_sigma_mm() == 0.5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Zones named as mostly unreliable
+
+
+def _assessment():
+    return po.Assessment(po.POST_OPERATIVE, True, po.Detection(po.POST_OPERATIVE, np.ones(1, bool), np.ones(1)))
+
+
+def test_zones_mostly_unreliable_are_named():
+    a = _assessment()
+    zones = pd.DataFrame({"zone": pd.Series([1, 2, 3, 4, 5, "all"], dtype=object),
+                          "frac_unreliable": [0.5, 1.0 / 3.0, 0.3, np.nan, 1.0, 0.9]})
+    w = po.unreliable_zone_warnings(a, zones)
+    # 1/3 exactly is named; 0.3 and a zone without samples (NaN) are not; the row 'all' is not a zone.
+    assert a.notes["zones_mostly_unreliable"] == ["1", "2", "5"]
+    assert w == ["zones 1 (50%), 2 (33%), 5 (100%) are 33% or more 'unreliable': their cortical, cancellous and "
+                 "no-bone fractions describe only the rest of the zone, where the bone was told from the bloom, and "
+                 "cannot be taken as the zone's contact"]
+
+
+def test_no_zone_mostly_unreliable():
+    a = _assessment()
+    zones = pd.DataFrame({"zone": ["1", "2", "all"], "frac_unreliable": [0.33, 0.0, 0.5]})
+    assert po.unreliable_zone_warnings(a, zones) == []
+    assert a.notes["zones_mostly_unreliable"] == []
+    # A table without the column (a pre-operative run): nothing said, nothing recorded.
+    b = _assessment()
+    assert po.unreliable_zone_warnings(b, pd.DataFrame({"zone": ["1", "all"], "mean_hu": [1.0, 1.0]})) == []
+    assert "zones_mostly_unreliable" not in b.notes
