@@ -243,3 +243,195 @@ def test_no_zone_mostly_unreliable():
     b = _assessment()
     assert po.unreliable_zone_warnings(b, pd.DataFrame({"zone": ["1", "all"], "mean_hu": [1.0, 1.0]})) == []
     assert "zones_mostly_unreliable" not in b.notes
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Walk, edge and bone reading on blurred metal planes (0.5 mm voxels; metal for x < plane, tissue beyond)
+
+VOXEL = 0.5
+X0 = -4.5  # x of the first voxel column (mm)
+
+
+def _ct(metal=3500.0, tissue=0.0, sigma=0.8, plane=0.0, n_i=30, n_jk=16, tissue_by_j=None):
+    """The CT's value at x is ``tissue + (metal - tissue) G(x - plane)``, G a Gaussian-blurred step of ``sigma``
+    (a sharp step at 0); ``tissue_by_j``: a tissue HU per voxel row along y instead of one."""
+    x = X0 + VOXEL * np.arange(n_i)
+    share = np.array([0.5 * math.erfc((v - plane) / (sigma * math.sqrt(2.0))) for v in x]) if sigma > 0 else (x < plane) * 1.0
+    t = np.full(n_jk, float(tissue)) if tissue_by_j is None else np.asarray(tissue_by_j, float)
+    a = (t[None, :, None] + (metal - t)[None, :, None] * share[None, None, :]).repeat(n_jk, axis=0)
+    m = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    m[:3, 3] = [X0, -0.5 * VOXEL * (n_jk - 1), -0.5 * VOXEL * (n_jk - 1)]
+    return Volume(array=a.astype(np.float32), ijk_to_ras=m)
+
+
+def _plane(n=10, x=0.0, half=2.5, y0=0.0):
+    y, z = np.meshgrid(y0 + np.linspace(-half, half, n), np.linspace(-half, half, n), indexing="ij")
+    pts = np.stack([np.full(y.size, x), y.ravel(), z.ravel()], axis=1)
+    return pts, np.tile([1.0, 0.0, 0.0], (pts.shape[0], 1))
+
+
+def test_a_sharp_step_sampled_at_the_nearest_voxel():
+    # Metal voxels up to x = -0.5, tissue from x = 0: the nearest voxel of a sample changes between x = -0.375
+    # (metal) and -0.25 (tissue, the half-way point rounds up). The two samples' falls are the largest, equal, and
+    # the edge is their middle, -0.3125 mm; read trilinearly the step is a ramp from -0.5 to 0, edge at -0.25.
+    ct = _ct(sigma=0.0)
+    pts, nrm = _plane()
+    assert np.allclose(po._walk(ct, pts, nrm, "nearest", None).edge_mm, -0.3125, atol=1e-12)
+    assert np.allclose(po._walk(ct, pts, nrm, "trilinear", None).edge_mm, -0.25, atol=1e-12)
+    e = po.measure_edge(ct, pts, nrm, "nearest")
+    assert e.metal_hu == 3500.0 and e.method == "measured"
+    # Read outward from -0.3125: the metal voxel, then tissue: share 1 at the edge, 0 from the next sample, so the
+    # 15.87 % crossing lies 0.8413 of a 0.125 mm step past the edge.
+    assert e.metal_weight[0] == 1.0 and not e.metal_weight[1:].any()
+    assert e.blur_mm == pytest.approx(0.125 * (1.0 - 0.1587), abs=1e-12)
+    # Inside the edge the reading is all metal at once: no blur to measure.
+    assert e.tissue_blur_mm is None
+    # Trilinear, the share at the edge (the ramp's middle) is one half.
+    assert po.measure_edge(ct, pts, nrm).metal_weight[0] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_assess_samples_with_the_method_asked_for():
+    ct = _ct(sigma=0.0)
+    pts, nrm = _plane()
+    from ImplantBoneContactLib import AnalysisParameters
+
+    a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters(sampling="nearest"))
+    assert a.edge.metal_weight[0] == 1.0 and not a.edge.metal_weight[1:].any()
+    # One voxel layer of metal (x = -1 mm) in tissue: trilinear samples 0.125 mm apart from x = 0.06 never reach a
+    # voxel centre (at most 2000 (1 - 0.06 / 0.5) = 1760 HU), the nearest voxel reads 2000 HU.
+    layer = _ct(metal=0.0, tissue=0.0, sigma=0.0)
+    layer.array[:, :, 7] = 2000.0
+    p, n = _plane(x=0.06)
+    assert po.detect(layer, p, n, np.ones(len(p))).ct_kind == po.PRE_OPERATIVE
+    assert po.detect(layer, p, n, np.ones(len(p)), "nearest").ct_kind == po.POST_OPERATIVE
+    a = po.assess(layer, p, n, np.ones(len(p)), AnalysisParameters(sampling="nearest"))
+    assert a.ct_kind == po.POST_OPERATIVE and a.detection.in_metal.all()
+    w = po._walk(layer, p, n, "nearest", None)
+    assert w.in_metal.all() and np.all(w.inside_max == 2000.0)
+    assert not po._walk(layer, p, n, "trilinear", None).in_metal.any()
+
+
+def test_metal_read_at_the_surface_counts_and_outside_it_does_not():
+    # Normals pointing into the metal: the highest reading within 1.5 mm inside (into the tissue) is the surface's
+    # own, the voxel centre at x = 0 (3500 G(0) = 1750 HU); not the deeper tissue, nor the metal outside.
+    ct = _ct(sigma=0.6)
+    pts, nrm = _plane(n=3)
+    assert np.all(po._walk(ct, pts, -nrm, "trilinear", None).inside_max == 1750.0)
+    assert np.all(po.detect(ct, pts, -nrm, np.ones(9)).inside_max_hu == 1750.0)
+    # Metal in one voxel layer at x = 0 only, read at the nearest voxel from x = 0.1 inward: the surface's own
+    # samples (0.1 to -0.15 mm) are in it.
+    layer = _ct(metal=0.0, tissue=0.0, sigma=0.0)
+    layer.array[:, :, 9] = 2500.0
+    p, n = _plane(n=3, x=0.1)
+    assert np.all(po.detect(layer, p, n, np.ones(9), "nearest").inside_max_hu == 2500.0)
+
+
+def test_detection_reads_the_inside_part_of_a_walk_leaving_the_ct():
+    # Points 1 mm from the CT's first voxel centre (x = -4.5): the 1.5 mm inside them leave the CT; the samples
+    # that are in it read the metal, and only those count.
+    ct = _ct(sigma=0.6)
+    pts, nrm = _plane(n=3, x=-3.5)
+    det = po.detect(ct, pts, nrm, np.ones(9))
+    assert np.allclose(det.inside_max_hu, 3500.0, rtol=1e-6) and det.in_metal.all()
+
+
+def test_detection_share_with_small_areas():
+    # A surface of 0.09 mm^2 in all, all of it on the metal.
+    ct = _ct()
+    pts, nrm = _plane(n=3)
+    det = po.detect(ct, pts, nrm, np.full(9, 0.01))
+    assert det.evidence["fraction_area_with_metal_inside"] == pytest.approx(1.0) and det.ct_kind == po.POST_OPERATIVE
+
+
+def test_metal_at_exactly_the_detection_level_is_metal_for_the_walk():
+    ct = _ct(metal=2000.0, sigma=0.0)
+    pts, nrm = _plane(n=3)
+    w = po._walk(ct, pts, nrm, "nearest", None)
+    assert w.in_metal.all() and np.isfinite(w.edge_mm).all()
+
+
+def test_edge_beyond_the_bounded_depth_is_not_found():
+    # The metal ends 4 mm outside the surface, past the 3 mm bounded depth: its fall is not looked at.
+    pts, nrm = _plane(n=3)
+    assert np.isnan(po._walk(_ct(sigma=0.6, plane=4.0), pts, nrm, "trilinear", None).edge_mm).all()
+    assert np.allclose(po._walk(_ct(sigma=0.6, plane=2.5), pts, nrm, "trilinear", None).edge_mm, 2.5, atol=0.05)
+
+
+def test_measured_edge_follows_the_metal_edge_off_the_surface():
+    # The metal ends 0.5 mm (one voxel) outside the surface: the profiles are read from the edge found there, so
+    # the share past it and the blur inside it are the Gaussian's, as with the metal on the surface.
+    sigma = 0.8
+    pts, nrm = _plane()
+    e = po.measure_edge(_ct(sigma=sigma, plane=0.5), pts, nrm)
+    assert e.method == "measured"
+    assert np.max(np.abs(e.metal_weight - po._gaussian_tail(e.x_mm / sigma))) < 0.03
+    assert e.tissue_blur_mm == pytest.approx(sigma, abs=0.1)
+    # The rigid placement: the edge 0.5 mm out on every point.
+    assert e.placement is not None and np.allclose(e.placement.predict(pts, nrm), 0.5, atol=0.01)
+
+
+def test_measured_edge_against_soft_tissue_of_200_hu():
+    # The share is (reading - tissue) / (metal - tissue): a Gaussian's again, the blur inside the edge sigma.
+    sigma = 0.8
+    e = po.measure_edge(_ct(sigma=sigma, tissue=200.0), *_plane())
+    assert e.method == "measured" and e.n_vertices == 100
+    assert np.max(np.abs(e.metal_weight - po._gaussian_tail(e.x_mm / sigma))) < 0.03
+    assert e.tissue_blur_mm == pytest.approx(sigma, abs=0.1)
+    # 300 HU is no longer soft tissue: a Gaussian edge from the slope.
+    assert po.measure_edge(_ct(sigma=sigma, tissue=300.0), *_plane()).method == "gaussian"
+
+
+def test_measured_edge_profile_distances():
+    # x from 0 to the walk's 6.5 mm less 1 mm, every 0.125 mm: 45 distances, the last 5.5 mm.
+    e = po.measure_edge(_ct(), *_plane())
+    assert e.x_mm.size == 45 and e.x_mm[-1] == 5.5
+
+
+def test_gaussian_edge_blur_from_the_slope_against_bone():
+    # Bone (1000 HU) beyond a metal blurred by sigma 0.8 mm: the slope at the edge is (metal - bone) / (sigma
+    # sqrt(2 pi)) and the contrast is the metal's reading (97 % of the way from bone to metal at 1.5 mm inside)
+    # less the bone: sigma 0.78 mm, widened a little by the trilinear interpolation. No tissue blur measured.
+    e = po.measure_edge(_ct(sigma=0.8, tissue=1000.0), *_plane())
+    assert e.method == "gaussian"
+    assert e.blur_mm == pytest.approx(0.8, abs=0.06)
+    assert e.tissue_blur_mm is None
+
+
+def test_tissue_blur_on_exactly_30_soft_tissue_vertices():
+    p, n = _plane(n=6)
+    e = po.measure_edge(_ct(sigma=0.8), p[:30], n[:30])
+    assert e.method == "measured" and e.n_vertices == 30
+    assert e.tissue_blur_mm == pytest.approx(0.8, abs=0.1)
+
+
+def test_measure_edge_on_exactly_100_chosen_vertices():
+    # 200 points on the metal's edge; the first 100 chosen: the spread is measured on those only.
+    ct = _ct()
+    p1, n1 = _plane()
+    p2, _ = _plane(y0=0.1)
+    pts, nrm = np.vstack([p1, p2]), np.vstack([n1, n1])
+    assert po.measure_edge(ct, pts, nrm).n_vertices == 200
+    e = po.measure_edge(ct, pts, nrm, use=np.r_[np.ones(100, bool), np.zeros(100, bool)])
+    assert e.n_vertices == 100
+    assert po.measure_edge(ct, pts, nrm, use=np.r_[np.ones(99, bool), np.zeros(101, bool)]).n_vertices == 200
+
+
+def test_soft_tissue_vertices_need_a_flat_tissue_of_their_own():
+    # Rows of voxels along y: fat (-150 HU) for y < -1 mm, soft tissue (0 HU) from -1 to 1 mm, and beyond 1 mm soft
+    # tissue with a cortex (1500 HU) from x = 3.5 to 4.5 mm. The fat and soft tissue points each see a flat tissue
+    # (their own), the cortex points do not: 75 of 120 points (45 fat, 30 soft) measure the spread.
+    y = -0.5 * VOXEL * 15 + VOXEL * np.arange(16)
+    t = np.where(y < -1.0, -150.0, 0.0)
+    ct = _ct(sigma=0.8, tissue_by_j=t)
+    cortex = (y > 1.0)[None, :, None] & ((X0 + VOXEL * np.arange(30) >= 3.5) & (X0 + VOXEL * np.arange(30) <= 4.5))[None, None, :]
+    ct.array[np.broadcast_to(cortex, ct.array.shape)] = 1500.0
+    pts = []
+    for y0 in (-2.75, -2.25, -1.75, -0.25, 0.25, 1.75, 2.25, 2.75):  # voxel centres, away from the rows' borders
+        p, _ = _plane(n=15, half=3.0)
+        p = p[:15].copy()
+        p[:, 1] = y0
+        pts.append(p)
+    pts = np.vstack(pts)
+    nrm = np.tile([1.0, 0.0, 0.0], (len(pts), 1))
+    e = po.measure_edge(ct, pts, nrm)
+    assert e.method == "measured" and e.n_vertices == 75
