@@ -10,6 +10,7 @@ Each test takes well under a second.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -435,3 +436,202 @@ def test_soft_tissue_vertices_need_a_flat_tissue_of_their_own():
     nrm = np.tile([1.0, 0.0, 0.0], (len(pts), 1))
     e = po.measure_edge(ct, pts, nrm)
     assert e.method == "measured" and e.n_vertices == 75
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bone reading past the bloom (sample_metal_aware)
+
+
+def _soft_edge(sigma=0.8):
+    """The edge measured where soft tissue lies beyond the metal, without its rigid placement (each point's own edge)."""
+    e = po.measure_edge(_ct(sigma=sigma), *_plane())
+    e.placement = None
+    return e
+
+
+def test_bone_reading_starting_past_the_bounded_depth_keeps_the_plain_reading():
+    # Points 2.5 mm inside the metal: the edge is 2.5 mm out and the reading would start at 2.5 mm plus the read
+    # start (0.88 mm), past the 3 mm bounded depth. The profile itself is explained (bone past the bloom), yet the
+    # point is unreliable and keeps the CT's reading 3 mm out, at x = 0.5 mm: 1000 + 2500 G(0.5 / 0.8).
+    edge = _soft_edge()
+    bone = _ct(sigma=0.8, tissue=1000.0)
+    pts, nrm = _plane(n=3, x=-2.5)
+    s = po.sample_metal_aware(bone, pts, nrm, edge)
+    assert np.allclose(s.edge_mm, 2.5, atol=1e-9)
+    assert np.allclose(s.bone_start_mm, 2.5 + edge.read_start_mm)
+    assert not s.reliable.any() and s.inside_ct.all()
+    assert np.allclose(s.hu, 1000.0 + 2500.0 * 0.5 * math.erfc(0.5 / (0.8 * math.sqrt(2.0))), atol=0.01)
+    # 2 mm inside: the reading starts within the bounded depth and reads the bone.
+    s = po.sample_metal_aware(bone, pts + [0.5, 0.0, 0.0], nrm, edge)
+    assert s.reliable.all() and np.allclose(s.hu, 1000.0, atol=40.0)
+
+
+def test_profile_the_blur_model_does_not_explain_is_unreliable():
+    # Bone whose voxels alternate 1000 and 1400 HU from x = 1 mm on: no metal tail plus one or two tissues explains
+    # it (residual over 80 HU), so the point is unreliable, although its edge is found on the surface. It keeps the
+    # CT's reading 3 mm out (x = 3 mm, a 1400 HU voxel centre; the metal's tail adds 2500 G(3.75) = 0.2 HU).
+    edge = _soft_edge()
+    ct = _ct(sigma=0.8, tissue=1000.0)
+    ct.array[:, :, 11::2] += 400.0
+    pts, nrm = _plane(n=3)
+    s = po.sample_metal_aware(ct, pts, nrm, edge)
+    assert np.allclose(s.edge_mm, 0.0, atol=0.1) and s.inside_ct.all()
+    assert not s.reliable.any()
+    assert np.allclose(s.hu, 1400.0, atol=0.5)
+
+
+def test_bone_reading_takes_the_placed_edge():
+    # A placement 0.4 mm out everywhere, with a tolerance of 0.3 mm: the points' own edges (on the surface) are
+    # replaced by it, and the reading starts 0.4 mm plus the read start out.
+    edge = _soft_edge()
+    edge.placement = po.EdgePlacement(coef=np.array([0.4, 0, 0, 0, 0, 0, 0], float), centre=np.zeros(3),
+                                      residual_mm=0.0, tolerance_mm=0.3, n_points=60)
+    pts, nrm = _plane(n=3)
+    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
+    assert np.allclose(s.edge_mm, 0.4, atol=1e-12)
+    assert np.allclose(s.bone_start_mm, 0.4 + edge.read_start_mm, atol=1e-12)
+
+
+def test_each_walk_leaving_the_ct_is_marked_on_its_own():
+    # Two points on the metal's surface, one walking out of the CT's end (normal -x from x = -2: the walk reaches
+    # x = -8.5, the CT starts at -4.5), one in it.
+    edge = _soft_edge()
+    pts = np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    nrm = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    nrm[1] = [-1.0, 0.0, 0.0]
+    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
+    assert s.inside_ct.tolist() == [True, False]
+    assert s.reliable.tolist() == [True, False]
+    assert math.isfinite(s.hu[0]) and math.isnan(s.hu[1])
+
+
+def test_plain_reading_of_unreliable_points_uses_the_sampling_method():
+    # Points 2 mm out in tissue whose HU rises by 100 per voxel row along y: no metal inside, unreliable, keep the
+    # reading 3 mm further out. At y = 0.1 mm (0.35 mm past the row at y = -0.25, 0.15 mm before the row at 0.25)
+    # the nearest row reads 800 HU; trilinear reads 700 + 100 * 0.7 = 770 HU.
+    edge = _soft_edge()
+    t = 100.0 * np.arange(16)
+    ct = _ct(sigma=0.8, tissue_by_j=t)
+    pts = np.array([[2.0, 0.1, 0.0]])
+    nrm = np.array([[1.0, 0.0, 0.0]])
+    near = po.sample_metal_aware(ct, pts, nrm, edge, method="nearest")
+    tri = po.sample_metal_aware(ct, pts, nrm, edge)
+    assert not near.reliable.any() and not tri.reliable.any()
+    assert np.isnan(near.edge_mm).all() and np.isnan(tri.edge_mm).all()
+    assert near.hu[0] == pytest.approx(800.0, abs=0.01)
+    assert tri.hu[0] == pytest.approx(770.0, abs=0.01)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The assessment's warnings and notes
+
+
+def _params(**kw):
+    from ImplantBoneContactLib import AnalysisParameters
+
+    return AnalysisParameters(**kw)
+
+
+def _coarse_ct(sigma=2.0, plane=-1.5):
+    """3 mm voxels, metal for x < ``plane`` blurred by ``sigma``: voxel centres at x = -9, -6, ..., 18 mm."""
+    x = -9.0 + 3.0 * np.arange(10)
+    share = np.array([0.5 * math.erfc((v - plane) / (sigma * math.sqrt(2.0))) for v in x])
+    a = np.broadcast_to(3500.0 * share, (6, 6, 10)).astype(np.float32).copy()
+    m = np.diag([3.0, 3.0, 3.0, 1.0])
+    m[:3, 3] = [-9.0, -7.5, -7.5]
+    return Volume(array=a, ijk_to_ras=m)
+
+
+def test_edge_off_the_surface_is_judged_against_half_a_voxel_on_a_coarse_ct():
+    # 3 mm voxels: the edge may lie 1.5 mm (half a voxel) from the surface before the model is said to be off it.
+    # The plane lies midway between the voxel centres at x = -3 and 0: the trilinear profile falls fastest
+    # between them, evenly, and the edge is the middle of that run, the plane.
+    ct = _coarse_ct()
+    p, n = _plane(n=6, half=3.0, x=-1.5)
+    a = po.assess(ct, p - [1.25, 0.0, 0.0], n, np.ones(len(p)), _params())
+    assert a.notes["metal_edge_offset_median_mm"] == pytest.approx(1.25, abs=1e-9)
+    assert a.notes["fraction_area_edge_off_surface"] == 0.0
+    a = po.assess(ct, p - [2.0, 0.0, 0.0], n, np.ones(len(p)), _params())
+    assert a.notes["fraction_area_edge_off_surface"] == 1.0
+    assert any(w.startswith("the metal edge lies more than 1.5 mm from the model surface on 100% of it") for w in a.warnings)
+
+
+def test_edge_offsets_spread_over_the_surface():
+    # Ten groups of ten points, 0, 0.25, ..., 2.25 mm inside the metal: the edge offsets are those depths (the
+    # profile is odd about the voxel centre at the plane). Median 1.125 mm; 90th percentile (linear) 2.0 + 0.1 *
+    # 0.25 = 2.025 mm; off the surface (more than 1 mm): the five deepest groups, 50 %.
+    ct = _ct(sigma=0.6)
+    depths = np.repeat(0.25 * np.arange(10), 10)
+    p, n = _plane()
+    pts = p - depths[:, None] * [1.0, 0.0, 0.0]
+    a = po.assess(ct, pts, n, np.ones(100), _params())
+    assert a.notes["metal_edge_offset_median_mm"] == pytest.approx(1.125, abs=1e-9)
+    assert a.notes["metal_edge_offset_p90_mm"] == pytest.approx(2.025, abs=1e-9)
+    assert a.notes["fraction_area_edge_off_surface"] == pytest.approx(0.5)
+    # (2.025 is not a binary fraction: printed with two decimals it may round either way.)
+    assert len(a.warnings) == 1
+    assert re.fullmatch(
+        r"the metal edge lies more than 1 mm from the model surface on 50% of it \(median offset \+1\.12 mm, 90th "
+        r"percentile 2\.0[23] mm along the outward normal\): the model is not where the implant is \(registration "
+        r"off\?\); the bone is read past the metal's own edge", a.warnings[0])
+    # Exactly 1 mm off is not more than 1 mm.
+    a = po.assess(ct, p - [1.0, 0.0, 0.0], n, np.ones(100), _params())
+    assert a.notes["metal_edge_offset_median_mm"] == pytest.approx(1.0, abs=1e-12)
+    assert a.notes["fraction_area_edge_off_surface"] == 0.0
+
+
+def test_bloom_warning_reaches_past_an_edge_outside_the_surface():
+    # The metal's edge is 1 mm outside the surface (the points 1 mm inside the metal): an offset reads the bloom up
+    # to the bloom distance plus that millimetre.
+    ct = _ct(sigma=0.8)
+    p, n = _plane()
+    pts = p - [1.0, 0.0, 0.0]
+    bloom = po.measure_edge(ct, pts, n).bloom_mm
+    assert 1.0 < bloom < 2.4
+    a = po.assess(ct, pts, n, np.ones(100), _params(offset_mm=2.4))
+    assert not a.metal_aware and a.edge.bloom_mm == bloom
+    assert len(a.warnings) == 1
+    assert a.warnings[0] == (
+        "the CT is post-operative and the offsets given (2.4 mm) read the metal's bloom: the metal adds more than 2% of "
+        f"its {a.edge.metal_hu:.0f} HU up to {bloom + 1.0:.2g} mm outside the surface on this CT; the default "
+        "(no --offset/--profile, --metal-aware auto) reads the bone past the bloom")
+    # Six offsets are listed in full.
+    a = po.assess(ct, pts, n, np.ones(100), _params(profile="0:2.5:0.5"))
+    assert "offsets given (0, 0.5, 1, 1.5, 2, 2.5 mm)" in a.warnings[0]
+
+
+def test_clipped_warning_from_20_voxels():
+    ct = _ct(metal=3000.0, sigma=0.8)
+    ct.array[0, 0, :20] = 3071.0  # 20 voxels at the clip level, the CT's maximum
+    p, n = _plane()
+    a = po.assess(ct, p, n, np.ones(100), _params())
+    assert a.notes["clipped_voxels_at_3071_hu"] == 20
+    assert sum(w.startswith("20 voxels read exactly 3071 HU, the CT's maximum") for w in a.warnings) == 1
+    ct.array[0, 0, 19] = 3000.0
+    a = po.assess(ct, p, n, np.ones(100), _params())
+    assert a.notes["clipped_voxels_at_3071_hu"] == 19 and a.warnings == []
+
+
+def test_pre_operative_assessment_record():
+    ct = _ct()
+    p1, n1 = _plane()
+    p2, _ = _plane(x=3.0)
+    pts, nrm = np.vstack([p1, p2]), np.vstack([n1, n1])
+    # 100 points on the metal of area 0.494 and 100 in the tissue of area 0.506: 49.4 % has metal inside.
+    area = np.r_[np.full(100, 0.494), np.full(100, 0.506)]
+    a = po.assess(ct, pts, nrm, area, _params(metal_aware="on"))
+    assert a.ct_kind == po.PRE_OPERATIVE and a.metal_aware is False and a.edge is None
+    assert a.detection.evidence["fraction_area_with_metal_inside"] == pytest.approx(0.494)
+    assert a.warnings[0].startswith("only 49% of the model's surface has metal (>= 2000 HU) within 1.5 mm inside it")
+    assert a.warnings[1] == ("metal-aware sampling was asked for, but the implant's metal is not in this CT (49% of "
+                             "the surface has metal inside it): the CT is sampled as given")
+
+
+def test_model_on_the_metal_for_exactly_90_percent_is_not_said_to_be_off():
+    ct = _ct()
+    p1, n1 = _plane()
+    p2, _ = _plane(x=3.0)
+    pts, nrm = np.vstack([p1[:90], p2[:10]]), np.vstack([n1[:90], n1[:10]])
+    a = po.assess(ct, pts, nrm, np.ones(100), _params())
+    assert a.detection.evidence["fraction_area_with_metal_inside"] == 0.9
+    assert a.ct_kind == po.POST_OPERATIVE and a.warnings == []
