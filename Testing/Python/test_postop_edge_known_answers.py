@@ -100,14 +100,14 @@ def test_edge_placement_keeps_own_edges_within_the_tolerance():
 
 
 def test_edge_placement_record():
-    pl = po.EdgePlacement(coef=np.array([0.12345, 1.23456, -0.5, 2.0, math.radians(10.0), 0.01, -math.radians(1.0)]),
-                          centre=np.zeros(3), residual_mm=0.12345, tolerance_mm=0.3, n_points=60)
+    pl = po.EdgePlacement(coef=np.array([0.12345, 1.23456, -0.5, 2.0, math.radians(10.0), 0.012, -math.radians(1.0)]),
+                          centre=np.zeros(3), residual_mm=0.12345, tolerance_mm=0.34567, n_points=60)
     assert pl.to_dict() == {
         "edge_placement_offset_mm": 0.123,
         "edge_placement_shift_mm": [1.235, -0.5, 2.0],
-        "edge_placement_rotation_deg": [10.0, 0.573, -1.0],  # 0.01 rad = 0.5730 degrees
+        "edge_placement_rotation_deg": [10.0, 0.688, -1.0],  # 0.012 rad = 0.68755 degrees
         "edge_placement_residual_mm": 0.123,
-        "edge_placement_tolerance_mm": 0.3,
+        "edge_placement_tolerance_mm": 0.346,
     }
     # The edge model's record carries it.
     e = po.EdgeModel(metal_hu=3000.0, x_mm=np.array([0.0, 1.0]), metal_weight=np.array([0.5, 0.0]), blur_mm=0.5,
@@ -635,3 +635,106 @@ def test_model_on_the_metal_for_exactly_90_percent_is_not_said_to_be_off():
     a = po.assess(ct, pts, nrm, np.ones(100), _params())
     assert a.detection.evidence["fraction_area_with_metal_inside"] == 0.9
     assert a.ct_kind == po.POST_OPERATIVE and a.warnings == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Limits of the edge finder, the placement's spread, the profiles' blocks
+
+
+def _ct_from_profile(values_by_x, dtype=np.float32):
+    """A CT whose voxel columns along x (centres at X0 + 0.5 i) hold the given values, the same at every y and z."""
+    a = np.broadcast_to(np.asarray(values_by_x, float), (16, 16, len(values_by_x))).astype(dtype).copy()
+    m = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    m[:3, 3] = [X0, -3.75, -3.75]
+    return Volume(array=a, ijk_to_ras=m)
+
+
+def test_a_weak_fall_inside_the_metal_is_not_the_edge():
+    # Metal of 3500 HU up to x = -1.5, 3300 HU at x = -1 and -0.5, tissue from x = 0. Read trilinearly the profile
+    # falls 400 HU/mm between -1.5 and -1, then 6600 HU/mm between -0.5 and 0: the weak fall is a local maximum but
+    # less than half the strongest, so the edge is the middle of the strong one, -0.25 mm.
+    x = X0 + VOXEL * np.arange(30)
+    ct = _ct_from_profile(np.where(x <= -1.5, 3500.0, np.where(x < 0.0, 3300.0, 0.0)))
+    pts, nrm = _plane(n=3)
+    assert np.allclose(po._walk(ct, pts, nrm, "trilinear", None).edge_mm, -0.25, atol=1e-12)
+
+
+def test_any_fall_in_the_metal_can_be_its_edge():
+    # A step of half a HU (2000.5 to 2000 HU, blurred by 0.6 mm, stored in float64) is found like any other: the
+    # edge finder uses only ratios of falls. The profile is odd about the voxel centre at x = 0: the edge is there.
+    x = X0 + VOXEL * np.arange(30)
+    ct = _ct_from_profile(2000.0 + 0.5 * po._gaussian_tail(x / 0.6), dtype=np.float64)
+    pts, nrm = _plane(n=3)
+    assert np.allclose(po._walk(ct, pts, nrm, "trilinear", None).edge_mm, 0.0, atol=1e-9)
+
+
+def test_each_point_finds_its_own_edge_or_none():
+    # One point on the metal's surface, one 3.5 mm inside the metal (its walk looks 3 mm out, to x = -0.5: the fall
+    # only steepens there, no maximum): the first has its edge, the second none, although both have metal inside.
+    pts = np.array([[0.0, 0.0, 0.0], [-3.5, 0.0, 0.0]])
+    nrm = np.tile([1.0, 0.0, 0.0], (2, 1))
+    w = po._walk(_ct(sigma=0.6), pts, nrm, "trilinear", None)
+    assert w.in_metal.all()
+    assert w.edge_mm[0] == pytest.approx(0.0, abs=1e-12) and math.isnan(w.edge_mm[1])
+
+
+def test_bone_reading_starting_exactly_at_the_bounded_depth_is_reliable():
+    # The edge on the surface (0, the profile odd about its voxel centre) and a read start of 3 mm: the reading
+    # starts exactly at the 3 mm bounded depth, still within it.
+    edge = _soft_edge()
+    edge.read_start_mm = 3.0
+    pts, nrm = _plane(n=3)
+    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
+    assert np.all(s.edge_mm == 0.0) and np.all(s.bone_start_mm == 3.0)
+    assert s.reliable.all()
+
+
+def test_point_without_an_edge_keeps_the_plain_reading_near_the_ct_end():
+    # A point 2 mm out in bone, in a CT ending at x = 9 mm: its walk (to 8.5 mm) is in the CT, so it keeps the
+    # plain reading 3 mm out (bone, 1000 HU) and is unreliable.
+    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0, n_i=28), np.array([[2.0, 0.0, 0.0]]),
+                              np.array([[1.0, 0.0, 0.0]]), _soft_edge())
+    assert s.inside_ct.tolist() == [True] and not s.reliable.any()
+    assert s.hu[0] == pytest.approx(1000.0, abs=0.01)
+
+
+def test_walk_leaving_the_ct_inside_the_metal_is_not_sampled():
+    # The metal ends at x = -2.5; a point at -3.5 walks from -5 (outside the CT, which starts at -4.5) to 3 mm. Its
+    # edge is found 1 mm out, and the bone profile from there lies in the CT, but the walk does not: not sampled.
+    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0, plane=-2.5), np.array([[-3.5, 0.0, 0.0]]),
+                              np.array([[1.0, 0.0, 0.0]]), _soft_edge())
+    assert s.edge_mm[0] == pytest.approx(1.0, abs=1e-9)
+    assert s.inside_ct.tolist() == [False] and not s.reliable.any() and math.isnan(s.hu[0])
+
+
+def test_bloom_warning_without_any_edge_found():
+    # The metal ends 4 mm out, past the bounded depth: no edge found, no edge offset recorded, and the bloom is that
+    # of the Gaussian edge from the voxel size (sigma hypot(0.6, 0.25) = 0.65 mm: 2 % at 2.054 sigma, 1.3 mm).
+    pts, nrm = _plane()
+    a = po.assess(_ct(sigma=0.6, plane=4.0), pts, nrm, np.ones(100), _params(offset_mm=1.0))
+    assert a.edge.method == "gaussian" and "metal_edge_offset_median_mm" not in a.notes
+    assert a.edge.bloom_mm == pytest.approx(2.054 * math.hypot(0.6, 0.25), abs=0.01)
+    assert len(a.warnings) == 1 and "up to 1.3 mm outside the surface" in a.warnings[0]
+
+
+def test_fit_edge_placement_spread_about_the_median_residual():
+    # Each point's edge found three times: 0.1 mm above the placement twice, 0.2 mm below once. The least squares
+    # fit the placement exactly (the errors cancel at every point); the residuals' median is 0.1 mm and every
+    # residual but one in three lies on it: robust spread 0, tolerance 0.3 mm.
+    pts, nrm = _sphere_points()
+    pts3, nrm3 = np.vstack([pts, pts, pts]), np.vstack([nrm, nrm, nrm])
+    own = 0.2 + np.r_[np.full(64, 0.1), np.full(64, 0.1), np.full(64, -0.2)]
+    pl = po.fit_edge_placement(pts3, nrm3, own, voxel_mm=3.0)
+    assert np.allclose(pl.coef, [0.2, 0, 0, 0, 0, 0, 0], atol=1e-9)
+    assert pl.residual_mm == pytest.approx(0.0, abs=1e-9) and pl.tolerance_mm == pytest.approx(0.3)
+    assert pl.n_points == 192
+
+
+def test_profiles_in_blocks_of_one_point():
+    # 5 points and 4 offsets with a block of 4 samples: one point per block, every point sampled.
+    ct = _ct(sigma=0.0, tissue=100.0)
+    pts = np.column_stack([np.full(5, 0.25), np.linspace(-1.0, 1.0, 5), np.zeros(5)])
+    nrm = np.tile([1.0, 0.0, 0.0], (5, 1))
+    hu, inside = po.profiles(ct, pts, nrm, np.array([-2.0, -1.0, 0.0, 2.0]), block=4)
+    # x = -1.75, -0.75 (metal), 0.25, 2.25 (tissue).
+    assert hu.tolist() == [[3500.0, 3500.0, 100.0, 100.0]] * 5 and inside.all()
