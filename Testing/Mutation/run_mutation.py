@@ -82,14 +82,16 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x_compare__mutmut*", "x__change_surface*", "xǁStoredResultǁ*", "xǁComparisonǁ*"],
         ["test_compare_known_answers.py"],
     ),
-    # detection, edge, walk, reliability marking and the assessment; not the profile fit (_layer_fit), whose
-    # accuracy the phantom tests of test_postop measure (slow fixtures)
+    # detection, edge, walk, the edge placement, reliability marking and the assessment; not the profile fit
+    # (_layer_fit), whose accuracy the phantom tests of test_postop measure (slow fixtures)
     "postop": (
         ["x__grid_step*", "x__voxel*", "x_inside_depth_mm*", "x_walk_depth_mm*", "x_max_bone_start_mm*",
          "x_read_depth_mm*", "x_profiles*", "x_detect*", "xǁEdgeModelǁ*", "x__first_crossing*", "x__walk*",
-         "x_measure_edge*", "x__gaussian_tail*", "x__blur_from_slope*", "x_sample_metal_aware*",
-         "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*", "x_assess*", "x_metal_advice*"],
-        ["test_postop_known_answers.py"],
+         "x__plateaus*", "x_measure_edge*", "x__gaussian_tail*", "x__blur_from_slope*", "x__rigid_design*",
+         "x_fit_edge_placement*", "xǁEdgePlacementǁ*", "x_sample_metal_aware*", "x_clipped_metal_voxels*",
+         "x_resolution_statement*", "xǁAssessmentǁ*", "x_unreliable_zone_warnings*", "x_assess*",
+         "x_metal_advice*"],
+        ["test_postop_known_answers.py", "test_postop_edge_known_answers.py"],
     ),
     # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
     "register": (
