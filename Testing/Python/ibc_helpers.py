@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -199,3 +200,33 @@ def metal_surface_of(volume, threshold: float = 2000.0):
     contour.SetValue(0, threshold)
     contour.Update()
     return transform_polydata(contour.GetOutput(), volume.ijk_to_ras)
+
+
+def blurred_metal_plane_ct(metal: float = 3500.0, tissue: float = 0.0, sigma: float = 0.8, voxel: float = 0.5,
+                           n_i: int = 30, n_jk: int = 16, plane: float = 0.0, x0: float = -4.5,
+                           tissue_by_j=None):
+    """A CT of metal for x < ``plane`` and tissue beyond (HU), read at voxel centres from the blurred step
+    ``tissue + (metal - tissue) G(x - plane)``, G a Gaussian-blurred step of ``sigma`` mm (a sharp step at 0).
+
+    ``voxel`` mm cubic voxels, ``n_i`` columns along x from ``x0`` mm, ``n_jk`` rows along y and z centred on 0;
+    ``tissue_by_j``: a tissue HU per row along y instead of one."""
+    from ImplantBoneContactLib.volume import Volume
+
+    x = x0 + voxel * np.arange(n_i)
+    if sigma > 0:
+        share = np.array([0.5 * math.erfc((v - plane) / (sigma * math.sqrt(2.0))) for v in x])
+    else:
+        share = (x < plane) * 1.0
+    t = np.full(n_jk, float(tissue)) if tissue_by_j is None else np.asarray(tissue_by_j, float)
+    a = (t[None, :, None] + (metal - t)[None, :, None] * share[None, None, :]).repeat(n_jk, axis=0)
+    m = np.diag([voxel, voxel, voxel, 1.0])
+    m[:3, 3] = [x0, -0.5 * voxel * (n_jk - 1), -0.5 * voxel * (n_jk - 1)]
+    return Volume(array=a.astype(np.float32), ijk_to_ras=m)
+
+
+def plane_points(n: int = 10, x: float = 0.0, half: float = 2.5, y0: float = 0.0) -> tuple:
+    """``n`` x ``n`` points on the plane at ``x`` mm (y from ``y0 - half`` to ``y0 + half``, z within ``half``)
+    and their normals, all +x."""
+    y, z = np.meshgrid(y0 + np.linspace(-half, half, n), np.linspace(-half, half, n), indexing="ij")
+    pts = np.stack([np.full(y.size, x), y.ravel(), z.ravel()], axis=1)
+    return pts, np.tile([1.0, 0.0, 0.0], (pts.shape[0], 1))

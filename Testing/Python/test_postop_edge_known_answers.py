@@ -15,6 +15,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from ibc_helpers import blurred_metal_plane_ct, plane_points
 from ImplantBoneContactLib import postop as po
 from ImplantBoneContactLib.volume import Volume
 
@@ -253,30 +254,12 @@ VOXEL = 0.5
 X0 = -4.5  # x of the first voxel column (mm)
 
 
-def _ct(metal=3500.0, tissue=0.0, sigma=0.8, plane=0.0, n_i=30, n_jk=16, tissue_by_j=None):
-    """The CT's value at x is ``tissue + (metal - tissue) G(x - plane)``, G a Gaussian-blurred step of ``sigma``
-    (a sharp step at 0); ``tissue_by_j``: a tissue HU per voxel row along y instead of one."""
-    x = X0 + VOXEL * np.arange(n_i)
-    share = np.array([0.5 * math.erfc((v - plane) / (sigma * math.sqrt(2.0))) for v in x]) if sigma > 0 else (x < plane) * 1.0
-    t = np.full(n_jk, float(tissue)) if tissue_by_j is None else np.asarray(tissue_by_j, float)
-    a = (t[None, :, None] + (metal - t)[None, :, None] * share[None, None, :]).repeat(n_jk, axis=0)
-    m = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
-    m[:3, 3] = [X0, -0.5 * VOXEL * (n_jk - 1), -0.5 * VOXEL * (n_jk - 1)]
-    return Volume(array=a.astype(np.float32), ijk_to_ras=m)
-
-
-def _plane(n=10, x=0.0, half=2.5, y0=0.0):
-    y, z = np.meshgrid(y0 + np.linspace(-half, half, n), np.linspace(-half, half, n), indexing="ij")
-    pts = np.stack([np.full(y.size, x), y.ravel(), z.ravel()], axis=1)
-    return pts, np.tile([1.0, 0.0, 0.0], (pts.shape[0], 1))
-
-
 def test_a_sharp_step_sampled_at_the_nearest_voxel():
     # Metal voxels up to x = -0.5, tissue from x = 0: the nearest voxel of a sample changes between x = -0.375
     # (metal) and -0.25 (tissue, the half-way point rounds up). The two samples' falls are the largest, equal, and
     # the edge is their middle, -0.3125 mm; read trilinearly the step is a ramp from -0.5 to 0, edge at -0.25.
-    ct = _ct(sigma=0.0)
-    pts, nrm = _plane()
+    ct = blurred_metal_plane_ct(sigma=0.0)
+    pts, nrm = plane_points()
     assert np.allclose(po._walk(ct, pts, nrm, "nearest", None).edge_mm, -0.3125, atol=1e-12)
     assert np.allclose(po._walk(ct, pts, nrm, "trilinear", None).edge_mm, -0.25, atol=1e-12)
     e = po.measure_edge(ct, pts, nrm, "nearest")
@@ -292,17 +275,17 @@ def test_a_sharp_step_sampled_at_the_nearest_voxel():
 
 
 def test_assess_samples_with_the_method_asked_for():
-    ct = _ct(sigma=0.0)
-    pts, nrm = _plane()
+    ct = blurred_metal_plane_ct(sigma=0.0)
+    pts, nrm = plane_points()
     from ImplantBoneContactLib import AnalysisParameters
 
     a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters(sampling="nearest"))
     assert a.edge.metal_weight[0] == 1.0 and not a.edge.metal_weight[1:].any()
     # One voxel layer of metal (x = -1 mm) in tissue: trilinear samples 0.125 mm apart from x = 0.06 never reach a
     # voxel centre (at most 2000 (1 - 0.06 / 0.5) = 1760 HU), the nearest voxel reads 2000 HU.
-    layer = _ct(metal=0.0, tissue=0.0, sigma=0.0)
+    layer = blurred_metal_plane_ct(metal=0.0, tissue=0.0, sigma=0.0)
     layer.array[:, :, 7] = 2000.0
-    p, n = _plane(x=0.06)
+    p, n = plane_points(x=0.06)
     assert po.detect(layer, p, n, np.ones(len(p))).ct_kind == po.PRE_OPERATIVE
     assert po.detect(layer, p, n, np.ones(len(p)), "nearest").ct_kind == po.POST_OPERATIVE
     a = po.assess(layer, p, n, np.ones(len(p)), AnalysisParameters(sampling="nearest"))
@@ -315,55 +298,55 @@ def test_assess_samples_with_the_method_asked_for():
 def test_metal_read_at_the_surface_counts_and_outside_it_does_not():
     # Normals pointing into the metal: the highest reading within 1.5 mm inside (into the tissue) is the surface's
     # own, the voxel centre at x = 0 (3500 G(0) = 1750 HU); not the deeper tissue, nor the metal outside.
-    ct = _ct(sigma=0.6)
-    pts, nrm = _plane(n=3)
+    ct = blurred_metal_plane_ct(sigma=0.6)
+    pts, nrm = plane_points(n=3)
     assert np.all(po._walk(ct, pts, -nrm, "trilinear", None).inside_max == 1750.0)
     assert np.all(po.detect(ct, pts, -nrm, np.ones(9)).inside_max_hu == 1750.0)
     # Metal in one voxel layer at x = 0 only, read at the nearest voxel from x = 0.1 inward: the surface's own
     # samples (0.1 to -0.15 mm) are in it.
-    layer = _ct(metal=0.0, tissue=0.0, sigma=0.0)
+    layer = blurred_metal_plane_ct(metal=0.0, tissue=0.0, sigma=0.0)
     layer.array[:, :, 9] = 2500.0
-    p, n = _plane(n=3, x=0.1)
+    p, n = plane_points(n=3, x=0.1)
     assert np.all(po.detect(layer, p, n, np.ones(9), "nearest").inside_max_hu == 2500.0)
 
 
 def test_detection_reads_the_inside_part_of_a_walk_leaving_the_ct():
     # Points 1 mm from the CT's first voxel centre (x = -4.5): the 1.5 mm inside them leave the CT; the samples
     # that are in it read the metal, and only those count.
-    ct = _ct(sigma=0.6)
-    pts, nrm = _plane(n=3, x=-3.5)
+    ct = blurred_metal_plane_ct(sigma=0.6)
+    pts, nrm = plane_points(n=3, x=-3.5)
     det = po.detect(ct, pts, nrm, np.ones(9))
     assert np.allclose(det.inside_max_hu, 3500.0, rtol=1e-6) and det.in_metal.all()
 
 
 def test_detection_share_with_small_areas():
     # A surface of 0.09 mm^2 in all, all of it on the metal.
-    ct = _ct()
-    pts, nrm = _plane(n=3)
+    ct = blurred_metal_plane_ct()
+    pts, nrm = plane_points(n=3)
     det = po.detect(ct, pts, nrm, np.full(9, 0.01))
     assert det.evidence["fraction_area_with_metal_inside"] == pytest.approx(1.0) and det.ct_kind == po.POST_OPERATIVE
 
 
 def test_metal_at_exactly_the_detection_level_is_metal_for_the_walk():
-    ct = _ct(metal=2000.0, sigma=0.0)
-    pts, nrm = _plane(n=3)
+    ct = blurred_metal_plane_ct(metal=2000.0, sigma=0.0)
+    pts, nrm = plane_points(n=3)
     w = po._walk(ct, pts, nrm, "nearest", None)
     assert w.in_metal.all() and np.isfinite(w.edge_mm).all()
 
 
 def test_edge_beyond_the_bounded_depth_is_not_found():
     # The metal ends 4 mm outside the surface, past the 3 mm bounded depth: its fall is not looked at.
-    pts, nrm = _plane(n=3)
-    assert np.isnan(po._walk(_ct(sigma=0.6, plane=4.0), pts, nrm, "trilinear", None).edge_mm).all()
-    assert np.allclose(po._walk(_ct(sigma=0.6, plane=2.5), pts, nrm, "trilinear", None).edge_mm, 2.5, atol=0.05)
+    pts, nrm = plane_points(n=3)
+    assert np.isnan(po._walk(blurred_metal_plane_ct(sigma=0.6, plane=4.0), pts, nrm, "trilinear", None).edge_mm).all()
+    assert np.allclose(po._walk(blurred_metal_plane_ct(sigma=0.6, plane=2.5), pts, nrm, "trilinear", None).edge_mm, 2.5, atol=0.05)
 
 
 def test_measured_edge_follows_the_metal_edge_off_the_surface():
     # The metal ends 0.5 mm (one voxel) outside the surface: the profiles are read from the edge found there, so
     # the share past it and the blur inside it are the Gaussian's, as with the metal on the surface.
     sigma = 0.8
-    pts, nrm = _plane()
-    e = po.measure_edge(_ct(sigma=sigma, plane=0.5), pts, nrm)
+    pts, nrm = plane_points()
+    e = po.measure_edge(blurred_metal_plane_ct(sigma=sigma, plane=0.5), pts, nrm)
     assert e.method == "measured"
     assert np.max(np.abs(e.metal_weight - po._gaussian_tail(e.x_mm / sigma))) < 0.03
     assert e.tissue_blur_mm == pytest.approx(sigma, abs=0.1)
@@ -374,17 +357,17 @@ def test_measured_edge_follows_the_metal_edge_off_the_surface():
 def test_measured_edge_against_soft_tissue_of_200_hu():
     # The share is (reading - tissue) / (metal - tissue): a Gaussian's again, the blur inside the edge sigma.
     sigma = 0.8
-    e = po.measure_edge(_ct(sigma=sigma, tissue=200.0), *_plane())
+    e = po.measure_edge(blurred_metal_plane_ct(sigma=sigma, tissue=200.0), *plane_points())
     assert e.method == "measured" and e.n_vertices == 100
     assert np.max(np.abs(e.metal_weight - po._gaussian_tail(e.x_mm / sigma))) < 0.03
     assert e.tissue_blur_mm == pytest.approx(sigma, abs=0.1)
     # 300 HU is no longer soft tissue: a Gaussian edge from the slope.
-    assert po.measure_edge(_ct(sigma=sigma, tissue=300.0), *_plane()).method == "gaussian"
+    assert po.measure_edge(blurred_metal_plane_ct(sigma=sigma, tissue=300.0), *plane_points()).method == "gaussian"
 
 
 def test_measured_edge_profile_distances():
     # x from 0 to the walk's 6.5 mm less 1 mm, every 0.125 mm: 45 distances, the last 5.5 mm.
-    e = po.measure_edge(_ct(), *_plane())
+    e = po.measure_edge(blurred_metal_plane_ct(), *plane_points())
     assert e.x_mm.size == 45 and e.x_mm[-1] == 5.5
 
 
@@ -392,24 +375,24 @@ def test_gaussian_edge_blur_from_the_slope_against_bone():
     # Bone (1000 HU) beyond a metal blurred by sigma 0.8 mm: the slope at the edge is (metal - bone) / (sigma
     # sqrt(2 pi)) and the contrast is the metal's reading (97 % of the way from bone to metal at 1.5 mm inside)
     # less the bone: sigma 0.78 mm, widened a little by the trilinear interpolation. No tissue blur measured.
-    e = po.measure_edge(_ct(sigma=0.8, tissue=1000.0), *_plane())
+    e = po.measure_edge(blurred_metal_plane_ct(sigma=0.8, tissue=1000.0), *plane_points())
     assert e.method == "gaussian"
     assert e.blur_mm == pytest.approx(0.8, abs=0.06)
     assert e.tissue_blur_mm is None
 
 
 def test_tissue_blur_on_exactly_30_soft_tissue_vertices():
-    p, n = _plane(n=6)
-    e = po.measure_edge(_ct(sigma=0.8), p[:30], n[:30])
+    p, n = plane_points(n=6)
+    e = po.measure_edge(blurred_metal_plane_ct(sigma=0.8), p[:30], n[:30])
     assert e.method == "measured" and e.n_vertices == 30
     assert e.tissue_blur_mm == pytest.approx(0.8, abs=0.1)
 
 
 def test_measure_edge_on_exactly_100_chosen_vertices():
     # 200 points on the metal's edge; the first 100 chosen: the spread is measured on those only.
-    ct = _ct()
-    p1, n1 = _plane()
-    p2, _ = _plane(y0=0.1)
+    ct = blurred_metal_plane_ct()
+    p1, n1 = plane_points()
+    p2, _ = plane_points(y0=0.1)
     pts, nrm = np.vstack([p1, p2]), np.vstack([n1, n1])
     assert po.measure_edge(ct, pts, nrm).n_vertices == 200
     e = po.measure_edge(ct, pts, nrm, use=np.r_[np.ones(100, bool), np.zeros(100, bool)])
@@ -423,12 +406,12 @@ def test_soft_tissue_vertices_need_a_flat_tissue_of_their_own():
     # (their own), the cortex points do not: 75 of 120 points (45 fat, 30 soft) measure the spread.
     y = -0.5 * VOXEL * 15 + VOXEL * np.arange(16)
     t = np.where(y < -1.0, -150.0, 0.0)
-    ct = _ct(sigma=0.8, tissue_by_j=t)
+    ct = blurred_metal_plane_ct(sigma=0.8, tissue_by_j=t)
     cortex = (y > 1.0)[None, :, None] & ((X0 + VOXEL * np.arange(30) >= 3.5) & (X0 + VOXEL * np.arange(30) <= 4.5))[None, None, :]
     ct.array[np.broadcast_to(cortex, ct.array.shape)] = 1500.0
     pts = []
     for y0 in (-2.75, -2.25, -1.75, -0.25, 0.25, 1.75, 2.25, 2.75):  # voxel centres, away from the rows' borders
-        p, _ = _plane(n=15, half=3.0)
+        p, _ = plane_points(n=15, half=3.0)
         p = p[:15].copy()
         p[:, 1] = y0
         pts.append(p)
@@ -444,7 +427,7 @@ def test_soft_tissue_vertices_need_a_flat_tissue_of_their_own():
 
 def _soft_edge(sigma=0.8):
     """The edge measured where soft tissue lies beyond the metal, without its rigid placement (each point's own edge)."""
-    e = po.measure_edge(_ct(sigma=sigma), *_plane())
+    e = po.measure_edge(blurred_metal_plane_ct(sigma=sigma), *plane_points())
     e.placement = None
     return e
 
@@ -454,8 +437,8 @@ def test_bone_reading_starting_past_the_bounded_depth_keeps_the_plain_reading():
     # start (0.88 mm), past the 3 mm bounded depth. The profile itself is explained (bone past the bloom), yet the
     # point is unreliable and keeps the CT's reading 3 mm out, at x = 0.5 mm: 1000 + 2500 G(0.5 / 0.8).
     edge = _soft_edge()
-    bone = _ct(sigma=0.8, tissue=1000.0)
-    pts, nrm = _plane(n=3, x=-2.5)
+    bone = blurred_metal_plane_ct(sigma=0.8, tissue=1000.0)
+    pts, nrm = plane_points(n=3, x=-2.5)
     s = po.sample_metal_aware(bone, pts, nrm, edge)
     assert np.allclose(s.edge_mm, 2.5, atol=1e-9)
     assert np.allclose(s.bone_start_mm, 2.5 + edge.read_start_mm)
@@ -471,9 +454,9 @@ def test_profile_the_blur_model_does_not_explain_is_unreliable():
     # it (residual over 80 HU), so the point is unreliable, although its edge is found on the surface. It keeps the
     # CT's reading 3 mm out (x = 3 mm, a 1400 HU voxel centre; the metal's tail adds 2500 G(3.75) = 0.2 HU).
     edge = _soft_edge()
-    ct = _ct(sigma=0.8, tissue=1000.0)
+    ct = blurred_metal_plane_ct(sigma=0.8, tissue=1000.0)
     ct.array[:, :, 11::2] += 400.0
-    pts, nrm = _plane(n=3)
+    pts, nrm = plane_points(n=3)
     s = po.sample_metal_aware(ct, pts, nrm, edge)
     assert np.allclose(s.edge_mm, 0.0, atol=0.1) and s.inside_ct.all()
     assert not s.reliable.any()
@@ -486,8 +469,8 @@ def test_bone_reading_takes_the_placed_edge():
     edge = _soft_edge()
     edge.placement = po.EdgePlacement(coef=np.array([0.4, 0, 0, 0, 0, 0, 0], float), centre=np.zeros(3),
                                       residual_mm=0.0, tolerance_mm=0.3, n_points=60)
-    pts, nrm = _plane(n=3)
-    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
+    pts, nrm = plane_points(n=3)
+    s = po.sample_metal_aware(blurred_metal_plane_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
     assert np.allclose(s.edge_mm, 0.4, atol=1e-12)
     assert np.allclose(s.bone_start_mm, 0.4 + edge.read_start_mm, atol=1e-12)
 
@@ -499,7 +482,7 @@ def test_each_walk_leaving_the_ct_is_marked_on_its_own():
     pts = np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     nrm = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
     nrm[1] = [-1.0, 0.0, 0.0]
-    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
+    s = po.sample_metal_aware(blurred_metal_plane_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
     assert s.inside_ct.tolist() == [True, False]
     assert s.reliable.tolist() == [True, False]
     assert math.isfinite(s.hu[0]) and math.isnan(s.hu[1])
@@ -511,7 +494,7 @@ def test_plain_reading_of_unreliable_points_uses_the_sampling_method():
     # the nearest row reads 800 HU; trilinear reads 700 + 100 * 0.7 = 770 HU.
     edge = _soft_edge()
     t = 100.0 * np.arange(16)
-    ct = _ct(sigma=0.8, tissue_by_j=t)
+    ct = blurred_metal_plane_ct(sigma=0.8, tissue_by_j=t)
     pts = np.array([[2.0, 0.1, 0.0]])
     nrm = np.array([[1.0, 0.0, 0.0]])
     near = po.sample_metal_aware(ct, pts, nrm, edge, method="nearest")
@@ -547,7 +530,7 @@ def test_edge_off_the_surface_is_judged_against_half_a_voxel_on_a_coarse_ct():
     # The plane lies midway between the voxel centres at x = -3 and 0: the trilinear profile falls fastest
     # between them, evenly, and the edge is the middle of that run, the plane.
     ct = _coarse_ct()
-    p, n = _plane(n=6, half=3.0, x=-1.5)
+    p, n = plane_points(n=6, half=3.0, x=-1.5)
     a = po.assess(ct, p - [1.25, 0.0, 0.0], n, np.ones(len(p)), _params())
     assert a.notes["metal_edge_offset_median_mm"] == pytest.approx(1.25, abs=1e-9)
     assert a.notes["fraction_area_edge_off_surface"] == 0.0
@@ -560,9 +543,9 @@ def test_edge_offsets_spread_over_the_surface():
     # Ten groups of ten points, 0, 0.25, ..., 2.25 mm inside the metal: the edge offsets are those depths (the
     # profile is odd about the voxel centre at the plane). Median 1.125 mm; 90th percentile (linear) 2.0 + 0.1 *
     # 0.25 = 2.025 mm; off the surface (more than 1 mm): the five deepest groups, 50 %.
-    ct = _ct(sigma=0.6)
+    ct = blurred_metal_plane_ct(sigma=0.6)
     depths = np.repeat(0.25 * np.arange(10), 10)
-    p, n = _plane()
+    p, n = plane_points()
     pts = p - depths[:, None] * [1.0, 0.0, 0.0]
     a = po.assess(ct, pts, n, np.ones(100), _params())
     assert a.notes["metal_edge_offset_median_mm"] == pytest.approx(1.125, abs=1e-9)
@@ -583,8 +566,8 @@ def test_edge_offsets_spread_over_the_surface():
 def test_bloom_warning_reaches_past_an_edge_outside_the_surface():
     # The metal's edge is 1 mm outside the surface (the points 1 mm inside the metal): an offset reads the bloom up
     # to the bloom distance plus that millimetre.
-    ct = _ct(sigma=0.8)
-    p, n = _plane()
+    ct = blurred_metal_plane_ct(sigma=0.8)
+    p, n = plane_points()
     pts = p - [1.0, 0.0, 0.0]
     bloom = po.measure_edge(ct, pts, n).bloom_mm
     assert 1.0 < bloom < 2.4
@@ -601,9 +584,9 @@ def test_bloom_warning_reaches_past_an_edge_outside_the_surface():
 
 
 def test_clipped_warning_from_20_voxels():
-    ct = _ct(metal=3000.0, sigma=0.8)
+    ct = blurred_metal_plane_ct(metal=3000.0, sigma=0.8)
     ct.array[0, 0, :20] = 3071.0  # 20 voxels at the clip level, the CT's maximum
-    p, n = _plane()
+    p, n = plane_points()
     a = po.assess(ct, p, n, np.ones(100), _params())
     assert a.notes["clipped_voxels_at_3071_hu"] == 20
     assert sum(w.startswith("20 voxels read exactly 3071 HU, the CT's maximum") for w in a.warnings) == 1
@@ -613,9 +596,9 @@ def test_clipped_warning_from_20_voxels():
 
 
 def test_pre_operative_assessment_record():
-    ct = _ct()
-    p1, n1 = _plane()
-    p2, _ = _plane(x=3.0)
+    ct = blurred_metal_plane_ct()
+    p1, n1 = plane_points()
+    p2, _ = plane_points(x=3.0)
     pts, nrm = np.vstack([p1, p2]), np.vstack([n1, n1])
     # 100 points on the metal of area 0.494 and 100 in the tissue of area 0.506: 49.4 % has metal inside.
     area = np.r_[np.full(100, 0.494), np.full(100, 0.506)]
@@ -628,9 +611,9 @@ def test_pre_operative_assessment_record():
 
 
 def test_model_on_the_metal_for_exactly_90_percent_is_not_said_to_be_off():
-    ct = _ct()
-    p1, n1 = _plane()
-    p2, _ = _plane(x=3.0)
+    ct = blurred_metal_plane_ct()
+    p1, n1 = plane_points()
+    p2, _ = plane_points(x=3.0)
     pts, nrm = np.vstack([p1[:90], p2[:10]]), np.vstack([n1[:90], n1[:10]])
     a = po.assess(ct, pts, nrm, np.ones(100), _params())
     assert a.detection.evidence["fraction_area_with_metal_inside"] == 0.9
@@ -655,7 +638,7 @@ def test_a_weak_fall_inside_the_metal_is_not_the_edge():
     # less than half the strongest, so the edge is the middle of the strong one, -0.25 mm.
     x = X0 + VOXEL * np.arange(30)
     ct = _ct_from_profile(np.where(x <= -1.5, 3500.0, np.where(x < 0.0, 3300.0, 0.0)))
-    pts, nrm = _plane(n=3)
+    pts, nrm = plane_points(n=3)
     assert np.allclose(po._walk(ct, pts, nrm, "trilinear", None).edge_mm, -0.25, atol=1e-12)
 
 
@@ -664,7 +647,7 @@ def test_any_fall_in_the_metal_can_be_its_edge():
     # edge finder uses only ratios of falls. The profile is odd about the voxel centre at x = 0: the edge is there.
     x = X0 + VOXEL * np.arange(30)
     ct = _ct_from_profile(2000.0 + 0.5 * po._gaussian_tail(x / 0.6), dtype=np.float64)
-    pts, nrm = _plane(n=3)
+    pts, nrm = plane_points(n=3)
     assert np.allclose(po._walk(ct, pts, nrm, "trilinear", None).edge_mm, 0.0, atol=1e-9)
 
 
@@ -673,7 +656,7 @@ def test_each_point_finds_its_own_edge_or_none():
     # only steepens there, no maximum): the first has its edge, the second none, although both have metal inside.
     pts = np.array([[0.0, 0.0, 0.0], [-3.5, 0.0, 0.0]])
     nrm = np.tile([1.0, 0.0, 0.0], (2, 1))
-    w = po._walk(_ct(sigma=0.6), pts, nrm, "trilinear", None)
+    w = po._walk(blurred_metal_plane_ct(sigma=0.6), pts, nrm, "trilinear", None)
     assert w.in_metal.all()
     assert w.edge_mm[0] == pytest.approx(0.0, abs=1e-12) and math.isnan(w.edge_mm[1])
 
@@ -683,8 +666,8 @@ def test_bone_reading_starting_exactly_at_the_bounded_depth_is_reliable():
     # starts exactly at the 3 mm bounded depth, still within it.
     edge = _soft_edge()
     edge.read_start_mm = 3.0
-    pts, nrm = _plane(n=3)
-    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
+    pts, nrm = plane_points(n=3)
+    s = po.sample_metal_aware(blurred_metal_plane_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
     assert np.all(s.edge_mm == 0.0) and np.all(s.bone_start_mm == 3.0)
     assert s.reliable.all()
 
@@ -692,7 +675,7 @@ def test_bone_reading_starting_exactly_at_the_bounded_depth_is_reliable():
 def test_point_without_an_edge_keeps_the_plain_reading_near_the_ct_end():
     # A point 2 mm out in bone, in a CT ending at x = 9 mm: its walk (to 8.5 mm) is in the CT, so it keeps the
     # plain reading 3 mm out (bone, 1000 HU) and is unreliable.
-    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0, n_i=28), np.array([[2.0, 0.0, 0.0]]),
+    s = po.sample_metal_aware(blurred_metal_plane_ct(sigma=0.8, tissue=1000.0, n_i=28), np.array([[2.0, 0.0, 0.0]]),
                               np.array([[1.0, 0.0, 0.0]]), _soft_edge())
     assert s.inside_ct.tolist() == [True] and not s.reliable.any()
     assert s.hu[0] == pytest.approx(1000.0, abs=0.01)
@@ -701,7 +684,7 @@ def test_point_without_an_edge_keeps_the_plain_reading_near_the_ct_end():
 def test_walk_leaving_the_ct_inside_the_metal_is_not_sampled():
     # The metal ends at x = -2.5; a point at -3.5 walks from -5 (outside the CT, which starts at -4.5) to 3 mm. Its
     # edge is found 1 mm out, and the bone profile from there lies in the CT, but the walk does not: not sampled.
-    s = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0, plane=-2.5), np.array([[-3.5, 0.0, 0.0]]),
+    s = po.sample_metal_aware(blurred_metal_plane_ct(sigma=0.8, tissue=1000.0, plane=-2.5), np.array([[-3.5, 0.0, 0.0]]),
                               np.array([[1.0, 0.0, 0.0]]), _soft_edge())
     assert s.edge_mm[0] == pytest.approx(1.0, abs=1e-9)
     assert s.inside_ct.tolist() == [False] and not s.reliable.any() and math.isnan(s.hu[0])
@@ -710,8 +693,8 @@ def test_walk_leaving_the_ct_inside_the_metal_is_not_sampled():
 def test_bloom_warning_without_any_edge_found():
     # The metal ends 4 mm out, past the bounded depth: no edge found, no edge offset recorded, and the bloom is that
     # of the Gaussian edge from the voxel size (sigma hypot(0.6, 0.25) = 0.65 mm: 2 % at 2.054 sigma, 1.3 mm).
-    pts, nrm = _plane()
-    a = po.assess(_ct(sigma=0.6, plane=4.0), pts, nrm, np.ones(100), _params(offset_mm=1.0))
+    pts, nrm = plane_points()
+    a = po.assess(blurred_metal_plane_ct(sigma=0.6, plane=4.0), pts, nrm, np.ones(100), _params(offset_mm=1.0))
     assert a.edge.method == "gaussian" and "metal_edge_offset_median_mm" not in a.notes
     assert a.edge.bloom_mm == pytest.approx(2.054 * math.hypot(0.6, 0.25), abs=0.01)
     assert len(a.warnings) == 1 and "up to 1.3 mm outside the surface" in a.warnings[0]
@@ -732,7 +715,7 @@ def test_fit_edge_placement_spread_about_the_median_residual():
 
 def test_profiles_in_blocks_of_one_point():
     # 5 points and 4 offsets with a block of 4 samples: one point per block, every point sampled.
-    ct = _ct(sigma=0.0, tissue=100.0)
+    ct = blurred_metal_plane_ct(sigma=0.0, tissue=100.0)
     pts = np.column_stack([np.full(5, 0.25), np.linspace(-1.0, 1.0, 5), np.zeros(5)])
     nrm = np.tile([1.0, 0.0, 0.0], (5, 1))
     hu, inside = po.profiles(ct, pts, nrm, np.array([-2.0, -1.0, 0.0, 2.0]), block=4)

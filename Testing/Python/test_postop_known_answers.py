@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from ibc_helpers import blurred_metal_plane_ct, plane_points
 from ImplantBoneContactLib import AnalysisParameters
 from ImplantBoneContactLib import postop as po
 from ImplantBoneContactLib.volume import Volume
@@ -22,25 +23,8 @@ VOXEL = 0.5
 X0 = -4.5  # x of the first column (mm)
 
 
-def _ct(metal=3500.0, tissue=0.0, sigma=0.8, voxel=VOXEL, n_i=30, n_jk=16, plane=0.0, x0=X0):
-    x = x0 + voxel * np.arange(n_i)
-    share = np.array([0.5 * math.erfc((v - plane) / (sigma * math.sqrt(2.0))) for v in x]) if sigma > 0 else (x < plane) * 1.0
-    profile = tissue + (metal - tissue) * share
-    a = np.broadcast_to(profile, (n_jk, n_jk, n_i)).astype(np.float32).copy()
-    m = np.diag([voxel, voxel, voxel, 1.0])
-    m[:3, 3] = [x0, -0.5 * voxel * (n_jk - 1), -0.5 * voxel * (n_jk - 1)]
-    return Volume(array=a, ijk_to_ras=m)
-
-
-def _plane_points(n=10, x=0.0, half=2.5):
-    y, z = np.meshgrid(np.linspace(-half, half, n), np.linspace(-half, half, n), indexing="ij")
-    pts = np.stack([np.full(y.size, x), y.ravel(), z.ravel()], axis=1)
-    nrm = np.tile([1.0, 0.0, 0.0], (pts.shape[0], 1))
-    return pts, nrm
-
-
 def test_depths_follow_the_voxel_size():
-    fine, coarse = _ct(voxel=0.5), _ct(voxel=3.0, n_i=8, n_jk=4)
+    fine, coarse = blurred_metal_plane_ct(voxel=0.5), blurred_metal_plane_ct(voxel=3.0, n_i=8, n_jk=4)
     assert po._grid_step(fine) == 0.125 and po._grid_step(coarse) == 0.25
     assert po._voxel(coarse) == 3.0
     assert po.inside_depth_mm(fine) == 1.5 and po.inside_depth_mm(coarse) == 3.0
@@ -55,7 +39,7 @@ def test_depths_follow_the_voxel_size():
 
 
 def test_profiles_sample_along_each_normal():
-    ct = _ct(sigma=0.0, tissue=100.0)
+    ct = blurred_metal_plane_ct(sigma=0.0, tissue=100.0)
     pts = np.array([[0.25, 0.0, 0.0], [0.25, 1.0, 0.0], [0.0, 0.0, 0.0]])
     nrm = np.array([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     hu, inside = po.profiles(ct, pts, nrm, np.array([-2.0, 0.0, 2.0, 40.0]), block=4)
@@ -69,8 +53,8 @@ def test_profiles_sample_along_each_normal():
 
 
 def test_detection_of_a_post_operative_ct():
-    ct = _ct()
-    pts, nrm = _plane_points()
+    ct = blurred_metal_plane_ct()
+    pts, nrm = plane_points()
     det = po.detect(ct, pts, nrm, np.ones(len(pts)))
     assert det.ct_kind == po.POST_OPERATIVE
     assert det.in_metal.all()
@@ -85,8 +69,8 @@ def test_detection_of_a_post_operative_ct():
 
 
 def test_detection_of_a_pre_operative_ct():
-    ct = _ct(metal=900.0, tissue=0.0)  # a virtual stem placed in bone: nothing reaches 2000 HU inside it
-    pts, nrm = _plane_points()
+    ct = blurred_metal_plane_ct(metal=900.0, tissue=0.0)  # a virtual stem placed in bone: nothing reaches 2000 HU inside it
+    pts, nrm = plane_points()
     det = po.detect(ct, pts, nrm, np.ones(len(pts)))
     assert det.ct_kind == po.PRE_OPERATIVE and not det.in_metal.any()
     assert det.evidence["fraction_area_with_metal_inside"] == 0.0
@@ -94,9 +78,9 @@ def test_detection_of_a_pre_operative_ct():
 
 def test_detection_shares_are_of_the_sampled_area():
     # 100 points on the metal, 100 points 3 mm out in the tissue (no metal within 1.5 mm inside them).
-    ct = _ct()
-    p1, n1 = _plane_points()
-    p2, n2 = _plane_points(x=3.0)
+    ct = blurred_metal_plane_ct()
+    p1, n1 = plane_points()
+    p2, n2 = plane_points(x=3.0)
     pts, nrm = np.vstack([p1, p2]), np.vstack([n1, n2])
     # Equal areas: half the surface has metal inside, exactly the post-operative limit.
     det = po.detect(ct, pts, nrm, np.ones(200))
@@ -118,11 +102,11 @@ def test_detection_shares_are_of_the_sampled_area():
 
 
 def test_metal_at_exactly_the_detection_level_counts():
-    ct = _ct(metal=2000.0, sigma=0.0)
-    pts, nrm = _plane_points(n=3)
+    ct = blurred_metal_plane_ct(metal=2000.0, sigma=0.0)
+    pts, nrm = plane_points(n=3)
     det = po.detect(ct, pts, nrm, np.ones(9), method="nearest")
     assert det.in_metal.all() and det.inside_max_hu.max() == 2000.0
-    ct = _ct(metal=1999.0, sigma=0.0)
+    ct = blurred_metal_plane_ct(metal=1999.0, sigma=0.0)
     assert not po.detect(ct, pts, nrm, np.ones(9), method="nearest").in_metal.any()
 
 
@@ -160,8 +144,8 @@ def test_edge_weight_is_the_metal_share_on_both_sides():
 
 @pytest.mark.parametrize("sigma", [0.6, 1.0])
 def test_measured_edge_spread_of_a_blurred_step(sigma):
-    ct = _ct(sigma=sigma)
-    pts, nrm = _plane_points()
+    ct = blurred_metal_plane_ct(sigma=sigma)
+    pts, nrm = plane_points()
     e = po.measure_edge(ct, pts, nrm)
     assert e.method == "measured" and e.n_vertices == 100
     # The metal's reading: its plateau, reached by the walk inward (the highest reading within 1.5 mm inside the
@@ -182,7 +166,7 @@ def test_measured_share_and_tissue_blur_of_a_blurred_step_follow_the_gaussian(si
     # A Gaussian-blurred metal plane against soft tissue (0.5 mm voxels, sampled trilinearly): the metal's share
     # past the edge is 0.5 erfc(x / (sigma sqrt 2)), within 0.03 (the interpolation widens it a little), and the
     # scanner's own blur measured inside the edge is sigma, within 0.1 mm.
-    e = po.measure_edge(_ct(sigma=sigma), *_plane_points())
+    e = po.measure_edge(blurred_metal_plane_ct(sigma=sigma), *plane_points())
     gauss = np.array([0.5 * math.erfc(x / (sigma * math.sqrt(2.0))) for x in e.x_mm])
     assert np.max(np.abs(e.metal_weight - gauss)) < 0.03
     assert e.bloom_mm == pytest.approx(2.054 * sigma, rel=0.1)  # the share falls to 2 % at 2.054 sigma
@@ -201,8 +185,8 @@ def test_tissue_blur_is_the_sigma_of_the_blurred_step(voxel, sigma):
     # the edge's position in the voxel: 0.14 mm for sigma 0.6 at 1 mm voxels), and the edge is located to a
     # fraction of a voxel. The CT reaches 10 mm into the metal.
     n_i = int(round(22.0 / voxel))
-    ct = _ct(sigma=sigma, voxel=voxel, n_i=n_i, n_jk=int(round(8.0 / voxel)), x0=-10.0)
-    e = po.measure_edge(ct, *_plane_points())
+    ct = blurred_metal_plane_ct(sigma=sigma, voxel=voxel, n_i=n_i, n_jk=int(round(8.0 / voxel)), x0=-10.0)
+    e = po.measure_edge(ct, *plane_points())
     assert e.method == "measured"
     assert e.tissue_blur_mm == pytest.approx(sigma, abs=0.2 * voxel)
     # The walk inward is 3.5 edge blurs deep (at least 1.5 mm), plus a voxel.
@@ -231,8 +215,8 @@ def test_tissue_blur_stops_at_the_plateau_of_a_thin_metal_part():
     m = np.diag([voxel, voxel, voxel, 1.0])
     m[:3, 3] = [x0, -3.75, -3.75]
     ct = Volume(array=a, ijk_to_ras=m)
-    e = po.measure_edge(ct, *_plane_points())
-    edge = float(np.median(po._walk(ct, *_plane_points(), "trilinear", None).edge_mm))
+    e = po.measure_edge(ct, *plane_points())
+    edge = float(np.median(po._walk(ct, *plane_points(), "trilinear", None).edge_mm))
     assert abs(edge) <= 0.5 * voxel
     d = np.arange(0.0, 2.5, 0.001)
     slab = np.array([3500.0 * (g(-v) - g(1.5 - v)) + 6000.0 * g(2.25 - v) for v in d])
@@ -249,8 +233,8 @@ def test_tissue_blur_stops_at_the_plateau_of_a_thin_metal_part():
 def test_measured_blur_of_a_blurred_step_is_its_sigma():
     # 0.5 mm voxels sampled trilinearly add little to a Gaussian blur of 0.8 mm: the edge is at the plane, the
     # share there one half, and the Gaussian-equivalent blur 0.8 mm.
-    ct = _ct(sigma=0.8)
-    pts, nrm = _plane_points()
+    ct = blurred_metal_plane_ct(sigma=0.8)
+    pts, nrm = plane_points()
     w = po._walk(ct, pts, nrm, "trilinear", None)
     e = po.measure_edge(ct, pts, nrm)
     assert np.allclose(w.edge_mm, 0.0, atol=0.1)
@@ -263,9 +247,9 @@ def test_edge_found_at_the_metal_surface_along_tilted_normals(tilt_deg):
     # crosses the plane (offset 0), whatever the tilt; the fall along the normal is the blur stretched by
     # 1 / cos(tilt), so the Gaussian-equivalent blur reads sigma / cos(tilt) (0.8 mm for an untilted normal).
     t = math.radians(tilt_deg)
-    pts, _ = _plane_points(n=4)
+    pts, _ = plane_points(n=4)
     nrm = np.tile([math.cos(t), math.sin(t), 0.0], (pts.shape[0], 1))
-    ct = _ct(sigma=0.8)
+    ct = blurred_metal_plane_ct(sigma=0.8)
     w = po._walk(ct, pts, nrm, "trilinear", None)
     assert np.allclose(w.edge_mm, 0.0, atol=0.1)
     assert po.measure_edge(ct, pts, nrm).blur_mm == pytest.approx(0.8 / math.cos(t), rel=0.15)
@@ -273,9 +257,9 @@ def test_edge_found_at_the_metal_surface_along_tilted_normals(tilt_deg):
 
 def test_edge_moves_with_the_metal():
     # The metal ends one voxel (0.5 mm) further out: the same sampled profile shifted by four walk steps.
-    pts, nrm = _plane_points()
-    w0 = po._walk(_ct(sigma=0.6), pts, nrm, "trilinear", None)
-    w1 = po._walk(_ct(sigma=0.6, plane=0.5), pts, nrm, "trilinear", None)
+    pts, nrm = plane_points()
+    w0 = po._walk(blurred_metal_plane_ct(sigma=0.6), pts, nrm, "trilinear", None)
+    w1 = po._walk(blurred_metal_plane_ct(sigma=0.6, plane=0.5), pts, nrm, "trilinear", None)
     assert np.isfinite(w0.edge_mm).all()
     assert np.allclose(w1.edge_mm - w0.edge_mm, 0.5, atol=1e-9)
     assert np.ptp(w0.edge_mm) < 1e-9  # a plane: the same edge everywhere
@@ -287,16 +271,16 @@ def test_edge_moves_with_the_metal():
 
 
 def test_no_edge_without_metal_inside():
-    pts, nrm = _plane_points(n=3, x=3.0)
-    w = po._walk(_ct(sigma=0.6), pts, nrm, "trilinear", None)
+    pts, nrm = plane_points(n=3, x=3.0)
+    w = po._walk(blurred_metal_plane_ct(sigma=0.6), pts, nrm, "trilinear", None)
     assert np.isnan(w.edge_mm).all() and not w.in_metal.any()
 
 
 def test_measured_edge_on_too_little_soft_tissue_is_gaussian():
     # Bone (1000 HU) beyond the metal everywhere: no vertex measures the spread; the edge is a Gaussian tail,
     # so its distances are those of a Gaussian: 15.87 % at one sigma, 15 % at 1.0364 sigma, 2 % at 2.054 sigma.
-    ct = _ct(sigma=0.8, tissue=1000.0)
-    pts, nrm = _plane_points()
+    ct = blurred_metal_plane_ct(sigma=0.8, tissue=1000.0)
+    pts, nrm = plane_points()
     e = po.measure_edge(ct, pts, nrm)
     assert e.method == "gaussian" and e.n_vertices == 100
     assert e.read_start_mm == pytest.approx(1.0364 * e.blur_mm, rel=0.01)
@@ -304,27 +288,27 @@ def test_measured_edge_on_too_little_soft_tissue_is_gaussian():
     assert np.allclose(e.metal_weight, [0.5 * math.erfc(v / (e.blur_mm * math.sqrt(2.0))) for v in e.x_mm], atol=2e-3)
     assert 0.7 < e.blur_mm < 2.0
     # 29 vertices in soft tissue are too few to measure the spread: a Gaussian again.
-    soft = _ct(sigma=0.8)
-    p, n = _plane_points(n=6)
+    soft = blurred_metal_plane_ct(sigma=0.8)
+    p, n = plane_points(n=6)
     assert po.measure_edge(soft, p[:29], n[:29]).method == "gaussian"
     assert po.measure_edge(soft, p[:30], n[:30]).method == "measured"
 
 
 def test_gaussian_edge_without_any_edge_uses_the_voxel():
     # No edge found anywhere (the points 3 mm out in the tissue): the Gaussian's sigma is hypot(0.6, voxel / 2).
-    pts, nrm = _plane_points(n=3, x=3.0)
-    e = po.measure_edge(_ct(sigma=0.8), pts, nrm)
+    pts, nrm = plane_points(n=3, x=3.0)
+    e = po.measure_edge(blurred_metal_plane_ct(sigma=0.8), pts, nrm)
     assert e.method == "gaussian" and e.n_vertices == 0
     assert e.blur_mm == pytest.approx(math.hypot(0.6, 0.25), abs=0.01)
-    assert e.metal_hu == pytest.approx(float(_ct(sigma=0.8).array.max()))
+    assert e.metal_hu == pytest.approx(float(blurred_metal_plane_ct(sigma=0.8).array.max()))
 
 
 def test_measure_edge_uses_the_chosen_vertices():
     # 100 points on the metal's edge and 100 in the tissue 3 mm out (no metal inside, no edge): the edge is
     # measured on the first 100 when they are chosen.
-    ct = _ct(sigma=0.8)
-    p1, n1 = _plane_points()
-    p2, _ = _plane_points(x=3.0)
+    ct = blurred_metal_plane_ct(sigma=0.8)
+    p1, n1 = plane_points()
+    p2, _ = plane_points(x=3.0)
     use = np.r_[np.ones(100, bool), np.zeros(100, bool)]
     e = po.measure_edge(ct, np.vstack([p1, p2]), np.vstack([n1, n1]), use=use)
     assert e.n_vertices == 100 and e.method == "measured"
@@ -335,9 +319,9 @@ def test_measure_edge_uses_the_chosen_vertices():
 
 def test_bone_reading_starts_past_the_bloom_and_reads_the_bone():
     sigma = 0.8
-    edge = po.measure_edge(_ct(sigma=sigma), *_plane_points())  # spread measured where soft tissue is beyond
-    bone = _ct(sigma=sigma, tissue=1000.0)  # the same scanner, bone against the metal
-    pts, nrm = _plane_points(n=4)
+    edge = po.measure_edge(blurred_metal_plane_ct(sigma=sigma), *plane_points())  # spread measured where soft tissue is beyond
+    bone = blurred_metal_plane_ct(sigma=sigma, tissue=1000.0)  # the same scanner, bone against the metal
+    pts, nrm = plane_points(n=4)
     s = po.sample_metal_aware(bone, pts, nrm, edge)
     assert s.reliable.all() and s.inside_ct.all()
     walk = po._walk(bone, pts, nrm, "trilinear", edge.metal_hu)
@@ -349,9 +333,9 @@ def test_bone_reading_starts_past_the_bloom_and_reads_the_bone():
 
 
 def test_points_without_metal_are_unreliable_and_keep_the_plain_reading():
-    edge = po.measure_edge(_ct(sigma=0.8), *_plane_points())
-    bone = _ct(sigma=0.8, tissue=1000.0)
-    pts, nrm = _plane_points(n=3, x=2.0)  # 2 mm into the bone: nothing inside reaches the metal level
+    edge = po.measure_edge(blurred_metal_plane_ct(sigma=0.8), *plane_points())
+    bone = blurred_metal_plane_ct(sigma=0.8, tissue=1000.0)
+    pts, nrm = plane_points(n=3, x=2.0)  # 2 mm into the bone: nothing inside reaches the metal level
     s = po.sample_metal_aware(bone, pts, nrm, edge)
     assert not s.reliable.any() and s.inside_ct.all()
     assert np.isnan(s.edge_mm).all() and np.isnan(s.bone_start_mm).all()
@@ -360,20 +344,20 @@ def test_points_without_metal_are_unreliable_and_keep_the_plain_reading():
 
 
 def test_walk_leaving_the_ct_is_not_sampled():
-    edge = po.measure_edge(_ct(sigma=0.8), *_plane_points())
-    small = _ct(sigma=0.8, tissue=1000.0, n_i=16)  # ends at x = 3 mm: the 6.5 mm walk leaves it
-    pts, nrm = _plane_points(n=3)
+    edge = po.measure_edge(blurred_metal_plane_ct(sigma=0.8), *plane_points())
+    small = blurred_metal_plane_ct(sigma=0.8, tissue=1000.0, n_i=16)  # ends at x = 3 mm: the 6.5 mm walk leaves it
+    pts, nrm = plane_points(n=3)
     s = po.sample_metal_aware(small, pts, nrm, edge)
     assert not s.inside_ct.any() and not s.reliable.any() and np.isnan(s.hu).all()
-    full = po.sample_metal_aware(_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
+    full = po.sample_metal_aware(blurred_metal_plane_ct(sigma=0.8, tissue=1000.0), pts, nrm, edge)
     assert np.allclose(s.edge_mm, full.edge_mm) and np.isfinite(s.edge_mm).all()  # the edge itself is inside the CT
     assert np.allclose(s.bone_start_mm, full.bone_start_mm)
 
 
 def test_bone_start_deeper_than_the_bounded_depth_is_unreliable():
     # An edge model whose bone reading starts 0.2 mm beyond the 3 mm bounded depth.
-    bone = _ct(sigma=0.8, tissue=1000.0)
-    pts, nrm = _plane_points(n=3)
+    bone = blurred_metal_plane_ct(sigma=0.8, tissue=1000.0)
+    pts, nrm = plane_points(n=3)
     edge = po._walk(bone, pts, nrm, "trilinear", 3500.0).edge_mm[0]
     x = np.arange(0.0, 5.01, 0.125)
     w = np.clip(0.5 - x / 7.0, 0.0, 1.0)
@@ -386,16 +370,16 @@ def test_bone_start_deeper_than_the_bounded_depth_is_unreliable():
 
 
 def test_clipped_metal_voxels():
-    ct = _ct(metal=3071.0, sigma=0.0)
+    ct = blurred_metal_plane_ct(metal=3071.0, sigma=0.0)
     assert po.clipped_metal_voxels(ct) == int((ct.array == 3071.0).sum()) == 16 * 16 * 9
     ct.array[0, 0, 0] = 3072.0
     assert po.clipped_metal_voxels(ct) == 0  # the CT's maximum is not the clip level
-    assert po.clipped_metal_voxels(_ct(metal=3500.0, sigma=0.0)) == 0
+    assert po.clipped_metal_voxels(blurred_metal_plane_ct(metal=3500.0, sigma=0.0)) == 0
 
 
 def test_resolution_statement():
-    assert po.resolution_statement(_ct(voxel=1.0, n_i=8, n_jk=4)) is None
-    s = po.resolution_statement(_ct(voxel=1.5, n_i=8, n_jk=4))
+    assert po.resolution_statement(blurred_metal_plane_ct(voxel=1.0, n_i=8, n_jk=4)) is None
+    s = po.resolution_statement(blurred_metal_plane_ct(voxel=1.5, n_i=8, n_jk=4))
     assert s == ("at 1.5 mm voxels a cortex thinner than about 3 mm (2 voxels) is not resolved: thin (metaphyseal) "
                  "cortical contact cannot be measured and reads as cancellous or no bone, and a cancellous gap "
                  "thinner than that between the metal and a cortex reads as the cortex beyond it; zones where the "
@@ -441,8 +425,8 @@ def test_assessment_to_dict():
 
 
 def test_assess_post_operative_ct_chooses_metal_aware_sampling():
-    ct = _ct(sigma=0.8)
-    pts, nrm = _plane_points()
+    ct = blurred_metal_plane_ct(sigma=0.8)
+    pts, nrm = plane_points()
     a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters())
     assert a.ct_kind == po.POST_OPERATIVE and a.metal_aware and a.edge is not None and a.edge.method == "measured"
     assert a.resolution is None and a.warnings == []
@@ -472,9 +456,9 @@ def test_assess_post_operative_ct_chooses_metal_aware_sampling():
 
 
 def test_assess_says_when_the_model_is_partly_off_the_metal():
-    ct = _ct(sigma=0.8)
-    p1, n1 = _plane_points()
-    p2, _ = _plane_points(x=3.0)
+    ct = blurred_metal_plane_ct(sigma=0.8)
+    p1, n1 = plane_points()
+    p2, _ = plane_points(x=3.0)
     pts, nrm = np.vstack([p1, p2[:60]]), np.vstack([n1, n1[:60]])  # 100 of 160 on the metal
     a = po.assess(ct, pts, nrm, np.ones(160), AnalysisParameters())
     assert a.ct_kind == po.POST_OPERATIVE
@@ -486,9 +470,9 @@ def test_assess_says_when_the_model_is_partly_off_the_metal():
 
 def test_assess_says_when_the_model_is_off_the_metal_edge():
     # The metal ends 2.5 mm outside the surface on every point: its edge is found more than 1 mm out.
-    pts, nrm = _plane_points()
-    near = po._walk(_ct(sigma=0.6), pts, nrm, "trilinear", None).edge_mm[0]
-    ct = _ct(sigma=0.6, plane=2.5)
+    pts, nrm = plane_points()
+    near = po._walk(blurred_metal_plane_ct(sigma=0.6), pts, nrm, "trilinear", None).edge_mm[0]
+    ct = blurred_metal_plane_ct(sigma=0.6, plane=2.5)
     a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters())
     assert a.notes["fraction_area_edge_off_surface"] == 1.0
     assert a.notes["metal_edge_offset_median_mm"] == pytest.approx(near + 2.5, abs=1e-6)  # the edge moves with the metal
@@ -506,17 +490,17 @@ def test_assess_says_when_the_model_is_off_the_metal_edge():
 
 
 def test_assess_pre_operative_ct():
-    ct = _ct(metal=900.0)
-    pts, nrm = _plane_points()
+    ct = blurred_metal_plane_ct(metal=900.0)
+    pts, nrm = plane_points()
     a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters())
     assert a.ct_kind == po.PRE_OPERATIVE and not a.metal_aware and a.edge is None and a.warnings == []
     a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters(metal_aware="on"))
     assert a.warnings == ["metal-aware sampling was asked for, but the implant's metal is not in this CT (0% of the "
                           "surface has metal inside it): the CT is sampled as given"]
     # 10 % of the surface in metal: a model partly in the metal, said.
-    metal = _ct()
-    p1, n1 = _plane_points()
-    p2, _ = _plane_points(x=3.0)
+    metal = blurred_metal_plane_ct()
+    p1, n1 = plane_points()
+    p2, _ = plane_points(x=3.0)
     pts, nrm = np.vstack([p1[:10], p2[:90]]), np.vstack([n1[:10], n1[:90]])
     a = po.assess(metal, pts, nrm, np.ones(100), AnalysisParameters())
     assert a.ct_kind == po.PRE_OPERATIVE
@@ -528,8 +512,8 @@ def test_assess_pre_operative_ct():
 
 
 def test_assess_coarse_and_clipped_ct():
-    ct = _ct(metal=3071.0, sigma=0.0, voxel=1.5, n_i=12, n_jk=8)  # metal at x <= -1.5, tissue from x = 0
-    pts, nrm = _plane_points(n=6, half=2.0)
+    ct = blurred_metal_plane_ct(metal=3071.0, sigma=0.0, voxel=1.5, n_i=12, n_jk=8)  # metal at x <= -1.5, tissue from x = 0
+    pts, nrm = plane_points(n=6, half=2.0)
     a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters())
     assert a.ct_kind == po.POST_OPERATIVE
     assert a.resolution is not None and a.resolution in a.warnings
