@@ -87,7 +87,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "postop": (
         ["x__grid_step*", "x__voxel*", "x_inside_depth_mm*", "x_walk_depth_mm*", "x_max_bone_start_mm*",
          "x_read_depth_mm*", "x_profiles*", "x_detect*", "xǁEdgeModelǁ*", "x__first_crossing*", "x__walk*",
-         "x__plateaus*", "x_measure_edge*", "x__gaussian_tail*", "x__blur_from_slope*", "x__rigid_design*",
+         "x__plateaus*", "x_measure_edge*", "x_inner_depth_mm*", "x__tissue_blur*", "x__gaussian_tail*", "x__blur_from_slope*", "x__rigid_design*",
          "x_fit_edge_placement*", "xǁEdgePlacementǁ*", "x_sample_metal_aware*", "x_clipped_metal_voxels*",
          "x_resolution_statement*", "xǁAssessmentǁ*", "x_unreliable_zone_warnings*", "x_assess*",
          "x_metal_advice*"],
