@@ -89,7 +89,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x_read_depth_mm*", "x_profiles*", "x_detect*", "xǁEdgeModelǁ*", "x__first_crossing*", "x__walk*",
          "x_measure_edge*", "x__gaussian_tail*", "x__blur_from_slope*", "x_sample_metal_aware*",
          "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*", "x_assess*", "x_metal_advice*"],
-        ["test_postop_known_answers.py"],
+        ["test_postop_known_answers.py", "test_postop_edge_known_answers.py"],
     ),
     # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
     "register": (
@@ -116,7 +116,7 @@ ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "f
 # scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). By name: mesh, export and atomicio
 # (known-answer tests on tiny meshes and folders, about 15 min at --jobs 1 on the shared machine), frame.
 # calibration and scan_noise add 2-4 min (measured with the machine shared); compare and postop take tens of minutes.
-DEFAULT = ["classes", "stats", "sampling", "cli", "calibration", "scan_noise"]
+DEFAULT = list(ORDER)
 
 # Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a
 # session fixture that every mutant's fresh pytest session would build again). They run in `make test`.
