@@ -803,3 +803,19 @@ def test_a_class_missing_from_the_followup_gives_no_fraction_change(results, tmp
     z = results(b, f, registration_sd_mm=0.0).zones.set_index("zone")
     assert z["delta_frac_cortical"].isna().all()
     assert (z["delta_frac_cancellous"] == 0.0).all()
+
+
+def test_standard_error_below_one_hu_still_gives_z(results, tmp_path):
+    """Noise 1 HU in both scans, a uniform change of 5 HU on zone 7 (48 mm2, 1 mm voxels): no spread, so the
+    standard error is the floor hypot(1, 1) / sqrt(48) = 0.20 HU and z = 5 / 0.20 = 24.5. Catches z computed
+    only for a standard error above 1 HU."""
+    hu_b = np.full(len(PTS), 500.0)
+    hu_f = hu_b.copy()
+    hu_f[ZONE == 7] += 5.0
+    b = _result(tmp_path / "b", hu_b, noise=1.0)
+    f = _result(tmp_path / "f", hu_f, noise=1.0, sha="3" * 64)
+    z = results(b, f, registration_sd_mm=0.0, min_change_hu=0.0).zones.set_index("zone")
+    se = math.hypot(1.0, 1.0) / math.sqrt(48.0)
+    assert z.loc["7", "se_hu"] == pytest.approx(se, rel=1e-9)
+    assert z.loc["7", "z_hu"] == pytest.approx(5.0 / se, rel=1e-9)
+    assert bool(z.loc["7", "significant"])
