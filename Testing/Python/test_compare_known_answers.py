@@ -819,3 +819,56 @@ def test_standard_error_below_one_hu_still_gives_z(results, tmp_path):
     assert z.loc["7", "se_hu"] == pytest.approx(se, rel=1e-9)
     assert z.loc["7", "z_hu"] == pytest.approx(5.0 / se, rel=1e-9)
     assert bool(z.loc["7", "significant"])
+
+
+def test_summary_names_both_folders_the_method_and_the_warnings(results, tmp_path):
+    """The summary (written to comparison.json) under its documented keys. Catches a key renamed, the follow-up's
+    folder not written, the method text changed, the follow-up result dropped from the comparison."""
+    hu_b, hu_f = _zone7_change()
+    b, f = _result(tmp_path / "b", hu_b), _result(tmp_path / "f", hu_f, sha="2" * 64)
+    c = results(b, f, registration_sd_mm=0.3)
+    assert c.summary["baseline"] == str((tmp_path / "b").resolve())
+    assert c.summary["followup"] == str((tmp_path / "f").resolve())
+    assert c.followup is f and c.baseline is b
+    assert c.summary["significance"]["method"] == (
+        "se_hu = hypot(max(sd of area-weighted patch means of the per-vertex change / sqrt(effective patch count), "
+        "sqrt(noise_baseline^2 + noise_followup^2) * voxel / sqrt(zone area)), registration sensitivity of the zone); "
+        "significant when |delta_hu_mean| > z_threshold * se_hu and |delta_hu_mean| >= min_change_hu")
+    assert c.summary["warnings"] == c.warnings and any("registration sensitivity" in w for w in c.warnings)
+
+
+def test_sampling_settings_equal_to_nine_decimals_are_the_same(results, tmp_path):
+    """An offset of 0.5 mm read back as 0.5000000003 (a float written by another program) is the same setting, as
+    is a list of band borders read back that way; 0.500001 is not. Catches the rounding before the comparison
+    made finer."""
+    hu = np.full(len(PTS), 500.0)
+    b = _result(tmp_path / "b", hu, params={"bands_axial": [0.5, 0.75]})
+    results(b, _result(tmp_path / "f", hu, sha="1" * 64, params={"offset_mm": 0.5000000003, "bands_axial": [0.5, 0.75]}),
+            registration_sd_mm=0.0)
+    results(b, _result(tmp_path / "f", hu, sha="1" * 64, params={"bands_axial": [0.5000000003, 0.75]}), registration_sd_mm=0.0)
+    with pytest.raises(InputError, match="sampled differently"):
+        results(b, _result(tmp_path / "f", hu, sha="1" * 64, params={"offset_mm": 0.500001}), registration_sd_mm=0.0)
+
+
+def test_share_of_vertices_in_another_zone_is_reported_to_a_tenth_of_a_percent(results, tmp_path):
+    """Zone 7's 48 vertices labelled 8 in the follow-up: 48 / 696 = 6.9 % of the vertices. Catches the
+    percentage computed with another factor."""
+    hu = np.full(len(PTS), 500.0)
+    zone_f = ZONE.copy()
+    zone_f[ZONE == 7] = 8
+    b, f = _result(tmp_path / "b", hu), _result(tmp_path / "f", hu, sha="1" * 64, zone=zone_f)
+    with pytest.raises(InputError, match=r"^6\.9% of the vertices are in another Gruen zone in the follow-up"):
+        results(b, f, registration_sd_mm=0.0)
+
+
+def test_a_baseline_without_recorded_inputs_is_compared(results, tmp_path):
+    """A baseline whose parameters.json has no ``inputs`` (or no ``ct`` in them): no CT checksum to compare, no
+    error. Catches the missing section read as None."""
+    hu_b, hu_f = _zone7_change()
+    for meta in ({"parameters": {"sampling": "trilinear", "offset_mm": 0.5, "zone_scheme": "sector"}},
+                 {"parameters": {"sampling": "trilinear", "offset_mm": 0.5, "zone_scheme": "sector"}, "inputs": {}}):
+        b = _result(tmp_path / "b", hu_b)
+        b.metadata.clear()
+        b.metadata.update(meta)
+        c = results(b, _result(tmp_path / "f", hu_f, sha="1" * 64), registration_sd_mm=0.0)
+        assert c.zones.set_index("zone").loc["7", "delta_hu_mean"] == pytest.approx(100.0)
