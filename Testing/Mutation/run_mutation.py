@@ -42,8 +42,9 @@ STAGE = REPO / "build" / "mutation"
 # Test files are chosen for speed: the unit, property and known-answer tests of the module,
 # not the slow end-to-end ones (they would run for every mutant of every function they touch).
 MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
-    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
+    "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_classes_known_answers.py"]),
+    # test_compat: the weighted quantile against numpy 2's (hypothesis, a few seconds)
+    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_compat.py"]),
     "sampling": (["*"], ["test_sampling.py", "test_stats_classes.py", "test_core_known_answers.py"]),
     # small synthetic stems built inside the tests (test_frame_zones.py and test_stats_classes.py analyse the
     # phantom in session fixtures: seconds per mutant; they run in `make test`)
