@@ -10,7 +10,7 @@ and runs, for each mutant, only those tests (first to fail stops the run).
 
 Usage (from the repository root)::
 
-    nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli, calibration, scan_noise
+    nice -n 19 python Testing/Mutation/run_mutation.py                 # all 15 modules (what make mutation runs)
     nice -n 19 python Testing/Mutation/run_mutation.py classes stats   # some modules
     nice -n 19 python Testing/Mutation/run_mutation.py mesh export atomicio --jobs 1
     python Testing/Mutation/run_mutation.py --report                    # scores of the last runs
@@ -113,10 +113,8 @@ DOCUMENTATION_KEYWORDS = ("help", "description")
 DOCUMENTATION_MODULES = {"cli"}
 ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame", "calibration", "scan_noise",
          "compare", "postop", "register", "segment", "cohort"]
-# What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
-# scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). By name: mesh, export and atomicio
-# (known-answer tests on tiny meshes and folders, about 15 min at --jobs 1 on the shared machine), frame.
-# calibration and scan_noise add 2-4 min (measured with the machine shared); compare and postop take tens of minutes.
+# What `make mutation` runs without MODULES: all 15 modules. Measured on 2026-11-30 with --jobs 2 on the two
+# shared cores: 52.8 min at a load of 3-8 (compare 22.8 min of it, postop 8.3, frame 6.3); see TESTING.md.
 DEFAULT = list(ORDER)
 
 # Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a

@@ -29,6 +29,8 @@ INF = math.inf
         # level is a gap
         ("a:-inf:100,b:3000:4000", 2500.0, [(100.0, 2500.0)]),
         ("a:-inf:100,b:200:300", 150.0, [(100.0, 150.0)]),
+        # covered up to the metal level exactly, then a band above it: no empty gap (2500, 2500)
+        ("a:-inf:2500,b:3000:4000", 2500.0, []),
     ],
 )
 def test_band_gaps_by_hand(spec, metal, gaps):
