@@ -1136,3 +1136,18 @@ def test_given_axis_is_checked_against_the_area_weighted_median_distance(distanc
             _check_axis_meets_model(*args)
     else:
         _check_axis_meets_model(*args)
+
+
+@pytest.mark.parametrize("distal, warned", [((3.0, 0.0, math.sqrt(3.0)), False), ((3.0, 0.0, 1.8), True)])
+def test_a_given_axis_exactly_60_degrees_from_superior_is_not_reported(distal, warned):
+    """The report is for a distal end pointing more than 60 degrees toward superior (axis . S > 0.5). The
+    neckless stem turned so that the given axis, (3, 0, sqrt 3) / sqrt 12, makes exactly cos 60 = 0.5 with S
+    (exact in floating point) is not reported; (3, 0, 1.8), 59 degrees from superior, is. Catches the limit
+    taken with ``>=``."""
+    pts, faces = _stem(neck=False)
+    pts = _moved(pts, _rot_y(-120.0), [0.0, 0.0, 0.0])  # the body runs from the origin along -(3, 0, sqrt 3)
+    bounds = np.array([[-200.0, -100.0, -150.0], [100.0, 100.0, 100.0]])
+    u = np.array(distal) / np.linalg.norm(distal)
+    _, warnings = _frame(pts, faces, axis_points=((0.0, 0.0, 0.0), distal), side="left", ct_bounds_ras=bounds,
+                         zone_reference="patient", resection_point=tuple(-60.0 * u), resection_normal=tuple(u))
+    assert any("points its distal end superior" in w for w in warnings) == warned, warnings
