@@ -114,7 +114,7 @@ DOCUMENTATION_MODULES = {"cli"}
 ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame", "calibration", "scan_noise",
          "compare", "postop", "register", "segment", "cohort"]
 # What `make mutation` runs without MODULES: all 15 modules. Measured on 2026-11-30 with --jobs 2 on the two
-# shared cores: 52.8 min at a load of 3-8 (compare 22.8 min of it, postop 8.3, frame 6.3); see TESTING.md.
+# shared cores: 26.7 min at a load of 1.5-5, 52.8 min at a load of 3-8 (compare 22.8 min of it); see TESTING.md.
 DEFAULT = list(ORDER)
 
 # Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a
