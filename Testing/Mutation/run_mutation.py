@@ -10,7 +10,7 @@ and runs, for each mutant, only those tests (first to fail stops the run).
 
 Usage (from the repository root)::
 
-    nice -n 19 python Testing/Mutation/run_mutation.py                 # classes, stats, sampling, cli, calibration, scan_noise
+    nice -n 19 python Testing/Mutation/run_mutation.py                 # all 15 modules (what make mutation runs)
     nice -n 19 python Testing/Mutation/run_mutation.py classes stats   # some modules
     nice -n 19 python Testing/Mutation/run_mutation.py mesh export atomicio --jobs 1
     python Testing/Mutation/run_mutation.py --report                    # scores of the last runs
@@ -42,8 +42,9 @@ STAGE = REPO / "build" / "mutation"
 # Test files are chosen for speed: the unit, property and known-answer tests of the module,
 # not the slow end-to-end ones (they would run for every mutant of every function they touch).
 MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
-    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py"]),
+    "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_classes_known_answers.py"]),
+    # test_compat: the weighted quantile against numpy 2's (hypothesis, a few seconds)
+    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_compat.py"]),
     "sampling": (["*"], ["test_sampling.py", "test_stats_classes.py", "test_core_known_answers.py"]),
     # small synthetic stems built inside the tests (test_frame_zones.py and test_stats_classes.py analyse the
     # phantom in session fixtures: seconds per mutant; they run in `make test`)
@@ -87,10 +88,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "postop": (
         ["x__grid_step*", "x__voxel*", "x_inside_depth_mm*", "x_walk_depth_mm*", "x_max_bone_start_mm*",
          "x_read_depth_mm*", "x_profiles*", "x_detect*", "xǁEdgeModelǁ*", "x__first_crossing*", "x__walk*",
-         "x__plateaus*", "x_measure_edge*", "x_inner_depth_mm*", "x__tissue_blur*", "x__gaussian_tail*", "x__blur_from_slope*", "x__rigid_design*",
-         "x_fit_edge_placement*", "xǁEdgePlacementǁ*", "x_sample_metal_aware*", "x_clipped_metal_voxels*",
-         "x_resolution_statement*", "xǁAssessmentǁ*", "x_unreliable_zone_warnings*", "x_assess*",
-         "x_metal_advice*"],
+         "x__plateaus*", "x_measure_edge*", "x_inner_depth_mm*", "x__tissue_blur*", "x__gaussian_tail*",
+         "x__blur_from_slope*", "x__rigid_design*", "x_fit_edge_placement*", "xǁEdgePlacementǁ*",
+         "x_sample_metal_aware*", "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*",
+         "x_unreliable_zone_warnings*", "x_assess*", "x_metal_advice*"],
         ["test_postop_known_answers.py", "test_postop_edge_known_answers.py"],
     ),
     # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
@@ -114,11 +115,9 @@ DOCUMENTATION_KEYWORDS = ("help", "description")
 DOCUMENTATION_MODULES = {"cli"}
 ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame", "calibration", "scan_noise",
          "compare", "postop", "register", "segment", "cohort"]
-# What `make mutation` runs without MODULES: the modules whose tests are fast per mutant (3.4 min from
-# scratch on 2 cores lightly loaded; about 40 min when 8 jobs share them). By name: mesh, export and atomicio
-# (known-answer tests on tiny meshes and folders, about 15 min at --jobs 1 on the shared machine), frame.
-# calibration and scan_noise add 2-4 min (measured with the machine shared); compare and postop take tens of minutes.
-DEFAULT = ["classes", "stats", "sampling", "cli", "calibration", "scan_noise"]
+# What `make mutation` runs without MODULES: all 15 modules. Measured on 2026-11-30 with --jobs 2 on the two
+# shared cores: 26.7 min at a load of 1.5-5, 52.8 min at a load of 3-8 (compare 22.8 min of it); see TESTING.md.
+DEFAULT = list(ORDER)
 
 # Tests left out of every mutation run: each analyses the whole phantom (tens of seconds in a
 # session fixture that every mutant's fresh pytest session would build again). They run in `make test`.

@@ -735,3 +735,140 @@ def test_results_without_recorded_inputs(results, tmp_path):
     c = results(b, f, registration_sd_mm=0.0)
     assert c.summary["registration_sensitivity"] == {} and math.isnan(c.summary["noise_sd_hu"]["followup"])
     assert c.warnings[0].startswith("the noise of one scan is not recorded")
+
+
+def test_zones_with_no_or_little_sampled_area(results, tmp_path):
+    """Zone 7 not sampled in the follow-up (its HU and density NaN, 0 mm2 sampled): no standard error, no
+    significance, no changed-class fraction, and no error. Zone 8 sampled over 0.48 mm2 (48 vertices of
+    0.01 mm2): the noise floor hypot(10, 10) * 1 mm / sqrt(0.48 mm2) in HU and hypot(10 / 1, 10 / 1) / sqrt(0.48)
+    in mg/cm3; half its area changed class. Catches the zero-area guards dropped or loosened (a division by
+    zero), an unsampled zone's standard error made a non-number, a sampled area below 1 mm2 treated as none."""
+    hu_b = np.full(len(PTS), 500.0)
+    hu_f = hu_b.copy()
+    hu_f[ZONE == 7] = np.nan
+    dens_b = np.full(len(PTS), 100.0)
+    dens_f = dens_b.copy()
+    dens_f[ZONE == 7] = np.nan
+    cls_f = np.array(["cancellous"] * len(PTS), dtype=object)
+    z8 = np.flatnonzero(ZONE == 8)
+    cls_f[z8[::2]] = "cortical"
+    b = _result(tmp_path / "b", hu_b, density=dens_b, zone_density={}, calibration=_cal(1.0))
+    f = _result(tmp_path / "f", hu_f, cls=cls_f, density=dens_f, zone_density={"7": float("nan")}, calibration=_cal(1.0),
+                sha="7" * 64, zone_hu={"7": float("nan")})
+    for r in (b, f):
+        r.vertices.loc[ZONE == 8, "area_mm2"] = 0.01
+        r.zones.loc[r.zones["zone"] == "8", ["area_mm2", "area_sampled_mm2"]] = 0.01 * z8.size
+    f.zones.loc[f.zones["zone"] == "7", "area_sampled_mm2"] = 0.0
+    z = results(b, f, registration_sd_mm=0.0).zones.set_index("zone")
+    assert z.loc["7", "area_sampled_mm2"] == 0.0
+    for col in ("se_spread_hu", "se_noise_hu", "se_hu", "z_hu", "se_density_mg_cm3", "frac_changed_class"):
+        assert math.isnan(z.loc["7", col]), col
+    assert not bool(z.loc["7", "significant"]) and not bool(z.loc["7", "significant_density"])
+    assert z.loc["8", "area_sampled_mm2"] == pytest.approx(0.48)
+    floor = math.hypot(10.0, 10.0) / math.sqrt(0.48)
+    assert z.loc["8", "se_noise_hu"] == pytest.approx(floor, rel=1e-9)
+    assert z.loc["8", "se_hu"] == pytest.approx(floor, rel=1e-9)  # no change, no spread
+    assert z.loc["8", "se_density_mg_cm3"] == pytest.approx(floor, rel=1e-9)  # slope 1 HU per mg/cm3
+    assert z.loc["8", "frac_changed_class"] == pytest.approx(0.5)
+
+
+def test_density_noise_floor_scales_with_voxel_and_both_slopes(results, tmp_path):
+    """2 mm voxels, slopes 2 and 4 HU per mg/cm3, noise 10 HU in both: the density floor of zone 7 (48 mm2) is
+    hypot(10 / 2, 10 / 4) * 2 mm / sqrt(48) = 1.61 mg/cm3, and a uniform change has no spread, so that is its
+    standard error. A change of 4 mg/cm3 from 500 is within 3 standard errors (4.84): not significant, even with
+    no minimum change. Catches the floor divided by the voxel size, a slope multiplied instead of divided, the
+    significance judged on the sum of the two densities."""
+    hu = np.full(len(PTS), 500.0)
+    dens_b = np.full(len(PTS), 500.0)
+    dens_f = dens_b.copy()
+    dens_f[ZONE == 7] += 4.0
+    b = _result(tmp_path / "b", hu, density=dens_b, zone_density={}, calibration=_cal(2.0), spacing=(2.0, 2.0, 2.0))
+    f = _result(tmp_path / "f", hu, density=dens_f, zone_density={}, calibration=_cal(4.0), spacing=(2.0, 2.0, 2.0),
+                sha="6" * 64)
+    z = results(b, f, registration_sd_mm=0.0, min_change_hu=0.0).zones.set_index("zone")
+    floor_d = math.hypot(10.0 / 2.0, 10.0 / 4.0) * 2.0 / math.sqrt(48.0)
+    assert z.loc["7", "delta_density_mean_mg_cm3"] == pytest.approx(4.0)
+    assert z.loc["7", "se_density_mg_cm3"] == pytest.approx(floor_d, rel=1e-9)
+    assert 4.0 < 3.0 * floor_d
+    assert not bool(z.loc["7", "significant_density"])
+
+
+def test_a_class_missing_from_the_followup_gives_no_fraction_change(results, tmp_path):
+    """The baseline's zones.csv has frac_cortical, the follow-up's does not (another class file): the change of
+    that fraction is unknown (NaN), not an error. Catches the missing column read as None."""
+    hu = np.full(len(PTS), 500.0)
+    b = _result(tmp_path / "b", hu)
+    f = _result(tmp_path / "f", hu, sha="4" * 64)
+    del f.zones["frac_cortical"]
+    z = results(b, f, registration_sd_mm=0.0).zones.set_index("zone")
+    assert z["delta_frac_cortical"].isna().all()
+    assert (z["delta_frac_cancellous"] == 0.0).all()
+
+
+def test_standard_error_below_one_hu_still_gives_z(results, tmp_path):
+    """Noise 1 HU in both scans, a uniform change of 5 HU on zone 7 (48 mm2, 1 mm voxels): no spread, so the
+    standard error is the floor hypot(1, 1) / sqrt(48) = 0.20 HU and z = 5 / 0.20 = 24.5. Catches z computed
+    only for a standard error above 1 HU."""
+    hu_b = np.full(len(PTS), 500.0)
+    hu_f = hu_b.copy()
+    hu_f[ZONE == 7] += 5.0
+    b = _result(tmp_path / "b", hu_b, noise=1.0)
+    f = _result(tmp_path / "f", hu_f, noise=1.0, sha="3" * 64)
+    z = results(b, f, registration_sd_mm=0.0, min_change_hu=0.0).zones.set_index("zone")
+    se = math.hypot(1.0, 1.0) / math.sqrt(48.0)
+    assert z.loc["7", "se_hu"] == pytest.approx(se, rel=1e-9)
+    assert z.loc["7", "z_hu"] == pytest.approx(5.0 / se, rel=1e-9)
+    assert bool(z.loc["7", "significant"])
+
+
+def test_summary_names_both_folders_the_method_and_the_warnings(results, tmp_path):
+    """The summary (written to comparison.json) under its documented keys. Catches a key renamed, the follow-up's
+    folder not written, the method text changed, the follow-up result dropped from the comparison."""
+    hu_b, hu_f = _zone7_change()
+    b, f = _result(tmp_path / "b", hu_b), _result(tmp_path / "f", hu_f, sha="2" * 64)
+    c = results(b, f, registration_sd_mm=0.3)
+    assert c.summary["baseline"] == str((tmp_path / "b").resolve())
+    assert c.summary["followup"] == str((tmp_path / "f").resolve())
+    assert c.followup is f and c.baseline is b
+    assert c.summary["significance"]["method"] == (
+        "se_hu = hypot(max(sd of area-weighted patch means of the per-vertex change / sqrt(effective patch count), "
+        "sqrt(noise_baseline^2 + noise_followup^2) * voxel / sqrt(zone area)), registration sensitivity of the zone); "
+        "significant when |delta_hu_mean| > z_threshold * se_hu and |delta_hu_mean| >= min_change_hu")
+    assert c.summary["warnings"] == c.warnings and any("registration sensitivity" in w for w in c.warnings)
+
+
+def test_sampling_settings_equal_to_nine_decimals_are_the_same(results, tmp_path):
+    """An offset of 0.5 mm read back as 0.5000000003 (a float written by another program) is the same setting, as
+    is a list of band borders read back that way; 0.500001 is not. Catches the rounding before the comparison
+    made finer."""
+    hu = np.full(len(PTS), 500.0)
+    b = _result(tmp_path / "b", hu, params={"bands_axial": [0.5, 0.75]})
+    results(b, _result(tmp_path / "f", hu, sha="1" * 64, params={"offset_mm": 0.5000000003, "bands_axial": [0.5, 0.75]}),
+            registration_sd_mm=0.0)
+    results(b, _result(tmp_path / "f", hu, sha="1" * 64, params={"bands_axial": [0.5000000003, 0.75]}), registration_sd_mm=0.0)
+    with pytest.raises(InputError, match="sampled differently"):
+        results(b, _result(tmp_path / "f", hu, sha="1" * 64, params={"offset_mm": 0.500001}), registration_sd_mm=0.0)
+
+
+def test_share_of_vertices_in_another_zone_is_reported_to_a_tenth_of_a_percent(results, tmp_path):
+    """Zone 7's 48 vertices labelled 8 in the follow-up: 48 / 696 = 6.9 % of the vertices. Catches the
+    percentage computed with another factor."""
+    hu = np.full(len(PTS), 500.0)
+    zone_f = ZONE.copy()
+    zone_f[ZONE == 7] = 8
+    b, f = _result(tmp_path / "b", hu), _result(tmp_path / "f", hu, sha="1" * 64, zone=zone_f)
+    with pytest.raises(InputError, match=r"^6\.9% of the vertices are in another Gruen zone in the follow-up"):
+        results(b, f, registration_sd_mm=0.0)
+
+
+def test_a_baseline_without_recorded_inputs_is_compared(results, tmp_path):
+    """A baseline whose parameters.json has no ``inputs`` (or no ``ct`` in them): no CT checksum to compare, no
+    error. Catches the missing section read as None."""
+    hu_b, hu_f = _zone7_change()
+    for meta in ({"parameters": {"sampling": "trilinear", "offset_mm": 0.5, "zone_scheme": "sector"}},
+                 {"parameters": {"sampling": "trilinear", "offset_mm": 0.5, "zone_scheme": "sector"}, "inputs": {}}):
+        b = _result(tmp_path / "b", hu_b)
+        b.metadata.clear()
+        b.metadata.update(meta)
+        c = results(b, _result(tmp_path / "f", hu_f, sha="1" * 64), registration_sd_mm=0.0)
+        assert c.zones.set_index("zone").loc["7", "delta_hu_mean"] == pytest.approx(100.0)

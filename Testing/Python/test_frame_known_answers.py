@@ -1072,3 +1072,82 @@ def test_a_stem_tilted_toward_anterior_keeps_unit_perpendicular_directions(refer
     _close(frame.medial, [1, 0, 0])
     _close(frame.anterior, rot @ [0, 1, 0])
     assert frame.version_deg == pytest.approx(0.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------- limits met exactly, and the automatic cut's advice
+
+
+def test_resection_plane_exactly_60_degrees_from_perpendicular_is_accepted():
+    """The limit is "more than 60 degrees": a normal (3, 0, sqrt 3) / sqrt 12 makes exactly cos 60 = 0.5 with
+    the axis (0, 0, -1) given by two points on z (both computed exactly in floating point), so it is accepted.
+    Catches the limit taken with ``<=``."""
+    pts, faces = _stem("left")
+    frame, _ = _frame(pts, faces, axis_points=((0, 0, BODY_TOP), (0, 0, 0)), resection_point=(0, 0, 60),
+                      resection_normal=(3.0, 0.0, math.sqrt(3.0)))
+    assert abs(frame.resection_normal @ frame.axis) == 0.5
+    assert frame.provenance["resection"] == "given"
+
+
+def test_automatic_cut_within_the_tip_zone_names_the_resection_option():
+    """The automatic cut lies at most 4 mm below NECK_LEAVES (93.9 mm above the tip): a 100 mm tip zone
+    contains it. With no plane given the advice is to give one (--resection-plane), whatever the frame file
+    said about other parts of the frame. Catches the message's option name changed or taken from the frame
+    file's name of a given plane."""
+    pts, faces = _stem("left")
+    for sources in (None, {"resection": "the frame file f.json (--frame)"}):
+        with pytest.raises(InputError) as e:
+            _frame(pts, faces, tip_length_mm=100.0, sources=sources)
+        msg = str(e.value)
+        assert msg.startswith("the resection plane is only ")
+        height = float(msg.split("only ")[1].split(" mm")[0])
+        assert NECK_LEAVES - 4.0 - 0.1 <= height <= NECK_LEAVES + 0.1
+        assert msg.endswith("within the tip zone (100.0 mm): check --resection-plane or --tip-length")
+
+
+def _points_at(distances):
+    """Points at the given distances (mm) from the z axis, on the +x side at heights 0, 10, 20, ... mm."""
+    d = np.asarray(distances, dtype=float)
+    return np.c_[d, np.zeros_like(d), 10.0 * np.arange(d.size)]
+
+
+@pytest.mark.parametrize(
+    "distances, weights, refused",
+    [
+        # half the area exactly 30 mm from the axis: "more than 30 mm" is not met
+        ([30.0, 30.0], [1.0, 1.0], False),
+        ([30.5, 30.5], [1.0, 1.0], True),
+        # area-weighted median: the heavy vertex at 50 mm holds more than half the area
+        ([10.0, 20.0, 25.0, 50.0], [1.0, 1.0, 1.0, 100.0], True),
+        # equal weights: the median is the second of four (cumulative weight reaches half there)
+        ([10.0, 20.0, 40.0, 50.0], [1.0, 1.0, 1.0, 1.0], False),
+        ([10.0, 40.0, 50.0, 60.0], [1.0, 1.0, 1.0, 1.0], True),
+    ],
+)
+def test_given_axis_is_checked_against_the_area_weighted_median_distance(distances, weights, refused):
+    """Known medians of hand-made point sets around the axis z. Catches the limit moved (>= 30, > 31), the
+    median taken one vertex off or from a partial sum of the weights, the last vertex never chosen."""
+    from ImplantBoneContactLib.frame import _check_axis_meets_model
+
+    pts = _points_at(distances)
+    w = np.asarray(weights)
+    args = (pts, w, np.array([0.0, 0.0, 100.0]), np.array([0.0, 0.0, -1.0]), "--axis")
+    if refused:
+        with pytest.raises(InputError, match="does not run through this model"):
+            _check_axis_meets_model(*args)
+    else:
+        _check_axis_meets_model(*args)
+
+
+@pytest.mark.parametrize("distal, warned", [((3.0, 0.0, math.sqrt(3.0)), False), ((3.0, 0.0, 1.8), True)])
+def test_a_given_axis_exactly_60_degrees_from_superior_is_not_reported(distal, warned):
+    """The report is for a distal end pointing more than 60 degrees toward superior (axis . S > 0.5). The
+    neckless stem turned so that the given axis, (3, 0, sqrt 3) / sqrt 12, makes exactly cos 60 = 0.5 with S
+    (exact in floating point) is not reported; (3, 0, 1.8), 59 degrees from superior, is. Catches the limit
+    taken with ``>=``."""
+    pts, faces = _stem(neck=False)
+    pts = _moved(pts, _rot_y(-120.0), [0.0, 0.0, 0.0])  # the body runs from the origin along -(3, 0, sqrt 3)
+    bounds = np.array([[-200.0, -100.0, -150.0], [100.0, 100.0, 100.0]])
+    u = np.array(distal) / np.linalg.norm(distal)
+    _, warnings = _frame(pts, faces, axis_points=((0.0, 0.0, 0.0), distal), side="left", ct_bounds_ras=bounds,
+                         zone_reference="patient", resection_point=tuple(-60.0 * u), resection_normal=tuple(u))
+    assert any("points its distal end superior" in w for w in warnings) == warned, warnings

@@ -233,16 +233,31 @@ def test_left_right_mirror_mirrors_the_zones(ct, stem, automatic, shift) -> None
 # --------------------------------------------------------------------------- remeshing
 
 
-def assert_zone_statistics_close(result: AnalysisResult, reference: AnalysisResult, whole: float, zone: float) -> None:
-    """Area, mean HU (relative) and class fractions (absolute) within ``whole`` for the row ``all``
-    and within ``zone`` for zones 1-14."""
+def assert_zone_statistics_close(result: AnalysisResult, reference: AnalysisResult, whole: tuple, zone: tuple) -> None:
+    """Area and mean HU (relative) and class fractions (absolute) within ``whole = (area, hu, frac)`` for the
+    row ``all`` and within ``zone = (area, hu, frac)`` for zones 1-14."""
     z, ref = result.zones.set_index("zone"), reference.zones.set_index("zone")
     fracs = [c for c in ref.columns if c.startswith("frac_")]
     zones = [str(k) for k in ZONE_ORDER]
-    for rows, tol in ((["all"], whole), (zones, zone)):
-        np.testing.assert_allclose(z.loc[rows, "area_mm2"], ref.loc[rows, "area_mm2"], rtol=tol)
-        np.testing.assert_allclose(z.loc[rows, "hu_mean"], ref.loc[rows, "hu_mean"], rtol=tol)
-        assert np.abs(z.loc[rows, fracs].to_numpy() - ref.loc[rows, fracs].to_numpy()).max() < tol
+    for rows, (area, hu, frac) in ((["all"], whole), (zones, zone)):
+        np.testing.assert_allclose(z.loc[rows, "area_mm2"], ref.loc[rows, "area_mm2"], rtol=area)
+        np.testing.assert_allclose(z.loc[rows, "hu_mean"], ref.loc[rows, "hu_mean"], rtol=hu)
+        assert np.abs(z.loc[rows, fracs].to_numpy() - ref.loc[rows, fracs].to_numpy()).max() < frac
+
+
+# Remeshing to N points must give N points, less the few the remesh drops: ACVD leaves a cluster that ends
+# up empty without a vertex, and closing the fast remesh's dual drops pinched vertices. Measured on the
+# phantom stem at 3000, 3700, 5000, 6500 and 8000 points: 0-1.3 % fewer (acvd 3000, 3652, 4978, 6481, 7991;
+# fast 2967, 3666, 4942, 6454, 7950). At least 98 % of N (1.5 times the largest shortfall) catches a
+# target count off by more than 2 %; at most N catches the input returned unchanged (the phantom stem
+# has 20 002 vertices), which the zone bounds below cannot: the input mesh is itself within 1.3 % (area),
+# 1.5 % (mean HU) and 0.02 (fractions) of the fine reference in every zone.
+REMESH_KEEPS_AT_LEAST = 0.98
+
+# The bounds below are the largest errors measured against the finely resolved surface, times 1.25 and
+# rounded up (the test draws other point counts from the same 3000-8000 range). They are not derived from
+# the geometry: that bounds a zone's area error only by the half-row of vertex cells along its borders
+# (border length x half the point spacing, 2 mm apart at 3000 points), several times what is measured.
 
 
 def subdivided(stem: vtk.vtkPolyData, times: int) -> vtk.vtkPolyData:
@@ -280,8 +295,9 @@ def test_acvd_remesh_keeps_zone_statistics(ct, stem, fine, explicit_frame, point
     (The decimated input mesh itself, not remeshed, is off by up to 15 % in a zone's area: its
     large triangles at the cut give their area to the vertices above it.)"""
     result = analyze(ct, stem, AnalysisParameters(remesh="acvd", points=points, **explicit_frame))
-    assert len(result.vertices) <= points
-    assert_zone_statistics_close(result, fine, whole=0.02, zone=0.08)
+    assert REMESH_KEEPS_AT_LEAST * points <= len(result.vertices) <= points
+    # measured, whole stem: area 1.62 %, mean HU 0.68 %, fractions 0.0048; a zone: 6.6 %, 3.9 %, 0.031
+    assert_zone_statistics_close(result, fine, whole=(0.021, 0.01, 0.007), zone=(0.085, 0.05, 0.04))
 
 
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -291,8 +307,9 @@ def test_fast_remesh_keeps_zone_statistics(ct, stem, fine, explicit_frame, point
     finely resolved surface at the same 9 point counts: whole-stem area -0.25 to +0.12 %, mean HU
     within 0.86 %; a zone within 2.9 % (area), 2.7 % (mean HU), 0.028 (class fractions)."""
     result = analyze(ct, stem, AnalysisParameters(remesh="fast", points=points, **explicit_frame))
-    assert len(result.vertices) <= points
-    assert_zone_statistics_close(result, fine, whole=0.012, zone=0.05)
+    assert REMESH_KEEPS_AT_LEAST * points <= len(result.vertices) <= points
+    # measured, whole stem: area 0.25 %, mean HU 0.86 %, fractions 0.0074; a zone: 2.95 %, 2.7 %, 0.028
+    assert_zone_statistics_close(result, fine, whole=(0.004, 0.011, 0.01), zone=(0.037, 0.034, 0.035))
 
 
 def centroid_split(stem: vtk.vtkPolyData, selected: np.ndarray) -> vtk.vtkPolyData:

@@ -35,7 +35,12 @@ def test_automatic_subdivision_makes_acvd_even(phantom_stem):
     assert abs(len(out.points) - 4000) <= 40  # ACVD may drop a few empty clusters
     cv_raw = raw.areas.std() / raw.areas.mean()
     cv_out = out.areas.std() / out.areas.mean()
-    assert cv_raw > 1.5 and cv_out < 0.6
+    # Spread (std / mean) of the vertex areas. The input's is 2.73 (measured); the remesh's is 0.436 at the
+    # automatic k = 2, and 1.08, 0.494 and 0.78 at k = 0, 1 and 3 (measured, 4000 points; pyacvd is
+    # deterministic). The limit 0.48, 10 % above the measured 0.436, fails a remesh one level short of the
+    # subdivision or with none, and one level past it.
+    assert cv_raw > 2.5
+    assert cv_out < 0.48
 
 
 def test_more_points_than_the_surface_has():
