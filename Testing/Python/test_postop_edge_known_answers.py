@@ -721,3 +721,15 @@ def test_profiles_in_blocks_of_one_point():
     hu, inside = po.profiles(ct, pts, nrm, np.array([-2.0, -1.0, 0.0, 2.0]), block=4)
     # x = -1.75, -0.75 (metal), 0.25, 2.25 (tissue).
     assert hu.tolist() == [[3500.0, 3500.0, 100.0, 100.0]] * 5 and inside.all()
+
+
+def test_inner_depth_is_three_and_a_half_blurs_or_the_inside_depth_plus_a_voxel():
+    """0.5 mm voxels: the inside depth is 1.5 mm (three voxels); the blur is read 3.5 edge blurs deep when that
+    is more, plus one voxel; a blur that was not measured (NaN, infinite, zero or negative) leaves the inside
+    depth."""
+    ct = blurred_metal_plane_ct()
+    assert po.inside_depth_mm(ct) == 1.5
+    assert po.inner_depth_mm(ct, 1.0) == pytest.approx(3.5 + 0.5)
+    assert po.inner_depth_mm(ct, 0.2) == pytest.approx(1.5 + 0.5)  # 0.7 mm is less than the inside depth
+    for not_measured in (float("nan"), float("inf"), 0.0, -1.0):
+        assert po.inner_depth_mm(ct, not_measured) == pytest.approx(1.5 + 0.5)
