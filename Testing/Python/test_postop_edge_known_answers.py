@@ -733,3 +733,63 @@ def test_inner_depth_is_three_and_a_half_blurs_or_the_inside_depth_plus_a_voxel(
     assert po.inner_depth_mm(ct, 0.2) == pytest.approx(1.5 + 0.5)  # 0.7 mm is less than the inside depth
     for not_measured in (float("nan"), float("inf"), 0.0, -1.0):
         assert po.inner_depth_mm(ct, not_measured) == pytest.approx(1.5 + 0.5)
+
+
+def _two_metals_ct(sigma=0.8):
+    """Rows y < 0: metal 3000 HU over tissue 0 HU; rows y > 0: metal 4000 HU over tissue 500 HU; both blurred
+    steps at x = 0 with the same Gaussian ``sigma`` (mm), 0.5 mm voxels; the row centres are at
+    y = -3.75 + 0.5 j."""
+    low = blurred_metal_plane_ct(metal=3000.0, tissue=0.0, sigma=sigma)
+    high = blurred_metal_plane_ct(metal=4000.0, tissue=500.0, sigma=sigma)
+    a = low.array.copy()
+    a[:, 8:, :] = high.array[:, 8:, :]
+    return Volume(array=a, ijk_to_ras=low.ijk_to_ras)
+
+
+def _edge_points_on_rows(rows, n_z=4):
+    """Points on the metal edge (x = 0) at the centres of the given voxel rows j (and of n_z rows along z),
+    with the inward direction -x."""
+    pts = np.array([[0.0, -3.75 + 0.5 * j, -3.75 + 0.5 * k] for j in rows for k in range(6, 6 + n_z)])
+    return pts, np.tile([-1.0, 0.0, 0.0], (pts.shape[0], 1))
+
+
+def test_tissue_blur_is_the_blur_of_each_profile_against_its_own_plateau_and_tissue():
+    """Profiles of two metals over two tissues blurred alike: each rises from its own tissue to its own plateau
+    as 1 - G(d / sigma), so the shares agree and the blur read is the sigma the CT was blurred with (to 0.2
+    voxel: trilinear reading and the crossing between 0.125 mm samples); the plateau is the median of the
+    profiles' plateaus: 12 at 3000 HU and 8 at 4000 HU give 3000 HU, less at most PLATEAU_FALL (2 %) of the
+    rise, since a plateau is the median of the readings within that much of the highest."""
+    ct = _two_metals_ct(sigma=0.8)
+    pts, inward = _edge_points_on_rows([2, 3, 8], n_z=4)  # 8 points at 3000 HU, 4 at 4000 HU
+    pts2, inward2 = _edge_points_on_rows([4], n_z=4)
+    pts3, inward3 = _edge_points_on_rows([12], n_z=4)
+    pts, inward = np.vstack([pts, pts2, pts3]), np.vstack([inward, inward2, inward3])
+    tissue = np.where(pts[:, 1] < 0, 0.0, 500.0)
+    assert np.count_nonzero(tissue == 0.0) == 12 and np.count_nonzero(tissue == 500.0) == 8
+    sigma, plateau = po._tissue_blur(ct, pts, inward, tissue, metal_hu=3500.0, blur_mm=0.8)
+    assert sigma == pytest.approx(0.8, abs=0.1)
+    assert 3000.0 - po.PLATEAU_FALL * 3000.0 <= plateau <= 3000.0
+    # The high rows alone: the plateau is their metal
+    hi = tissue == 500.0
+    pts_hi, inward_hi = _edge_points_on_rows([8, 10, 12], n_z=4)
+    sigma_hi, plateau_hi = po._tissue_blur(ct, pts_hi, inward_hi, np.full(12, 500.0), metal_hu=3500.0, blur_mm=0.8)
+    assert hi.sum() == 8 and sigma_hi == pytest.approx(0.8, abs=0.1)
+    assert 4000.0 - po.PLATEAU_FALL * 3500.0 <= plateau_hi <= 4000.0
+    # Their 3500 HU rise is more than half of a 7000 HU metal above their 500 HU tissue (3250 HU): they count
+    sigma_hi, _ = po._tissue_blur(ct, pts_hi, inward_hi, np.full(12, 500.0), metal_hu=7000.0, blur_mm=0.8)
+    assert sigma_hi == pytest.approx(0.8, abs=0.1)
+
+
+def test_tissue_blur_needs_ten_profiles_that_rise_by_half_the_metal():
+    """Ten profiles are enough, nine are not (blur None, plateau NaN); a profile whose rise above its tissue is
+    half the metal's or less does not count."""
+    ct = _two_metals_ct(sigma=0.8)
+    pts, inward = _edge_points_on_rows([2, 3, 4], n_z=4)
+    tissue = np.zeros(len(pts))
+    sigma, plateau = po._tissue_blur(ct, pts[:10], inward[:10], tissue[:10], metal_hu=3000.0, blur_mm=0.8)
+    assert sigma == pytest.approx(0.8, abs=0.1) and 3000.0 - po.PLATEAU_FALL * 3000.0 <= plateau <= 3000.0
+    sigma, plateau = po._tissue_blur(ct, pts[:9], inward[:9], tissue[:9], metal_hu=3000.0, blur_mm=0.8)
+    assert sigma is None and math.isnan(plateau)
+    # A rise of 3000 HU is exactly half of a 6000 HU metal over 0 HU tissue: not more than half, so no profile counts
+    sigma, plateau = po._tissue_blur(ct, pts, inward, tissue, metal_hu=6000.0, blur_mm=0.8)
+    assert sigma is None and math.isnan(plateau)
