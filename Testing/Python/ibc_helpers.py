@@ -230,3 +230,27 @@ def plane_points(n: int = 10, x: float = 0.0, half: float = 2.5, y0: float = 0.0
     y, z = np.meshgrid(y0 + np.linspace(-half, half, n), np.linspace(-half, half, n), indexing="ij")
     pts = np.stack([np.full(y.size, x), y.ravel(), z.ravel()], axis=1)
     return pts, np.tile([1.0, 0.0, 0.0], (pts.shape[0], 1))
+
+
+def vtk_contour_segments(pts: np.ndarray, faces: np.ndarray, t_pts: np.ndarray, values) -> tuple:
+    """The segments (start points, end points; RAS mm) vtkContourFilter cuts from the triangle mesh
+    ``pts``/``faces`` where the per-point scalar ``t_pts`` equals each of ``values``: the independent
+    reference for the library's own plane cut."""
+    from ImplantBoneContactLib.mesh import polydata_from_arrays
+    from vtkmodules.util import numpy_support as ns
+    from vtkmodules.vtkFiltersCore import vtkContourFilter
+
+    poly = polydata_from_arrays(pts, faces)
+    poly.GetPointData().SetScalars(ns.numpy_to_vtk(np.ascontiguousarray(t_pts), deep=True))
+    contour = vtkContourFilter()
+    contour.SetInputData(poly)
+    contour.SetNumberOfContours(len(values))
+    for i, v in enumerate(values):
+        contour.SetValue(i, float(v))
+    contour.Update()
+    out = contour.GetOutput()
+    cpts = ns.vtk_to_numpy(out.GetPoints().GetData()).astype(float)
+    lines = out.GetLines()
+    assert np.all(np.diff(ns.vtk_to_numpy(lines.GetOffsetsArray())) == 2)  # every line is one segment
+    conn = ns.vtk_to_numpy(lines.GetConnectivityArray())
+    return cpts[conn[0::2]], cpts[conn[1::2]]

@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 import pytest
-import vtk
+from ibc_helpers import vtk_contour_segments
 from ImplantBoneContactLib.errors import InputError
 from ImplantBoneContactLib.frame import (
     ZONE_ORDER,
@@ -39,8 +39,7 @@ from ImplantBoneContactLib.frame import (
     estimate_frame,
     mirror_frame_matrix,
 )
-from ImplantBoneContactLib.mesh import polydata_from_arrays, vertex_areas
-from vtk.util import numpy_support as ns
+from ImplantBoneContactLib.mesh import vertex_areas
 
 NECK_ANGLE = math.radians(40.0)  # above the horizontal
 NECK_BASE = 95.0
@@ -781,21 +780,6 @@ def test_zone_names_cover_the_fourteen_zones():
 # ---------------------------------------------------------------- the plane cut against VTK
 
 
-def _vtk_contour_segments(pts, faces, t_pts, values):
-    poly = polydata_from_arrays(pts, faces)
-    poly.GetPointData().SetScalars(ns.numpy_to_vtk(np.ascontiguousarray(t_pts), deep=True))
-    contour = vtk.vtkContourFilter()
-    contour.SetInputData(poly)
-    contour.SetNumberOfContours(len(values))
-    for i, v in enumerate(values):
-        contour.SetValue(i, float(v))
-    contour.Update()
-    out = contour.GetOutput()
-    cpts = ns.vtk_to_numpy(out.GetPoints().GetData()).astype(float)
-    conn = ns.vtk_to_numpy(out.GetLines().GetConnectivityArray())
-    return cpts[conn[0::2]], cpts[conn[1::2]]
-
-
 @pytest.mark.parametrize("direction", [(0.1, -0.2, 1.0), (1.0, 0.3, 0.2)])
 def test_plane_segments_are_those_of_vtk_contour_filter(direction):
     """The numpy plane cut of the synthetic stem gives vtkContourFilter's segments, in its order,
@@ -805,7 +789,7 @@ def test_plane_segments_are_those_of_vtk_contour_filter(direction):
     t_pts = (pts - pts.mean(axis=0)) @ d
     values = np.unique(np.r_[np.linspace(t_pts.min() + 0.5, t_pts.max() - 0.5, 37), t_pts[::53]])
     a, b = _plane_segments(pts, faces, t_pts, values)
-    ref_a, ref_b = _vtk_contour_segments(pts, faces, t_pts, values)
+    ref_a, ref_b = vtk_contour_segments(pts, faces, t_pts, values)
     assert a.shape == ref_a.shape and a.shape[0] > 100
     same = np.all(a == ref_a, axis=1) & np.all(b == ref_b, axis=1)
     swapped = np.all(a == ref_b, axis=1) & np.all(b == ref_a, axis=1)

@@ -6,8 +6,14 @@ import json
 
 import numpy as np
 import pytest
-import vtk
-from ibc_helpers import frame_parameters, scanned_stem_in_phantom, scanned_stem_placement, shared_file, vtk_sphere
+from ibc_helpers import (
+    frame_parameters,
+    scanned_stem_in_phantom,
+    scanned_stem_placement,
+    shared_file,
+    vtk_contour_segments,
+    vtk_sphere,
+)
 from ImplantBoneContactLib import (
     AnalysisParameters,
     FemurPhantom,
@@ -21,9 +27,8 @@ from ImplantBoneContactLib import (
     read_model,
 )
 from ImplantBoneContactLib.frame import _plane_segments
-from ImplantBoneContactLib.mesh import points, polydata_from_arrays, surface_geometry, transform_polydata
+from ImplantBoneContactLib.mesh import points, surface_geometry, transform_polydata
 from ImplantBoneContactLib.phantom import _TIP_Z
-from vtk.util import numpy_support as ns
 
 
 def _expected_zones_local(local: np.ndarray, tip_length: float = 10.0) -> np.ndarray:
@@ -184,24 +189,6 @@ def test_custom_axial_bands(phantom, phantom_stem):
 
 
 
-def _vtk_contour_segments(pts, faces, t_pts, values):
-    """The segments vtkContourFilter cuts at ``values`` (the reference _plane_segments must equal)."""
-    poly = polydata_from_arrays(pts, faces)
-    poly.GetPointData().SetScalars(ns.numpy_to_vtk(np.ascontiguousarray(t_pts), deep=True))
-    contour = vtk.vtkContourFilter()
-    contour.SetInputData(poly)
-    contour.SetNumberOfContours(len(values))
-    for i, v in enumerate(values):
-        contour.SetValue(i, float(v))
-    contour.Update()
-    out = contour.GetOutput()
-    cpts = ns.vtk_to_numpy(out.GetPoints().GetData()).astype(float)
-    lines = out.GetLines()
-    assert np.all(np.diff(ns.vtk_to_numpy(lines.GetOffsetsArray())) == 2)
-    conn = ns.vtk_to_numpy(lines.GetConnectivityArray())
-    return cpts[conn[0::2]], cpts[conn[1::2]]
-
-
 @pytest.mark.parametrize("n_slices", [1, 80, 160])
 def test_plane_segments_are_vtk_contour_filter_segments(phantom, phantom_stem, n_slices):
     """The numpy cut gives vtkContourFilter's segments, in its order, to the last bit.
@@ -217,7 +204,7 @@ def test_plane_segments_are_vtk_contour_filter_segments(phantom, phantom_stem, n
     if n_slices > 1:
         values = np.unique(np.r_[values, t_pts[:: len(t_pts) // 7]])
     a, b = _plane_segments(pts, faces, t_pts, values)
-    ref_a, ref_b = _vtk_contour_segments(pts, faces, t_pts, values)
+    ref_a, ref_b = vtk_contour_segments(pts, faces, t_pts, values)
     assert a.shape == ref_a.shape and a.shape[0] > 0
     same = np.all(a == ref_a, axis=1) & np.all(b == ref_b, axis=1)
     swapped = np.all(a == ref_b, axis=1) & np.all(b == ref_a, axis=1)
