@@ -52,9 +52,11 @@ import vtk
 from vtk.util import numpy_support as ns
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT / "ImplantBoneContact") not in sys.path:
-    sys.path.insert(0, str(ROOT / "ImplantBoneContact"))
+for _path in (ROOT / "ImplantBoneContact", ROOT / "Testing" / "Python"):  # the library; the tests' reference helpers
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from ibc_helpers import shared_data_dir, surface_toolbox_remesh  # noqa: E402
 from ImplantBoneContactLib.analysis import AnalysisParameters, analyze, auto_subdivide  # noqa: E402
 from ImplantBoneContactLib.export import save_result  # noqa: E402
 from ImplantBoneContactLib.mesh import (  # noqa: E402
@@ -76,11 +78,6 @@ from ImplantBoneContactLib.volume import Volume, read_volume, write_volume  # no
 
 STAGES = ("read_ct", "read_model", "remesh", "normals_areas", "sampling", "zones", "statistics", "writing", "other")
 STAGE_TITLES = ("read CT", "read model", "remesh", "normals+areas", "sampling", "zones", "statistics", "writing", "other")
-
-
-def shared_data_dir() -> Path:
-    env = os.environ.get("IBC_SHARED_DATA")
-    return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------- memory
@@ -180,24 +177,6 @@ def load_stems(names: list[str]) -> dict[str, vtk.vtkPolyData]:
 # ----------------------------------------------------------------------------- the Slicer-equivalent path
 
 
-def surface_toolbox_remesh(poly: vtk.vtkPolyData, clusters: int, subdivide: int) -> vtk.vtkPolyData:
-    """``SurfaceToolboxLogic.remesh`` of Slicer's Surface Toolbox, call for call (pyacvd 0.3.1)."""
-    import pyacvd
-    import pyvista as pv
-
-    tri_filter = vtk.vtkTriangleFilter()
-    tri_filter.SetInputData(poly)
-    tri_filter.Update()
-    input_mesh = pv.wrap(tri_filter.GetOutput())
-    clus = pyacvd.Clustering(input_mesh)
-    if subdivide > -1:
-        clus.subdivide(subdivide)
-    clus.cluster(clusters)
-    output_mesh = vtk.vtkPolyData()
-    output_mesh.DeepCopy(clus.create_mesh())
-    return output_mesh
-
-
 def _slicer_io():
     """Slicer's own reader and model storage (slicer-core), or plain VTK equivalents."""
     try:
@@ -222,7 +201,7 @@ class ProbeVolumeWithModel:
         self.last: dict = {}
 
     def remesher(self, poly: vtk.vtkPolyData, points: int, subdivide: int, cached: vtk.vtkPolyData | None = None):
-        out = cached if cached is not None else surface_toolbox_remesh(poly, points, subdivide)
+        out = cached if cached is not None else surface_toolbox_remesh(poly, subdivide=subdivide, clusters=points)
         self.surface = prepare_surface(out, "remeshed surface")  # what analyze() will use
         return out
 
