@@ -454,9 +454,8 @@ def test_write_result_folder_refuses_a_folder_filled_meanwhile(tmp_path):
     assert _names(out) == ["a.csv"]
 
 
-def test_write_result_folder_puts_the_old_result_back_when_the_swap_fails(tmp_path, monkeypatch):
-    out = tmp_path / "r"
-    write_result_folder(out, _writer({"old.csv": "old"}))
+def _fail_renaming_the_partial_folder(monkeypatch) -> None:
+    """Make renaming the partial folder of a result folder ``r`` fail as across file systems (EXDEV)."""
     real_rename = os.rename
 
     def rename(src, dst):
@@ -465,6 +464,12 @@ def test_write_result_folder_puts_the_old_result_back_when_the_swap_fails(tmp_pa
         return real_rename(src, dst)
 
     monkeypatch.setattr(export.os, "rename", rename)
+
+
+def test_write_result_folder_puts_the_old_result_back_when_the_swap_fails(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    write_result_folder(out, _writer({"old.csv": "old"}))
+    _fail_renaming_the_partial_folder(monkeypatch)
     with pytest.raises(OutputError, match="Invalid cross-device link"):
         write_result_folder(out, _writer({"new.csv": "new"}), overwrite=True)
     monkeypatch.undo()
@@ -776,14 +781,7 @@ def test_write_result_folder_writes_in_a_hidden_folder_beside_the_target(tmp_pat
 
 
 def test_write_result_folder_failed_swap_without_old_result_reports_the_cause(tmp_path, monkeypatch):
-    real_rename = os.rename
-
-    def rename(src, dst):
-        if Path(src).name.startswith(".r.partial-"):
-            raise OSError(18, "Invalid cross-device link")
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(export.os, "rename", rename)
+    _fail_renaming_the_partial_folder(monkeypatch)
     with pytest.raises(OutputError, match=r"^cannot write the results to .*r: Invalid cross-device link$"):
         write_result_folder(tmp_path / "r", _writer({"a.csv": "1"}))
     monkeypatch.undo()
