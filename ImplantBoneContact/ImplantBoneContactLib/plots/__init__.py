@@ -131,19 +131,11 @@ def make_pictures(result, timings: dict | None = None,
     """
     # The analysis's objects (about 170 000 at 30 000 points) are set aside from the garbage collector while
     # drawing: its full sweeps then skip them, and a forked child does not copy the pages they sit on.
-    frozen = _freeze_garbage_collector()
+    gc.freeze()
     try:
         return _make_pictures(result, timings, second_process)
     finally:
-        if frozen:
-            gc.unfreeze()
-
-
-def _freeze_garbage_collector() -> bool:
-    if not hasattr(gc, "freeze"):  # Python before 3.7
-        return False
-    gc.freeze()
-    return True
+        gc.unfreeze()
 
 
 def _make_pictures(result, timings: dict | None, second_process: bool | None) -> tuple[dict[str, bytes], list[str]]:
@@ -151,7 +143,6 @@ def _make_pictures(result, timings: dict | None, second_process: bool | None) ->
     notes: list[str] = []
     with _timed(timings, "zone borders"):
         borders = zone_borders(result.surface, result.frame, result.parameters.bands_axial)
-    flat_names = _FLAT_PICTURES
     child = None
     use_fork = fork_is_safe() if second_process is None else (bool(second_process) and hasattr(os, "fork"))
     if use_fork:
@@ -177,12 +168,8 @@ def _make_pictures(result, timings: dict | None, second_process: bool | None) ->
         for name, (w, c) in flat_timings.items():
             w0, c0 = timings.get(name, (0.0, 0.0))
             timings[name] = (w0 + w, c0 + c)
-    order = {name: i for i, name in enumerate(("heatmap_hu.png", "zones.png", "contact_classes.png") + flat_names)}
+    order = {name: i for i, name in enumerate(PICTURE_FILES)}
     return dict(sorted(pictures.items(), key=lambda kv: order.get(kv[0], len(order)))), notes
-
-
-#: The pictures drawn without OpenGL (in the second process where there is one).
-_FLAT_PICTURES = ("unrolled_hu.png", "unrolled_classes.png", "zone_fractions.png", "slices.png")
 
 
 def _surface_pictures(result, borders, pictures: dict, notes: list, timings: dict | None) -> None:
