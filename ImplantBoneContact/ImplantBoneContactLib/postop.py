@@ -498,8 +498,9 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     idx = np.flatnonzero(good)
     # Profiles re-read from each point's edge outward.
     if idx.size:
-        pts = np.asarray(points, float)[idx] + edges[idx, None] * np.asarray(normals, float)[idx]
-        aligned, inside = profiles(volume, pts, np.asarray(normals, float)[idx], x, method)
+        nrm = np.asarray(normals, float)[idx]
+        pts = np.asarray(points, float)[idx] + edges[idx, None] * nrm
+        aligned, inside = profiles(volume, pts, nrm, x, method)
         aligned = np.where(inside.all(axis=1)[:, None], aligned, np.nan)
         tail = x >= x[-1] - max(1.0, 0.5 * _voxel(volume))
         tissue = np.median(aligned[:, tail], axis=1)
@@ -513,18 +514,19 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     blur_from_slope = _blur_from_slope(w, good, metal, step)
     tissue_blur = None
     if low.sum() >= 30:
-        share = (aligned[low] - tissue[low, None]) / (metal - tissue[low, None])
-        weight = np.clip(np.median(share, axis=0), 0.0, 1.0)
+        def metal_share(level: float) -> np.ndarray:
+            """The median share of the metal at ``level`` HU in the readings over the tissue, per distance."""
+            share = (aligned[low] - tissue[low, None]) / (level - tissue[low, None])
+            return np.clip(np.median(share, axis=0), 0.0, 1.0)
+
+        weight = metal_share(metal)
         # The metal's level just inside the surface is below its plateau where the blur is wide: the walk
         # inward reaches the plateau (its depth from this first spread), then the share is taken of it.
-        sel = idx[low]
-        tissue_blur, plateau = _tissue_blur(volume, np.asarray(points, float)[sel] + edges[sel, None] * np.asarray(normals, float)[sel],
-                                            -np.asarray(normals, float)[sel], tissue[low], metal,
+        tissue_blur, plateau = _tissue_blur(volume, pts[low], -nrm[low], tissue[low], metal,
                                             _first_crossing(x, np.minimum.accumulate(weight), 0.1587), method)
         if math.isfinite(plateau) and plateau > metal:
             metal = plateau
-            share = (aligned[low] - tissue[low, None]) / (metal - tissue[low, None])
-            weight = np.clip(np.median(share, axis=0), 0.0, 1.0)
+            weight = metal_share(metal)
         weight = np.minimum.accumulate(weight)
         method_used = "measured"
         n_used = int(low.sum())
