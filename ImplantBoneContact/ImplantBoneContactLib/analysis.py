@@ -736,19 +736,21 @@ def remesh_warnings(before: vtk.vtkPolyData, after: vtk.vtkPolyData, method: str
     faces_in, faces_out = triangles(before), triangles(after)
     area_in = float(triangle_areas(mesh_points(before), faces_in).sum())
     area_out = float(triangle_areas(mesh_points(after), faces_out).sum())
+    # What else to try: the other remesh, if this was not it, another subdivision, or none.
+    advice = ("another --points or --subdivide" if method == "fast" else "--remesh fast, another --subdivide") + " or --remesh none"
     out = []
     if area_in > 0 and abs(area_out - area_in) > REMESH_AREA_TOLERANCE * area_in:
         out.append(
             f"remeshing ({method}) changed the surface area by {100 * (area_out - area_in) / area_in:+.1f}% "
             f"({area_in:.0f} to {area_out:.0f} mm2): the area-weighted statistics follow the remeshed surface; "
-            "try --remesh fast, another --subdivide or --remesh none"
+            f"try {advice}"
         )
     open_in = _edge_counts(faces_in)[0]
     open_out = _edge_counts(faces_out)[0]
     if open_in == 0 and open_out > 0:
         out.append(
             f"remeshing ({method}) opened the closed surface ({open_out} boundary edges): normals near the holes "
-            "may be unreliable; try --remesh fast, another --subdivide or --remesh none"
+            f"may be unreliable; try {advice}"
         )
     return out
 

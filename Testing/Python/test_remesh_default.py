@@ -34,6 +34,14 @@ def test_area_change_over_one_percent_is_reported_with_its_size():
     assert "-2.0%" in remesh_warnings(s, smaller, "fast")[0]
 
 
+def test_the_advice_names_what_else_to_try_not_the_remesh_just_run():
+    s = vtk_sphere()
+    bigger = polydata_from_arrays(points(s) * 1.02, triangles(s))
+    assert "try --remesh fast" in remesh_warnings(s, bigger, "acvd")[0]
+    after_fast = remesh_warnings(s, bigger, "fast")[0]
+    assert "--remesh fast" not in after_fast and "another --points" in after_fast and "--remesh none" in after_fast
+
+
 def test_a_remesh_that_opens_a_closed_surface_is_reported():
     s = vtk_sphere()
     faces = triangles(s)
