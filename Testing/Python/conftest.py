@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from ibc_helpers import frame_parameters, shared_data_dir
 from ImplantBoneContactLib import AnalysisParameters, FemurPhantom, PhantomSpec, analyze
+
+# The same hypothesis examples on every run, so the suite passes or fails the same way for the same code;
+# IBC_HYPOTHESIS=explore draws new random examples each run (TESTING.md).
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("IBC_HYPOTHESIS", "repeatable"))
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import vtk
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from ibc_helpers import frame_parameters, rotation, sphere_arrays
@@ -302,6 +302,7 @@ def test_acvd_remesh_keeps_zone_statistics(ct, stem, fine, explicit_frame, point
 
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(points=st.integers(3000, 8000))
+@example(points=7823)  # a hole of 1.7 % of the area was left open here (fixed)
 def test_fast_remesh_keeps_zone_statistics(ct, stem, fine, explicit_frame, points) -> None:
     """The fast remesh, whose folds are laid flat, covers the surface once. Measured against the
     finely resolved surface at 123 point counts (3000 to 7961, 41 apart): whole-stem area within
