@@ -44,7 +44,8 @@ STAGE = REPO / "build" / "mutation"
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_classes_known_answers.py"]),
     # test_compat: the weighted quantile against numpy 2's (hypothesis, a few seconds)
-    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_compat.py"]),
+    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_compat.py",
+                       "test_stats_mutants_known_answers.py"]),
     "sampling": (["*"], ["test_sampling.py", "test_stats_classes.py", "test_core_known_answers.py"]),
     # small synthetic stems built inside the tests (test_frame_zones.py and test_stats_classes.py analyse the
     # phantom in session fixtures: seconds per mutant; they run in `make test`)
