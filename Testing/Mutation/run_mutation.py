@@ -82,7 +82,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "compare": (
         ["x_rigid_fit*", "x_transform_frame*", "x_check_same_stem*", "x__norm*", "x__patch_labels*", "x__spread_se*",
          "x_compare__mutmut*", "x__change_surface*", "xǁStoredResultǁ*", "xǁComparisonǁ*"],
-        ["test_compare_known_answers.py"],
+        ["test_compare_known_answers.py", "test_compare_limits_known_answers.py"],
     ),
     # detection, edge, walk, the edge placement, reliability marking and the assessment; not the profile fit
     # (_layer_fit), whose accuracy the phantom tests of test_postop measure (slow fixtures)
