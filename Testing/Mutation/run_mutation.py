@@ -76,7 +76,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["test_core_known_answers.py", "test_cli_options_documented.py"],
     ),
     "calibration": (["*"], ["test_calibration_known_answers.py", "test_calibration.py"]),
-    "scan_noise": (["*"], ["test_scan_noise_known_answers.py"]),
+    "scan_noise": (["*"], ["test_scan_noise_known_answers.py", "test_scan_noise_thinning_known_answers.py"]),
     # the comparison itself and its checks (reading and writing result folders, the follow-up analysis and the
     # CLI run end to end in test_compare on a phantom study, too slow per mutant)
     "compare": (
