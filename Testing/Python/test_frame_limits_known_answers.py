@@ -1,0 +1,145 @@
+"""Limits of the stem frame met exactly, on point sets built here whose answer follows from the construction.
+
+The automatic frame reads the side from where the implant lies in a wide CT (300 mm or more from right to
+left, implant 40 mm or more from its centre), and the neck from the proximal 30 % of the length (a neck whose
+strength, the mean offset from the axis over the mean distance, is below 0.15 counts as none). Each test puts
+the input exactly on such a limit, where the limit is inclusive or exclusive as documented, and just beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ImplantBoneContactLib.frame import _neck_direction, _side_from_position
+
+AXIS = np.array([0.0, 0.0, -1.0])  # proximal to distal: the height above the tip is z
+TIP = np.zeros(3)
+
+
+def test_side_is_read_from_40_mm_off_centre_in_a_ct_300_mm_wide():
+    bounds = np.array([[-150.0, -20.0, 0.0], [150.0, 20.0, 100.0]])  # 300 mm wide, centre x = 0
+    w = np.ones(2)
+    at = np.array([[40.0, 0.0, 0.0], [40.0, 5.0, 50.0]])  # centroid exactly 40 mm right of the centre
+    assert _side_from_position(at, w, bounds) == ("right", 40.0)
+    assert _side_from_position(at * [-1.0, 1.0, 1.0], w, bounds) == ("left", -40.0)
+    below = at.copy()
+    below[:, 0] = np.nextafter(40.0, 0.0)
+    side, offset = _side_from_position(below, w, bounds)
+    assert side is None and offset == np.nextafter(40.0, 0.0)
+    assert _side_from_position(at + [0.5, 0.0, 0.0], w, bounds) == ("right", 40.5)
+    # the centre is the middle of the right-left extent, whatever the other extents
+    shifted = np.array([[-50.0, -900.0, -400.0], [250.0, 10.0, 0.0]])  # centre x = 100
+    assert _side_from_position(at + [100.0, 0.0, 0.0], w, shifted) == ("right", 40.0)
+    assert _side_from_position(at + [19.0, 0.0, 0.0], w, shifted) == ("left", -41.0)  # x = 59: 41 mm left of 100
+
+
+def test_side_needs_a_ct_300_mm_from_right_to_left():
+    w = np.ones(1)
+    pts = np.array([[100.0, 0.0, 0.0]])  # 100 mm right of the centre x = 0
+    wide = np.array([[-150.0, -20.0, 0.0], [150.0, 20.0, 100.0]])
+    assert _side_from_position(pts, w, wide) == ("right", 100.0)
+    narrow = np.array([[-149.9, -20.0, 0.0], [150.0, 20.0, 100.0]])
+    assert _side_from_position(pts, w, narrow)[0] is None
+    # a CT 200 mm wide but 1000 mm deep (AP) or tall says nothing about the side
+    deep = np.array([[-100.0, -990.0, -900.0], [100.0, 10.0, 100.0]])
+    side, offset = _side_from_position(pts, w, deep)
+    assert side is None and offset == 100.0
+    deep_left = np.array([[-100.0, -400.0, -400.0], [100.0, 400.0, 400.0]])
+    assert _side_from_position(-pts, w, deep_left) == (None, -100.0)
+
+
+def _ring(height, weights, offsets):
+    """Points at ``height`` above the tip, ``offsets`` mm along +x from the axis, with ``weights``."""
+    pts = np.array([[x, 0.0, height] for x in offsets])
+    return pts, np.asarray(weights, dtype=float)
+
+
+def test_neck_band_starts_above_seven_tenths_of_the_length():
+    # Length 10: the band is h > 7. Points at exactly h = 7 are outside it, so the neck is read from the
+    # points at h = 9 alone: one at +x with weight 3 and one at -x with weight 1: mean offset (3 - 1) / 4 =
+    # 0.5 mm along +x, mean distance 1: strength 0.5, direction +x. The points at h = 7 lie at -x with
+    # weight 100: counted, they would turn the neck to -x.
+    p9, w9 = _ring(9.0, [3.0, 1.0], [1.0, -1.0])
+    p7, w7 = _ring(7.0, [100.0], [-1.0])
+    base, wb = _ring(0.0, [1.0], [0.0])
+    pts = np.concatenate([base, p7, p9])
+    w = np.concatenate([wb, w7, w9])
+    assert 0.7 * 10.0 == 7.0  # the limit is exactly the height of those points
+    direction, strength = _neck_direction(pts, w, TIP, AXIS, 10.0)
+    np.testing.assert_array_equal(direction, [1.0, 0.0, 0.0])
+    assert strength == 0.5
+    # nothing above h = 7: no neck, strength 0
+    assert _neck_direction(np.concatenate([base, p7]), np.concatenate([wb, w7]), TIP, AXIS, 10.0) == (None, 0.0)
+
+
+def test_neck_of_strength_exactly_0_15_counts():
+    # 23 units of area 1 mm on +x and 17 on -x: mean offset 6 / 40 = 0.15 mm, mean distance 1 mm:
+    # strength 0.15 exactly, which is a neck (below 0.15 is none).
+    pts, w = _ring(9.0, [23.0, 17.0], [1.0, -1.0])
+    direction, strength = _neck_direction(pts, w, TIP, AXIS, 10.0)
+    assert strength == 0.15
+    np.testing.assert_array_equal(direction, [1.0, 0.0, 0.0])
+    # 22.9 and 17.1: strength 0.145, none
+    pts, w = _ring(9.0, [22.9, 17.1], [1.0, -1.0])
+    direction, strength = _neck_direction(pts, w, TIP, AXIS, 10.0)
+    assert direction is None and abs(strength - 0.145) < 1e-12
+
+
+# The automatic cut on a box-shaped stem whose medial face is a broken line, so the medial edge of every
+# plane of the 160 is known exactly: the stem runs from the tip at z = 0 to z = 160 (axis -z), the lateral
+# face is x = -8, the anterior and posterior faces y = +-8, the medial face x = m(z), straight between
+# these heights (z, m):
+MEDIAL_EDGE = [
+    (0.0, 8.0),
+    (32.0, 8.0), (36.0, 16.0),  # slope 2 below mid-length: not the neck, the search starts at 80
+    (80.0, 16.0), (88.0, 20.0),  # slope 0.5: the calcar curve, too gentle
+    (96.0, 28.0),  # slope exactly 1 over 8 mm: "more than 1 mm per mm" is not met
+    (100.0, 28.0), (103.0, 32.5),  # slope 1.5 over 3 mm: 4.5 mm of rise, more than the 4 mm window
+    (124.0, 32.5), (144.0, 72.5),  # slope 2: the neck proper
+    (160.0, 72.5),
+]
+
+
+def _medial_edge_stem():
+    levels = []
+    for z, m in MEDIAL_EDGE:
+        levels += [(-8.0, -8.0, z), (m, -8.0, z), (m, 8.0, z), (-8.0, 8.0, z)]
+    pts = np.array(levels)
+    faces = []
+    for k in range(len(MEDIAL_EDGE) - 1):
+        for s in range(4):
+            a, b = 4 * k + s, 4 * k + (s + 1) % 4
+            faces += [(a, b, b + 4), (a, b + 4, a + 4)]
+    top = 4 * (len(MEDIAL_EDGE) - 1)
+    faces += [(0, 2, 1), (0, 3, 2), (top, top + 1, top + 2), (top, top + 2, top + 3)]
+    return pts, np.array(faces)
+
+
+def test_automatic_cut_is_the_first_window_of_4_mm_rising_more_than_1_mm_per_mm_above_mid_length():
+    # The planes of the 160 lie at z = 0.5, 1.5, ..., 159.5 (half a spacing in from each end), and the medial
+    # edge of a plane is exactly m(z). From z = 80.5 up, the 4 mm window [z, z + 4] rises
+    # 0.5 mm per mm at most until 88; exactly 1 mm per mm within 88..96 (not more); over the 3 mm step from
+    # 100 to 103 it rises 1.5 x (overlap with [100, 103]), more than 4 mm when the overlap passes 8/3 mm:
+    # windows starting after 98.67 mm. The first plane there is z = 99.5: the cut.
+    from ImplantBoneContactLib.frame import _automatic_resection
+
+    pts, faces = _medial_edge_stem()
+    warnings: list[str] = []
+    point, normal = _automatic_resection(pts, faces, np.zeros(3), AXIS, np.array([1.0, 0.0, 0.0]), 160.0, warnings)
+    np.testing.assert_array_equal(point, [0.0, 0.0, 99.5])
+    np.testing.assert_array_equal(normal, [0.0, 0.0, 1.0])
+    assert warnings == []
+
+
+def test_automatic_cut_without_a_neck_is_at_the_top_with_a_warning():
+    # The same box with a straight medial face (x = 8): no window rises; the cut goes to the top plane, 159.5.
+    from ImplantBoneContactLib.frame import _automatic_resection
+
+    pts, faces = _medial_edge_stem()
+    pts[pts[:, 0] > 0, 0] = 8.0
+    warnings: list[str] = []
+    point, _ = _automatic_resection(pts, faces, np.zeros(3), AXIS, np.array([1.0, 0.0, 0.0]), 160.0, warnings)
+    np.testing.assert_array_equal(point, [0.0, 0.0, 159.5])
+    assert warnings == [
+        "no neck found above the stem body: the resection plane is put at the proximal end of the model; "
+        "give --resection-plane to set it"
+    ]
