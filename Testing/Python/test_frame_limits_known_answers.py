@@ -9,6 +9,8 @@ the input exactly on such a limit, where the limit is inclusive or exclusive as 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from ImplantBoneContactLib.errors import InputError
 from ImplantBoneContactLib.frame import _neck_direction, _side_from_position
 
 AXIS = np.array([0.0, 0.0, -1.0])  # proximal to distal: the height above the tip is z
@@ -143,3 +145,138 @@ def test_automatic_cut_without_a_neck_is_at_the_top_with_a_warning():
         "no neck found above the stem body: the resection plane is put at the proximal end of the model; "
         "give --resection-plane to set it"
     ]
+
+
+# Point models: a given axis from (0, 0, 100) to the tip at the origin, a given cut at z = 80 and no triangles
+# (nothing is sliced: the given axis is not turned round, the cut is not searched). The neck is read from the
+# points above 0.7 of the length, here all at z = 100 and 1 mm from the axis, so its strength is
+# |sum w x| / sum w: weights a on +x and b on -x give (a - b) / (a + b), exactly, for the weights chosen.
+NO_FACES = np.zeros((0, 3), dtype=np.int64)
+
+
+def _point_model(band, weights, tip_weight=1.0):
+    pts = np.array([[0.0, 0.0, 0.0], *[[x, y, 100.0] for x, y in band]])
+    return pts, np.array([tip_weight, *weights], dtype=float)
+
+
+def _given(**kw):
+    from ImplantBoneContactLib.frame import FrameOptions
+
+    base = {"axis_points": ((0.0, 0.0, 100.0), (0.0, 0.0, 0.0)), "resection_point": (0.0, 0.0, 80.0),
+            "resection_normal": (0.0, 0.0, 1.0)}
+    return FrameOptions(**{**base, **kw})
+
+
+FAINT = "the neck sticks out only a little"
+
+
+def test_a_neck_of_strength_exactly_0_3_is_not_faint():
+    from ImplantBoneContactLib.frame import estimate_frame
+
+    # 13 on +x, 7 on -x: strength 6 / 20 = 0.3, neck toward +x (the patient's right): a left femur
+    pts, w = _point_model([(1.0, 0.0), (-1.0, 0.0)], [13.0, 7.0])
+    frame, warnings = estimate_frame(pts, NO_FACES, w, _given())
+    assert frame.side == "left" and not any(FAINT in m for m in warnings), warnings
+    np.testing.assert_array_equal(frame.medial, [1.0, 0.0, 0.0])
+    # given --side right against it: at 0.3 the neck still decides (below 0.3 the side would)
+    frame, warnings = estimate_frame(pts, NO_FACES, w, _given(side="right"))
+    assert frame.side == "left" and frame.zone_reference == "implant"
+    assert any(m.startswith("--side right disagrees with the model") for m in warnings), warnings
+    # 12.9 and 7.1: strength 0.29, faint: warned, and a given side decides
+    pts, w = _point_model([(1.0, 0.0), (-1.0, 0.0)], [12.9, 7.1])
+    _, warnings = estimate_frame(pts, NO_FACES, w, _given())
+    assert any(FAINT in m for m in warnings)
+    frame, _ = estimate_frame(pts, NO_FACES, w, _given(side="right"))
+    assert frame.side == "right" and frame.zone_reference == "patient"
+
+
+def test_faint_neck_warning_gives_the_strength_in_percent():
+    from ImplantBoneContactLib.frame import estimate_frame
+
+    # 1204.5 on +x, 795.5 on -x: strength 409 / 2000 = 0.2045, 20.45 %: printed as 20 %
+    pts, w = _point_model([(1.0, 0.0), (-1.0, 0.0)], [1204.5, 795.5])
+    _, warnings = estimate_frame(pts, NO_FACES, w, _given())
+    faint = [m for m in warnings if FAINT in m]
+    assert len(faint) == 1 and "(its mean offset is 20% of the proximal surface's distance from the axis)" in faint[0]
+    assert "(version 0 degrees)" in faint[0]
+
+
+def test_a_neck_exactly_60_degrees_from_the_medial_lateral_plane_is_not_warned_about():
+    from ImplantBoneContactLib.frame import estimate_frame
+
+    # One neck point at (1, y) with y = 1.7320508075688774 (the double next to sqrt 3): its unit offset has an x
+    # of exactly 0.5, 60 degrees from the patient's right; warned only beyond (x below 0.5).
+    y = 1.7320508075688774
+    r = np.array([1.0, y, 0.0])
+    assert (r / np.linalg.norm(r))[0] == 0.5
+    pts, w = _point_model([(1.0, y)], [1.0])
+    frame, warnings = estimate_frame(pts, NO_FACES, w, _given())
+    assert not any("mostly anteriorly or posteriorly" in m for m in warnings), warnings
+    assert frame.version_deg == np.degrees(np.arctan2(y, 1.0)) and round(frame.version_deg) == 60
+    pts, w = _point_model([(1.0, 1.8)], [1.0])  # 61 degrees
+    _, warnings = estimate_frame(pts, NO_FACES, w, _given())
+    assert any("the neck points mostly anteriorly or posteriorly (61 degrees from the medial-lateral plane)" in m
+               for m in warnings)
+
+
+def test_medial_point_exactly_0_3_toward_the_patients_right_sets_the_side_and_anterior():
+    from ImplantBoneContactLib.frame import estimate_frame
+
+    # The medial point (3, sqrt 91, 50): its unit offset from the axis is (0.3, 0.954, 0) exactly 0.3 toward
+    # the patient's right (73 degrees from it), which still tells the side (left femur) against --side right,
+    # and the anterior direction is perpendicular to the axis and medial, toward the patient's anterior.
+    my = float(np.sqrt(91.0))
+    r = np.array([3.0, my, 0.0])
+    assert (r / np.linalg.norm(r))[0] == 0.3
+    pts, w = _point_model([(1.0, 0.0), (-1.0, 0.0)], [3.0, 1.0])
+    frame, warnings = estimate_frame(pts, NO_FACES, w, _given(medial_point=(3.0, my, 50.0), side="right"))
+    assert frame.side == "left"
+    assert any(m.startswith("--side right disagrees with the medial point (--medial-point), which makes this a left")
+               for m in warnings), warnings
+    assert frame.provenance["anterior"] == "perpendicular to axis and medial, toward patient anterior"
+    np.testing.assert_allclose(frame.anterior, [-my / 10.0, 0.3, 0.0], atol=1e-15)
+    # nearer the anterior direction (x 0.2): the side given decides, and anterior follows the handedness
+    frame, warnings = estimate_frame(pts, NO_FACES, w, _given(medial_point=(2.0, float(np.sqrt(96.0)), 50.0), side="right"))
+    assert frame.side == "right" and not any("disagrees with the medial point" in m for m in warnings)
+    assert frame.provenance["anterior"] == "perpendicular to axis and medial, by the handedness of a right femur"
+
+
+def test_axis_exactly_0_3_from_the_anterior_posterior_direction_still_orients_the_zones():
+    from ImplantBoneContactLib.frame import estimate_frame
+
+    # Axis along (0, sqrt 91, -3): the patient's anterior made perpendicular to it has length exactly 0.3
+    # (the axis 17.5 degrees from AP, whose sine is 0.3), the least that can orient the zones.
+    d = np.array([0.0, float(np.sqrt(91.0)), -3.0])
+    axis = d / np.linalg.norm(d)
+    a = np.array([0.0, 1.0, 0.0])
+    assert float(np.linalg.norm(a - (a @ axis) * axis)) == 0.3
+    prox = axis * -100.0
+    pts = np.array([np.zeros(3), prox + [1.0, 0.0, 0.0], prox + [-1.0, 0.0, 0.0]])
+    w = np.array([1.0, 3.0, 1.0])
+    opt = _given(axis_points=(tuple(prox), (0.0, 0.0, 0.0)), resection_point=tuple(prox * 0.8),
+                 resection_normal=tuple(-axis))
+    frame, _ = estimate_frame(pts, NO_FACES, w, opt)
+    assert frame.side == "left" and frame.zone_reference == "implant"
+    # a little nearer AP: refused, the patient's anterior cannot orient the zones
+    d2 = np.array([0.0, 9.6, -3.0])
+    prox2 = d2 / np.linalg.norm(d2) * -100.0
+    pts2 = np.array([np.zeros(3), prox2 + [1.0, 0.0, 0.0], prox2 + [-1.0, 0.0, 0.0]])
+    opt2 = _given(axis_points=(tuple(prox2), (0.0, 0.0, 0.0)), resection_point=tuple(prox2 * 0.8),
+                  resection_normal=tuple(d2))
+    with pytest.raises(InputError, match="the stem axis runs almost along the patient's anterior-posterior direction"):
+        estimate_frame(pts2, NO_FACES, w, opt2)
+
+
+def test_a_model_half_a_millimetre_long_has_a_frame():
+    from ImplantBoneContactLib.frame import estimate_frame
+
+    # Only a length of 0 is refused: a 0.5 mm model with a given axis and cut has a frame.
+    pts = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.5], [-1.0, 0.0, 0.5]])
+    w = np.array([1.0, 3.0, 1.0])
+    opt = _given(axis_points=((0.0, 0.0, 0.5), (0.0, 0.0, 0.0)), resection_point=(0.0, 0.0, 0.25), tip_length_mm=0.1)
+    frame, _ = estimate_frame(pts, NO_FACES, w, opt)
+    assert frame.side == "left" and frame.cut_height(np.zeros((1, 3)))[0] == 0.25
+    flat = pts.copy()
+    flat[:, 2] = 0.0
+    with pytest.raises(InputError, match="the model has no extent along the stem axis"):
+        estimate_frame(flat, NO_FACES, w, opt)
