@@ -49,7 +49,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "sampling": (["*"], ["test_sampling.py", "test_stats_classes.py", "test_core_known_answers.py"]),
     # small synthetic stems built inside the tests (test_frame_zones.py and test_stats_classes.py analyse the
     # phantom in session fixtures: seconds per mutant; they run in `make test`)
-    "frame": (["*"], ["test_frame_known_answers.py", "test_core_known_answers.py", "test_frame_limits_known_answers.py"]),
+    "frame": (["*"], ["test_frame_known_answers.py", "test_core_known_answers.py", "test_frame_limits_known_answers.py",
+                     "test_frame_axis_known_answers.py"]),
     # geometry and orientation only (readers and writers are covered by test_bad_inputs / test_cli);
     # known answers on meshes of a few dozen triangles built by the tests (test_mesh builds the phantom stem)
     "mesh": (
