@@ -280,3 +280,52 @@ def test_a_model_half_a_millimetre_long_has_a_frame():
     flat[:, 2] = 0.0
     with pytest.raises(InputError, match="the model has no extent along the stem axis"):
         estimate_frame(flat, NO_FACES, w, opt)
+
+
+# Fins: vertical triangles (R, -1, z0), (R, 1, z0), (R, 0, z1) in the plane x = R. A plane z = v between z0 and
+# z1 cuts a fin in a segment whose midpoint is (R, 0, v): exactly R mm from the z axis. A model of fins has
+# a known reach at every plane: the largest R of the fins that the plane crosses.
+def _fins(fins):
+    pts, faces = [], []
+    for radius, z0, z1 in fins:
+        k = len(pts)
+        pts += [(radius, -1.0, z0), (radius, 1.0, z0), (radius, 0.0, z1)]
+        faces.append((k, k + 1, k + 2))
+    return np.array(pts), np.array(faces)
+
+
+def _reach_model(reach_top, reach_bottom):
+    # A core fin at x = 1 from z = 0 to 160 and a fin of each reach over the top 32 and the bottom 32 mm (the
+    # bottom fins point down, so the model's lowest point is the tip at z = 0). Given axis from z = 160 down:
+    # the 40 planes lie at z = 158, 154, ..., 2 (half a spacing in), the first 8 (z 130-158) reach
+    # ``reach_top`` and the last 8 (z 2-30) ``reach_bottom``.
+    return _fins([(1.0, 0.0, 160.0), (reach_top, 160.0, 128.0), (reach_bottom, 0.0, 32.0)])
+
+
+TURNED = "runs from the tip to the neck"
+
+
+@pytest.mark.parametrize(
+    ("top", "bottom", "turned"),
+    [
+        (12.0, 18.0, False),  # the distal end reaches exactly 1.5 times as far: not enough to turn the axis
+        (12.0, 18.5, True),
+        (2.0, 7.0, False),  # 3.5 times as far but exactly 5 mm farther: not enough
+        (2.0, 7.5, True),
+    ],
+)
+def test_given_axis_is_turned_round_when_its_distal_end_reaches_1_5_times_and_5_mm_farther(top, bottom, turned):
+    from ImplantBoneContactLib.frame import FrameOptions, estimate_frame
+    from ImplantBoneContactLib.mesh import vertex_areas
+
+    pts, faces = _reach_model(top, bottom)
+    opt = FrameOptions(axis_points=((0.0, 0.0, 160.0), (0.0, 0.0, 0.0)), resection_point=(0.0, 0.0, 100.0),
+                       resection_normal=(0.0, 0.0, 1.0), side="left", medial_point=(10.0, 0.0, 100.0))
+    frame, warnings = estimate_frame(pts, faces, vertex_areas(pts, faces), opt)
+    message = [m for m in warnings if TURNED in m]
+    if turned:
+        assert len(message) == 1 and f"reaches {bottom:.0f} mm from it at the given distal end and {top:.0f} mm" in message[0]
+        np.testing.assert_array_equal(frame.axis, [0.0, 0.0, 1.0])
+    else:
+        assert message == [], warnings
+        np.testing.assert_array_equal(frame.axis, [0.0, 0.0, -1.0])
