@@ -207,3 +207,46 @@ def test_axis_of_a_bent_body_follows_the_documented_refit(bend_deg, kink_z, turn
     # the axis runs from the head end toward the tip, closer to the straight lower body than to the bent top
     tip_ward = np.array([0.0, 0.0, 1.0 if turned else -1.0])
     assert axis @ tip_ward > np.cos(np.radians(bend_deg / 2))
+
+
+def _horizontal_stem():
+    """A tube of square section (corners on the y and z axes) along x from 0 to 160 mm, radius 5, 10 over the
+    head end (x 128-160): integer corners, symmetric about x = 80, so its covariance is exactly diagonal and
+    the automatic axis is exactly -x, perpendicular to the patient's superior-inferior direction."""
+    xs = [0, 2, 8, 16, 24, 31, 33, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 127, 129, 136, 144, 152, 158, 160]
+    pts = []
+    for x in xs:
+        r = 10.0 if x >= 128 else 5.0
+        pts += [(x, r, 0.0), (x, 0.0, r), (x, -r, 0.0), (x, 0.0, -r)]
+    faces = []
+    for i in range(len(xs) - 1):
+        for j in range(4):
+            a, b = 4 * i + j, 4 * i + (j + 1) % 4
+            faces += [(a, b, a + 4), (b, b + 4, a + 4)]
+    return np.array(pts, dtype=float), np.array(faces)
+
+
+def test_automatic_axis_exactly_perpendicular_to_inferior_is_warned_about_not_refused():
+    from ImplantBoneContactLib.frame import FrameOptions, estimate_frame
+
+    pts, faces = _horizontal_stem()
+    w = np.ones(len(pts))
+    axis, prox = _automatic_axis(pts, faces, w)
+    np.testing.assert_array_equal(np.abs(axis), [1.0, 0.0, 0.0])
+    assert axis[0] == -1.0 and prox[0] == 160.0
+    # In a patient CT: 90 degrees from inferior is a warning (beyond 45); only beyond 90 (the tip superior to the
+    # neck) is the axis refused.
+    opt = FrameOptions(ct_bounds_ras=np.array([[-50.0, -50.0, -50.0], [200.0, 50.0, 50.0]]), side="left",
+                       medial_point=(100.0, 0.0, 20.0), resection_point=(140.0, 0.0, 0.0),
+                       resection_normal=(1.0, 0.0, 0.0))
+    frame, warnings = estimate_frame(pts, faces, w, opt)
+    np.testing.assert_array_equal(frame.axis, axis)
+    assert any(m.startswith("the automatic stem axis is 90 degrees from the patient's inferior direction")
+               for m in warnings), warnings
+    tilted = pts.copy()
+    tilted[:, 2] += 0.05 * tilted[:, 0]  # the head end 8 mm higher than the tip: the tip points down
+    estimate_frame(tilted, faces, w, opt)
+    tilted = pts.copy()
+    tilted[:, 2] += 0.05 * (160.0 - tilted[:, 0])  # the tip 8 mm higher than the head: refused
+    with pytest.raises(InputError, match="the automatic stem axis puts the tip superior to the neck"):
+        estimate_frame(tilted, faces, w, opt)
