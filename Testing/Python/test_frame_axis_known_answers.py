@@ -250,3 +250,39 @@ def test_automatic_axis_exactly_perpendicular_to_inferior_is_warned_about_not_re
     tilted[:, 2] += 0.05 * (160.0 - tilted[:, 0])  # the tip 8 mm higher than the head: refused
     with pytest.raises(InputError, match="the automatic stem axis puts the tip superior to the neck"):
         estimate_frame(tilted, faces, w, opt)
+
+
+def test_automatic_axis_exactly_45_degrees_from_inferior_is_not_warned_about():
+    from ImplantBoneContactLib.frame import FrameOptions, estimate_frame
+
+    # A square tube along (0, -1, -1) from the origin, its head (twice as wide) over the first 32 mm: the tip
+    # points inferior and posterior, 45 degrees from inferior. Its corners are multiples of (0, 8, -8) and
+    # (8 sqrt 2, 0, 0) off the centre line; the automatic axis comes out as (0, -0.7071067811865476, -0.7071...),
+    # whose angle from inferior is 45.0 exactly (checked first). 45 degrees is still within the limit; more
+    # is warned about.
+    xs = [0, 2, 8, 16, 24, 31, 33, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120, 127, 129, 136, 144, 152, 158, 160]
+    e1, e2 = np.array([0.0, 8.0, -8.0]), np.array([8.0 * np.sqrt(2.0), 0.0, 0.0])
+    pts = []
+    for s in xs:
+        r = 2.0 if s <= 32 else 1.0
+        c = np.array([0.0, -s, -s], dtype=float)
+        pts += [c + r * e1, c + r * e2, c - r * e1, c - r * e2]
+    pts = np.array(pts)
+    faces = []
+    for i in range(len(xs) - 1):
+        for j in range(4):
+            a, b = 4 * i + j, 4 * i + (j + 1) % 4
+            faces += [(a, b, a + 4), (b, b + 4, a + 4)]
+    faces = np.array(faces)
+    w = np.ones(len(pts))
+    axis, _ = _automatic_axis(pts, faces, w)
+    assert np.degrees(np.arccos(np.clip(axis @ [0.0, 0.0, -1.0], -1.0, 1.0))) == 45.0, repr(axis)
+    opt = FrameOptions(ct_bounds_ras=np.array([[-100.0, -200.0, -200.0], [100.0, 50.0, 50.0]]), side="left",
+                       resection_point=(0.0, -20.0, -20.0), resection_normal=(0.0, 1.0, 1.0))
+    _, warnings = estimate_frame(pts, faces, w, opt)
+    assert not any("degrees from the patient's inferior direction" in m for m in warnings), warnings
+    steeper = pts.copy()
+    steeper[:, 1] *= 1.1  # the tip 48 degrees from inferior
+    _, warnings = estimate_frame(steeper, faces, w, opt)
+    assert any(m.startswith("the automatic stem axis is 48 degrees from the patient's inferior direction")
+               for m in warnings), warnings
