@@ -44,11 +44,13 @@ STAGE = REPO / "build" / "mutation"
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "classes": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_classes_known_answers.py"]),
     # test_compat: the weighted quantile against numpy 2's (hypothesis, a few seconds)
-    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_compat.py"]),
+    "stats": (["*"], ["test_stats_classes.py", "test_core_known_answers.py", "test_compat.py",
+                       "test_stats_mutants_known_answers.py"]),
     "sampling": (["*"], ["test_sampling.py", "test_stats_classes.py", "test_core_known_answers.py"]),
     # small synthetic stems built inside the tests (test_frame_zones.py and test_stats_classes.py analyse the
     # phantom in session fixtures: seconds per mutant; they run in `make test`)
-    "frame": (["*"], ["test_frame_known_answers.py", "test_core_known_answers.py"]),
+    "frame": (["*"], ["test_frame_known_answers.py", "test_core_known_answers.py", "test_frame_limits_known_answers.py",
+                     "test_frame_axis_known_answers.py"]),
     # geometry and orientation only (readers and writers are covered by test_bad_inputs / test_cli);
     # known answers on meshes of a few dozen triangles built by the tests (test_mesh builds the phantom stem)
     "mesh": (
@@ -75,13 +77,13 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["test_core_known_answers.py", "test_cli_options_documented.py"],
     ),
     "calibration": (["*"], ["test_calibration_known_answers.py", "test_calibration.py"]),
-    "scan_noise": (["*"], ["test_scan_noise_known_answers.py"]),
+    "scan_noise": (["*"], ["test_scan_noise_known_answers.py", "test_scan_noise_thinning_known_answers.py"]),
     # the comparison itself and its checks (reading and writing result folders, the follow-up analysis and the
     # CLI run end to end in test_compare on a phantom study, too slow per mutant)
     "compare": (
         ["x_rigid_fit*", "x_transform_frame*", "x_check_same_stem*", "x__norm*", "x__patch_labels*", "x__spread_se*",
          "x_compare__mutmut*", "x__change_surface*", "xǁStoredResultǁ*", "xǁComparisonǁ*"],
-        ["test_compare_known_answers.py"],
+        ["test_compare_known_answers.py", "test_compare_limits_known_answers.py"],
     ),
     # detection, edge, walk, the edge placement, reliability marking and the assessment; not the profile fit
     # (_layer_fit), whose accuracy the phantom tests of test_postop measure (slow fixtures)
