@@ -1,0 +1,147 @@
+"""Known answers for the post-operative edge model's tissue blur and metal plateau (``_tissue_blur``) and for the
+soft-tissue test of ``measure_edge``, on CTs built voxel by voxel here.
+
+The CTs are columns of voxels along x (0.5 mm voxels, centres at -4.5 + 0.5 i, the column at x = 0 is i = 9) whose
+values are chosen so that every reading is known by hand: the profiles run along voxel axes through voxel centres,
+so a trilinear reading between two centres is the straight line between their values, and at the 0.125 mm steps of
+the walk the interpolation weights are 0, 1/4, 1/2 and 3/4 (no rounding). Each test takes well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from ImplantBoneContactLib import postop as po
+from ImplantBoneContactLib.volume import Volume
+
+VOXEL = 0.5
+X0 = -4.5  # x of the first voxel column (mm)
+N_I = 30
+X = X0 + VOXEL * np.arange(N_I)
+
+
+def _row(by_depth, tissue):
+    """Voxel values along x: ``tissue`` at x > 0, ``by_depth[k]`` at the centre k voxels inside (x = -0.5 k), the
+    last value repeated deeper."""
+    k = np.rint(-X / VOXEL).astype(int)
+    deep = np.asarray(by_depth, float)[np.clip(k, 0, len(by_depth) - 1)]
+    return np.where(X > 0, float(tissue), deep)
+
+
+def _ct_rows(rows, n_k=4):
+    """A CT whose row j along y (centre y = 0.5 j) holds ``rows[j]`` along x, the same at every z (centres 0.5 k)."""
+    a = np.asarray(rows, float)
+    arr = np.broadcast_to(a[None], (n_k,) + a.shape).astype(np.float32).copy()
+    m = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    m[:3, 3] = [X0, 0.0, 0.0]
+    return Volume(array=arr, ijk_to_ras=m)
+
+
+def _edge_points(rows, n_k=4):
+    """Points at x = 0 on the centres of the given rows j (z on the inner rows k = 1 .. n_k - 2), inward -x."""
+    pts = np.array([[0.0, VOXEL * j, VOXEL * k] for j in rows for k in range(1, n_k - 1)])
+    return pts, np.tile([-1.0, 0.0, 0.0], (len(pts), 1))
+
+
+def _profiles_ct(by_depth, tissue, n_rows=6):
+    """``n_rows`` rows of the same profile between two padding rows; returns the CT and 2 (n_rows) edge points."""
+    row = _row(by_depth, tissue)
+    ct = _ct_rows([row] * (n_rows + 2))
+    pts, inward = _edge_points(range(1, n_rows + 1))
+    return ct, pts, inward, np.full(len(pts), float(tissue))
+
+
+def _crossing(d0, share0, share1, step=0.125, level=0.8413):
+    """Where the share crosses ``level`` between two samples ``step`` apart, by linear interpolation."""
+    return d0 + step * (level - share0) / (share1 - share0)
+
+
+# Reading at depths 0, 0.125, ... of a profile [1500, 3000, ...] over 0 HU: 1500, 1875, 2250, 2625, then 3000: its
+# share of a 3000 HU plateau crosses 84.13 % between 0.25 mm (0.75) and 0.375 mm (0.875).
+SIGMA_1500_3000 = _crossing(0.25, 0.75, 0.875)
+
+# The window read inward: blur_mm 0.4 gives max(1.5 mm inside depth, 3.5 x 0.4) + a 0.5 mm voxel = 2.0 mm.
+BLUR = 0.4
+
+
+@pytest.mark.parametrize("tissue, plateau", [(0.0, 2940.0), (500.0, 2977.5)])
+def test_plateau_is_the_median_of_the_readings_within_two_percent_of_the_rise(tissue, plateau):
+    """A rise to 2940 HU held from 0.5 to 1.5 mm inside, then to 3000 HU at 2.0 mm (the window's end): readings
+    2940 x 9, 2955, 2970, 2985, 3000. Over 0 HU the readings within 2 % of the 3000 HU rise (down to 2940 HU) are
+    all 13, median 2940; over 500 HU 2 % of 2500 HU reaches down to 2950 HU only: 2955, 2970, 2985, 3000, median
+    2977.5. Not the highest reading (3000 HU)."""
+    ct, pts, inward, t = _profiles_ct([0.5 * (tissue + 3000.0), 2940.0, 2940.0, 2940.0, 3000.0], tissue)
+    sigma, top = po._tissue_blur(ct, pts, inward, t, metal_hu=3000.0, blur_mm=BLUR)
+    assert top == pytest.approx(plateau, abs=1e-6)
+    assert po.inner_depth_mm(ct, BLUR) == 2.0
+    # The share (reading - tissue) / (plateau - tissue) crosses 84.13 % between 0.25 and 0.375 mm.
+    s = [(r - tissue) / (plateau - tissue) for r in (0.5 * (tissue + 3000.0) + 0.5 * (2940.0 - 0.5 * (tissue + 3000.0)),
+                                                   0.5 * (tissue + 3000.0) + 0.75 * (2940.0 - 0.5 * (tissue + 3000.0)))]
+    assert sigma == pytest.approx(_crossing(0.25, s[0], s[1]), abs=1e-9)
+
+
+@pytest.mark.parametrize("tissue", [0.0, -500.0])
+def test_a_fall_of_exactly_two_percent_of_the_rise_does_not_stop_the_walk(tissue):
+    """A rise to 3000 HU at 0.5 mm, then 2940 HU from 1.0 mm on. Over 0 HU 2940 is exactly 2 % of the rise below the
+    peak, over -500 HU less than 2 % (70 HU): neither is a fall of more than 2 %, the walk goes on to 2.0 mm and the
+    plateau is the median of 3000, 2985, 2970, 2955 and nine readings of 2940 HU: 2940 HU. Stopping at the first
+    2940 would leave 2977.5 HU (the median of the four), stopping at any fall 3000 HU."""
+    ct, pts, inward, t = _profiles_ct([1500.0, 3000.0, 2940.0], tissue)
+    _, top = po._tissue_blur(ct, pts, inward, t, metal_hu=3000.0, blur_mm=BLUR)
+    assert top == pytest.approx(2940.0, abs=1e-6)
+
+
+def test_the_far_side_of_a_thin_part_stops_each_profile_on_its_own():
+    """Six profiles into thick metal (3000 HU from 0.5 mm on) and six into a thin part: 3000 HU at 0.5 and 1.0 mm,
+    0 HU at 1.5 mm, then other metal of 4000 HU from 2.0 mm. The thin profiles fall by more than 2 % after 1.0 mm and
+    stop there: every plateau is 3000 HU (not the 4000 HU beyond the gap), and all twelve profiles count (the thick
+    ones, which never fall, are not stopped)."""
+    thick = _row([1500.0, 3000.0], 0.0)
+    thin = _row([1500.0, 3000.0, 3000.0, 0.0, 4000.0], 0.0)
+    # rows 1-3 thick, 4-6 thin (a thick profile first), padding rows 0 and 7
+    ct = _ct_rows([thick, thick, thick, thick, thin, thin, thin, thin])
+    pts, inward = _edge_points(range(1, 7))
+    sigma, top = po._tissue_blur(ct, pts, inward, np.zeros(12), metal_hu=3000.0, blur_mm=BLUR)
+    assert top == pytest.approx(3000.0, abs=1e-6)
+    assert sigma == pytest.approx(SIGMA_1500_3000, abs=1e-9)
+
+
+def test_each_profile_has_its_own_plateau_when_the_profiles_are_counted():
+    """Nine profiles rise from 0 to 3000 HU, eight from 500 to 4000 HU (both halfway at the edge); metal 5600 HU.
+    Each rises by more than half the metal above its own tissue (3000 > 2800, 3500 > 2550 HU): all 17 count, the
+    plateau is the median of their plateaus (3000 HU) and the shares of both rise alike."""
+    low = _row([1500.0, 3000.0], 0.0)
+    high = _row([2250.0, 4000.0], 500.0)
+    ct = _ct_rows([low] * 10 + [high] * 9)
+    pts_low, inward_low = _edge_points(range(1, 10), n_k=3)  # 9 profiles (one z row)
+    pts_high, inward_high = _edge_points(range(10, 18), n_k=3)  # 8
+    pts, inward = np.vstack([pts_low, pts_high]), np.vstack([inward_low, inward_high])
+    tissue = np.r_[np.zeros(9), np.full(8, 500.0)]
+    sigma, top = po._tissue_blur(ct, pts, inward, tissue, metal_hu=5600.0, blur_mm=BLUR)
+    assert top == pytest.approx(3000.0, abs=1e-6)
+    assert sigma == pytest.approx(SIGMA_1500_3000, abs=1e-9)
+
+
+def test_a_rise_of_exactly_half_the_metal_does_not_count():
+    """Profiles rising from 0 to exactly 3000 HU against a 6000 HU metal: not more than half of it, so none counts
+    (blur None, plateau NaN); against 5998 HU they all do."""
+    ct, pts, inward, t = _profiles_ct([1500.0, 3000.0], 0.0, n_rows=6)
+    sigma, top = po._tissue_blur(ct, pts, inward, t, metal_hu=6000.0, blur_mm=BLUR)
+    assert sigma is None and math.isnan(top)
+    sigma, top = po._tissue_blur(ct, pts, inward, t, metal_hu=5998.0, blur_mm=BLUR)
+    assert top == pytest.approx(3000.0, abs=1e-6) and sigma == pytest.approx(SIGMA_1500_3000, abs=1e-9)
+
+
+def test_plateau_and_blur_read_to_exactly_the_window_end():
+    """1000 HU down to 1.5 mm inside, 3000 HU at 2.0 mm (the window's end), 3400 HU deeper: the readings at 1.75,
+    1.875 and 2.0 mm are 2000, 2500 and 3000 HU. The plateau is the last reading, 3000 HU (not 2000 as a window
+    ending two samples short would read, nor 3100 as one a sample longer); the share 2500 / 3000 = 0.833 at 1.875 mm
+    is below 84.13 %, so the blur is the crossing in the window's last step, 1.875 + 0.125 (0.8413 - 0.8333) /
+    (1 - 0.8333) mm, and it is inside the window."""
+    ct, pts, inward, t = _profiles_ct([1000.0, 1000.0, 1000.0, 1000.0, 3000.0, 3400.0], 0.0)
+    sigma, top = po._tissue_blur(ct, pts, inward, t, metal_hu=3000.0, blur_mm=BLUR)
+    assert top == pytest.approx(3000.0, abs=1e-6)
+    assert sigma == pytest.approx(_crossing(1.875, 2500.0 / 3000.0, 1.0), abs=1e-9)
+    assert 1.875 < sigma < 2.0
