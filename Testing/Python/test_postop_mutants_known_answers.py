@@ -1,5 +1,6 @@
 """Known answers for the post-operative edge model's tissue blur and metal plateau (``_tissue_blur``) and for the
-soft-tissue test of ``measure_edge``, on CTs built voxel by voxel here.
+soft-tissue test of ``measure_edge`` (which vertices see a soft, flat tissue beyond the metal), on CTs built voxel
+by voxel here.
 
 The CTs are columns of voxels along x (0.5 mm voxels, centres at -4.5 + 0.5 i, the column at x = 0 is i = 9) whose
 values are chosen so that every reading is known by hand: the profiles run along voxel axes through voxel centres,
@@ -13,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+from ibc_helpers import blurred_metal_plane_ct, plane_points
 from ImplantBoneContactLib import postop as po
 from ImplantBoneContactLib.volume import Volume
 
@@ -145,3 +147,72 @@ def test_plateau_and_blur_read_to_exactly_the_window_end():
     assert top == pytest.approx(3000.0, abs=1e-6)
     assert sigma == pytest.approx(_crossing(1.875, 2500.0 / 3000.0, 1.0), abs=1e-9)
     assert 1.875 < sigma < 2.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# measure_edge: which vertices see soft tissue. A vertex counts when the tissue beyond the metal (the median of the
+# readings over the last 1 mm, or half a voxel if that is more, of the profile read outward from its edge) is below
+# 300 HU, the readings over the profile's outer half span less than 100 HU, and the metal is more than 1000 HU above
+# the tissue; with 30 such vertices the spread is "measured", else a Gaussian from the slope. Points: 100 on the
+# metal plane x = 0, normals +x; the edge is found at x = 0 (the blurred step is odd about the voxel centre there).
+
+
+def _plane_with_tissue_columns(values_from, voxel=0.5, x0=-4.5, n_i=30, near=0.0, sigma=0.5):
+    """The metal plane (3500 HU, blurred by ``sigma``) over ``near`` HU, with the voxel columns at x >= the first
+    key of ``values_from`` (a dict x -> HU, the columns from each x to the next) set to exact values."""
+    ct = blurred_metal_plane_ct(metal=3500.0, tissue=near, sigma=sigma, voxel=voxel, x0=x0, n_i=n_i)
+    x = x0 + voxel * np.arange(n_i)
+    for start, value in sorted(values_from.items()):
+        cols = x >= start
+        ct.array[..., cols] = np.broadcast_to(value(x[cols]) if callable(value) else value, ct.array[..., cols].shape)
+    return ct
+
+
+def test_metal_at_the_detection_level_in_air_is_measured():
+    """Metal reading 2000 HU (the detection level) beyond which is air (-1000 HU): the air is soft tissue (below
+    300 HU, flat) and the metal is 3000 HU above it, so all 100 vertices measure the spread."""
+    e = po.measure_edge(blurred_metal_plane_ct(metal=2000.0, tissue=-1000.0, sigma=0.0), *plane_points())
+    assert e.method == "measured" and e.n_vertices == 100
+
+
+def test_a_tissue_spanning_exactly_100_hu_over_the_outer_half_is_not_flat():
+    """The profile runs to 5.5 mm past the edge; its outer half starts at 2.75 mm. A 200 HU voxel at 2.5 mm, 0 HU
+    from 3.0 mm: the reading at 2.75 mm is 100 HU, the others from there 50 HU or 0: a span of exactly 100 HU, not
+    less, so no vertex is soft (a Gaussian edge). With 198 HU at 2.5 mm (99 HU at 2.75) the tissue is flat."""
+    pts, nrm = plane_points()
+    e = po.measure_edge(_plane_with_tissue_columns({2.5: 200.0, 3.0: 0.0}), pts, nrm)
+    assert e.method == "gaussian"
+    e = po.measure_edge(_plane_with_tissue_columns({2.5: 198.0, 3.0: 0.0}), pts, nrm)
+    assert e.method == "measured" and e.n_vertices == 100
+
+
+@pytest.mark.parametrize("slope", [32.0, -32.0])
+def test_the_tissue_is_the_median_over_the_last_millimetre(slope):
+    """Tissue rising (or falling) by 32 HU/mm from 2.5 mm past the edge, 299 HU at 5.0 mm: the last millimetre of
+    the profile (4.5 to 5.5 mm, 9 readings on a straight line) has its median at 5.0 mm, 299 HU, soft tissue; a
+    window one reading shorter or longer, or reaching further in, would read 297-315 HU on one of the two slopes.
+    The outer half spans 88 HU: flat."""
+    ramp = {2.5: lambda x: 299.0 + slope * (x - 5.0)}
+    e = po.measure_edge(_plane_with_tissue_columns(ramp, near=299.0 + slope * (2.5 - 5.0)), *plane_points())
+    assert e.method == "measured" and e.n_vertices == 100
+    # The same tissue 1 HU higher is not soft.
+    ramp = {2.5: lambda x: 300.0 + slope * (x - 5.0)}
+    assert po.measure_edge(_plane_with_tissue_columns(ramp, near=300.0 + slope * (2.5 - 5.0)),
+                           *plane_points()).method == "gaussian"
+
+
+@pytest.mark.parametrize("voxel, x0, n_i, slope, middle", [
+    # 1 mm voxels: profile to 5.5 mm every 0.25 mm, the last 1 mm (more than half a voxel) 4.5-5.5, middle 5.0
+    (1.0, -4.5, 14, -32.0, 5.0),
+    # 3 mm voxels: profile to 7.5 mm, the last half voxel (1.5 mm, more than 1 mm) 6.0-7.5, middle 6.75
+    (3.0, -7.5, 8, 16.0, 6.75),
+])
+def test_the_tissue_window_is_half_a_voxel_on_coarse_cts(voxel, x0, n_i, slope, middle):
+    """The tissue window is the last 1 mm or half a voxel, whichever is more: on a tissue sloping linearly from the
+    first voxel centre past the edge its median is the reading at the window's middle, set to 299 HU (soft)."""
+    first = x0 + voxel * (math.floor(-x0 / voxel) + 1)  # the first voxel centre past the edge at 0
+    ramp = {first: lambda x: 299.0 + slope * (x - middle)}
+    ct = _plane_with_tissue_columns(ramp, voxel=voxel, x0=x0, n_i=n_i, near=299.0 + slope * (first - middle))
+    e = po.measure_edge(ct, *plane_points())
+    assert e.x_mm[-1] == pytest.approx(middle + 0.5 * max(1.0, 0.5 * voxel))
+    assert e.method == "measured" and e.n_vertices == 100
