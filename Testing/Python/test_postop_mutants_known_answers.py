@@ -163,7 +163,7 @@ def _plane_with_tissue_columns(values_from, voxel=0.5, x0=-4.5, n_i=30, near=0.0
     ct = blurred_metal_plane_ct(metal=3500.0, tissue=near, sigma=sigma, voxel=voxel, x0=x0, n_i=n_i)
     x = x0 + voxel * np.arange(n_i)
     for start, value in sorted(values_from.items()):
-        cols = x >= start
+        cols = x >= start - 1e-9  # the centres x0 + voxel i carry rounding
         ct.array[..., cols] = np.broadcast_to(value(x[cols]) if callable(value) else value, ct.array[..., cols].shape)
     return ct
 
@@ -216,3 +216,17 @@ def test_the_tissue_window_is_half_a_voxel_on_coarse_cts(voxel, x0, n_i, slope, 
     e = po.measure_edge(ct, *plane_points())
     assert e.x_mm[-1] == pytest.approx(middle + 0.5 * max(1.0, 0.5 * voxel))
     assert e.method == "measured" and e.n_vertices == 100
+
+
+def test_the_outer_half_starts_at_half_the_profile():
+    """0.6 mm voxels: the walk steps 0.15 mm and the profile runs 37 steps to 5.55 mm, so its outer half starts at
+    2.775 mm: the first reading in it is at 2.85 mm. A 300 HU voxel at 2.4 mm before 0 HU from 3.0 mm: 150 HU at
+    2.7 mm (outside the half), 75 HU at 2.85 mm: the half spans 75 HU, flat."""
+    ct = _plane_with_tissue_columns({2.4: 300.0, 3.0: 0.0}, voxel=0.6, x0=-4.8, n_i=22)
+    pts, nrm = plane_points()
+    e = po.measure_edge(ct, pts, nrm)
+    assert e.x_mm.size == 38 and e.x_mm[-1] == pytest.approx(5.55)
+    assert e.method == "measured" and e.n_vertices == 100
+    # 450 HU at 2.4 mm: 112.5 HU at 2.85 mm, not flat
+    assert po.measure_edge(_plane_with_tissue_columns({2.4: 450.0, 3.0: 0.0}, voxel=0.6, x0=-4.8, n_i=22),
+                           pts, nrm).method == "gaussian"
