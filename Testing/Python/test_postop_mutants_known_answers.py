@@ -230,3 +230,85 @@ def test_the_outer_half_starts_at_half_the_profile():
     # 450 HU at 2.4 mm: 112.5 HU at 2.85 mm, not flat
     assert po.measure_edge(_plane_with_tissue_columns({2.4: 450.0, 3.0: 0.0}, voxel=0.6, x0=-4.8, n_i=22),
                            pts, nrm).method == "gaussian"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# _walk: the edge at a single-sample maximum of the fall (a parabola through it and its two neighbours) and the
+# peak test against the samples next to a run. Sampled at the nearest voxel along the diagonal (1, 1, 0) / sqrt 2,
+# a CT with one step across x = 0 and one across y = 0 reads a, then b, then c, with the two steps at walk offsets
+# t_x and t_y chosen between samples: every reading, and so every fall (-np.gradient, mm), is known by hand.
+
+H = 0.125  # the walk's step on 0.5 mm voxels (a quarter voxel)
+N_IN = 12  # samples inside: 1.5 mm / H; column 0 is offset -1.5 mm
+
+
+def _two_steps_ct(t_x, t_y, a, b, c):
+    """CT of 0.5 mm voxels (centres at +-0.25, +-0.75, ... in x and y) reading a for x < 0, b for x > 0 and y < 0,
+    c for x > 0 and y > 0; with three points (z = 0.25, 0.75, 1.25) whose diagonal walk crosses x = 0 at offset
+    ``t_x`` and y = 0 at ``t_y`` (mm)."""
+    n = 22
+    centres = -5.25 + VOXEL * np.arange(n)
+    f = np.where(centres < 0, a, b)  # along x
+    g = np.where(centres < 0, 0.0, c - b)  # along y
+    arr = np.broadcast_to(f[None, None, :] + g[None, :, None], (4, n, n)).astype(np.float32).copy()
+    m = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    m[:3, 3] = [-5.25, -5.25, -0.25]
+    ct = Volume(array=arr, ijk_to_ras=m)
+    r = math.sqrt(0.5)
+    pts = np.array([[-t_x * r, -t_y * r, z] for z in (0.25, 0.75, 1.25)])
+    return ct, pts, np.tile([r, r, 0.0], (3, 1))
+
+
+def _walk_edges(t_x, t_y, a, b, c):
+    ct, pts, nrm = _two_steps_ct(t_x, t_y, a, b, c)
+    assert po._grid_step(ct) == H
+    return po._walk(ct, pts, nrm, "nearest", None).edge_mm
+
+
+def _vertex(f0, f1, f2):
+    """Offset (in steps) of the vertex of the parabola through (-1, f0), (0, f1), (1, f2)."""
+    return 0.5 * (f0 - f2) / (f0 - 2.0 * f1 + f2)
+
+
+def test_a_single_sample_maximum_of_the_fall_is_refined_by_a_parabola():
+    """Readings 3000 HU before -H/2, 0 HU up to H/2, -500 HU beyond: the falls (HU/mm) at -H, 0, H are
+    3000 / 2H, 3500 / 2H and 500 / 2H, a single-sample maximum at 0 flanked by lower ones; the edge is the
+    parabola's vertex, (0.5 (3000 - 500) / (3000 - 7000 + 500)) H = -0.357 H."""
+    edges = _walk_edges(-0.5 * H, 0.5 * H, 3000.0, 0.0, -500.0)
+    f = np.array([3000.0, 3500.0, 500.0]) / (2 * H)
+    assert np.allclose(edges, _vertex(*f) * H, atol=1e-12)
+    assert _vertex(*f) == pytest.approx(-2500.0 / 7000.0)
+
+
+def test_a_single_sample_maximum_in_the_walks_second_column():
+    """Readings 3000 HU at the walk's first sample (-1.5 mm), 2900 HU at the second, 0 beyond: the one-sided fall at
+    column 0 is 100 / H, the fall at column 1 is 3000 / 2H (the maximum), at column 2 2900 / 2H. Column 1 can be
+    the edge (it has a sample before it), refined by the parabola through columns 0, 1 and 2."""
+    edges = _walk_edges(-(N_IN - 0.5) * H, -(N_IN - 1.5) * H, 3000.0, 2900.0, 0.0)
+    f = np.array([100.0 / H, 3000.0 / (2 * H), 2900.0 / (2 * H)])
+    assert np.allclose(edges, -(N_IN - 1) * H + _vertex(*f) * H, atol=1e-12)
+
+
+def test_a_run_counts_against_the_sample_just_before_it():
+    """Readings 3000 HU at -1.5 mm, 2000 HU for the next three samples, 1000 HU beyond: falls 1000 / H (column 0,
+    one-sided), 1000 / 2H (column 1), 0, then 1000 / 2H at columns 3 and 4 (a run). The run is higher than the
+    sample before it (0) and after it (0), and exactly half the strongest fall (column 0, which has no sample
+    before it and cannot be the edge): it is the edge, at its middle, -1.5 + 3.5 H mm."""
+    edges = _walk_edges(-(N_IN - 0.5) * H, -(N_IN - 3.5) * H, 3000.0, 2000.0, 1000.0)
+    assert np.allclose(edges, -1.5 + 3.5 * H, atol=1e-12)
+
+
+def test_a_run_with_a_stronger_fall_two_samples_before_it_is_still_a_maximum():
+    """Readings 3000 HU at -1.5 mm, 2000 HU for two samples, 500 HU beyond: falls 1000 / H (column 0), 1000 / 2H,
+    then 1500 / 2H at columns 2 and 3 (a run), 0 after. The run is higher than column 1 just before it: the edge,
+    at -1.5 + 2.5 H mm; column 0's stronger fall two samples back does not count against it."""
+    edges = _walk_edges(-(N_IN - 0.5) * H, -(N_IN - 2.5) * H, 3000.0, 2000.0, 500.0)
+    assert np.allclose(edges, -1.5 + 2.5 * H, atol=1e-12)
+
+
+def test_the_first_of_two_maxima_is_the_edge():
+    """Readings 3000 HU up to -H, 2000 HU from 0 to 2H, 200 HU beyond: a run of falls 1000 / 2H at -H and 0, a 0
+    at H, then a stronger run 1800 / 2H at 2H and 3H. The first run is a maximum (higher than the samples next
+    to it) and more than half the strongest: the edge is its middle, -H / 2, not the later, stronger one."""
+    edges = _walk_edges(-0.5 * H, 2.5 * H, 3000.0, 2000.0, 200.0)
+    assert np.allclose(edges, -0.5 * H, atol=1e-12)
