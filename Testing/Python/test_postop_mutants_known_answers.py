@@ -312,3 +312,22 @@ def test_the_first_of_two_maxima_is_the_edge():
     to it) and more than half the strongest: the edge is its middle, -H / 2, not the later, stronger one."""
     edges = _walk_edges(-0.5 * H, 2.5 * H, 3000.0, 2000.0, 200.0)
     assert np.allclose(edges, -0.5 * H, atol=1e-12)
+
+
+def test_a_maximum_right_after_the_walk_enters_the_ct_is_not_refined():
+    """The CT starts at y = 0: the diagonal walk enters it between offsets -1.125 and -1.0 mm (column 4) and crosses
+    x = 0 (3000 HU before, 0 HU after) half a step later. The fall at column 4 is unknown (the reading before it is
+    outside the CT), at column 5 it is 3000 / 2H, at column 6 0: a maximum at column 5, whose parabola has no first
+    point, so the edge is the sample itself, -1.5 + 5 H mm."""
+    n = 22
+    xs = -5.25 + VOXEL * np.arange(n)
+    arr = np.broadcast_to(np.where(xs < 0, 3000.0, 0.0)[None, None, :], (4, 16, n)).astype(np.float32).copy()
+    m = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    m[:3, 3] = [-5.25, 0.25, -0.25]  # y centres 0.25, 0.75, ...: the CT's extent starts at y = 0
+    ct = Volume(array=arr, ijk_to_ras=m)
+    r = math.sqrt(0.5)
+    t_enter, t_x = -1.5 + 3.5 * H, -1.5 + 4.5 * H
+    pts = np.array([[-t_x * r, -t_enter * r, z] for z in (0.25, 0.75, 1.25)])
+    w = po._walk(ct, pts, np.tile([r, r, 0.0], (3, 1)), "nearest", None)
+    assert np.isnan(w.hu[:, :4]).all() and np.isfinite(w.hu[:, 4:]).all()
+    assert np.allclose(w.edge_mm, -1.5 + 5 * H, atol=1e-12)
