@@ -331,3 +331,61 @@ def test_a_maximum_right_after_the_walk_enters_the_ct_is_not_refined():
     w = po._walk(ct, pts, np.tile([r, r, 0.0], (3, 1)), "nearest", None)
     assert np.isnan(w.hu[:, :4]).all() and np.isfinite(w.hu[:, 4:]).all()
     assert np.allclose(w.edge_mm, -1.5 + 5 * H, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fit_edge_placement: the trimming stops when fewer than 20 points would be left. Every point of a set carries the
+# same own edges (the set repeated), so the least-squares placement is the constant offset equal to their mean
+# (the per-point means are all equal and the design has a constant column) with no shift and no rotation.
+
+
+def _points_on_an_ellipsoid(n=20):
+    """``n`` points spread over an ellipsoid (semi-axes 20, 12, 9 mm) and their outward normals."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    u = np.column_stack([np.sqrt(1.0 - z * z) * np.cos(phi), np.sqrt(1.0 - z * z) * np.sin(phi), z])
+    axes = np.array([20.0, 12.0, 9.0])
+    normals = u / axes
+    return u * axes, normals / np.linalg.norm(normals, axis=1, keepdims=True)
+
+
+def _repeated(values, n=20):
+    """The ellipsoid's points, once per value, each time with that own edge (mm)."""
+    pts, nrm = _points_on_an_ellipsoid(n)
+    k = len(values)
+    return np.tile(pts, (k, 1)), np.tile(nrm, (k, 1)), np.repeat(np.asarray(values, float), n)
+
+
+def test_fit_edge_placement_trims_down_to_exactly_20_points():
+    """Own edges 0 mm (5 times), 2 mm (once) and 7 mm (twice) at each of 20 points: the first fit is 2 mm
+    everywhere, the residuals -2 (100 points), 0 (20) and 5 (40) mm; their median is -2 mm and over half lie on
+    it, so the robust spread is 0 and the 0.3 mm floor keeps the 20 edges of 2 mm: 20 is not fewer than 20, so
+    the next round fits those 20 alone (2 mm, spread 0) and stops there."""
+    pts, nrm, own = _repeated([0.0] * 5 + [2.0] + [7.0] * 2)
+    pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
+    assert pl.n_points == 20
+    assert np.allclose(pl.coef, [2.0, 0, 0, 0, 0, 0, 0], atol=1e-9)
+    assert pl.residual_mm == pytest.approx(0.0, abs=1e-9) and pl.tolerance_mm == pytest.approx(0.3)
+
+
+def test_fit_edge_placement_keeps_all_points_when_none_would_be_left():
+    """Own edges 0 mm (3 times) and 8 mm (once) at each of 20 points: the fit is 2 mm, every residual (-2 or 6
+    mm) is beyond the 0.3 mm floor (spread 0: 60 of 80 residuals are -2): no point would be left, so the trimming
+    stops with the first fit on all 80 points."""
+    pts, nrm, own = _repeated([0.0, 0.0, 0.0, 8.0])
+    pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
+    assert pl.n_points == 80
+    assert np.allclose(pl.coef, [2.0, 0, 0, 0, 0, 0, 0], atol=1e-9)
+    assert pl.residual_mm == pytest.approx(0.0, abs=1e-9)
+
+
+def test_profiles_in_blocks_of_one_point_after_another_call():
+    """Two calls with one point per block on CTs of different tissues (100 and 317 HU): each fills every row with
+    its own readings (rows left unfilled would hold whatever the memory held, such as the other call's)."""
+    pts = np.column_stack([np.full(5, 0.25), np.linspace(-1.0, 1.0, 5), np.zeros(5)])
+    nrm = np.tile([1.0, 0.0, 0.0], (5, 1))
+    for tissue in (100.0, 317.0, 100.0):
+        ct = blurred_metal_plane_ct(sigma=0.0, tissue=tissue)
+        hu, inside = po.profiles(ct, pts, nrm, np.array([-2.0, -1.0, 0.0, 2.0]), block=4)
+        assert hu.tolist() == [[3500.0, 3500.0, tissue, tissue]] * 5 and inside.all()
