@@ -389,3 +389,31 @@ def test_profiles_in_blocks_of_one_point_after_another_call():
         ct = blurred_metal_plane_ct(sigma=0.0, tissue=tissue)
         hu, inside = po.profiles(ct, pts, nrm, np.array([-2.0, -1.0, 0.0, 2.0]), block=4)
         assert hu.tolist() == [[3500.0, 3500.0, tissue, tissue]] * 5 and inside.all()
+
+
+def test_the_spread_is_read_from_the_placed_edge():
+    """Metal (3500 HU) ends at x = 0 on every row but the middle quarter (rows 6-9 of 16), where it reaches on to
+    x = 1 mm (a layer as bright as the metal, say bone pressed onto it); beyond lies bone (1000 HU) on the outer
+    rows and soft tissue (0 HU) on the middle ones; every row blurred along x by a Gaussian of 0.8 mm. The rigid
+    placement follows the 96 outer points (edge 0); the 32 middle points' own edges (1 mm) are 1 mm off it, beyond
+    the 0.3 mm tolerance, so they take the placed edge. Only they see soft tissue: the spread is measured on them,
+    read from the placed edge: the metal's share there is a Gaussian edge 1 mm further out, which falls to
+    15.9 % at 1 + 0.8 mm (0.8 mm if each point's own edge were used)."""
+    sigma = 0.8
+    n = 16
+    rows = []
+    for j in range(n):
+        middle = 6 <= j <= 9
+        edge, tissue = (1.0, 0.0) if middle else (0.0, 1000.0)
+        rows.append(tissue + (3500.0 - tissue) * np.array([0.5 * math.erfc((x - edge) / (sigma * math.sqrt(2)))
+                                                            for x in X]))
+    a = np.broadcast_to(np.asarray(rows)[None], (n, n, N_I)).astype(np.float32).copy()
+    m = np.diag([VOXEL, VOXEL, VOXEL, 1.0])
+    m[:3, 3] = [X0, -3.75, -3.75]
+    ct = Volume(array=a, ijk_to_ras=m)
+    pts = np.array([[0.0, -3.75 + VOXEL * j, -3.75 + VOXEL * k] for j in range(n) for k in range(4, 12)])
+    nrm = np.tile([1.0, 0.0, 0.0], (len(pts), 1))
+    e = po.measure_edge(ct, pts, nrm)
+    assert e.placement is not None and np.allclose(e.placement.predict(pts, nrm), 0.0, atol=0.01)
+    assert e.method == "measured" and e.n_vertices == 32
+    assert e.blur_mm == pytest.approx(1.0 + sigma, abs=0.1)
