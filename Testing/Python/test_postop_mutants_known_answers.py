@@ -417,3 +417,60 @@ def test_the_spread_is_read_from_the_placed_edge():
     assert e.placement is not None and np.allclose(e.placement.predict(pts, nrm), 0.0, atol=0.01)
     assert e.method == "measured" and e.n_vertices == 32
     assert e.blur_mm == pytest.approx(1.0 + sigma, abs=0.1)
+
+
+# _tissue_blur: what a profile contributes past where it stops (its plateau's end, or the CT's end). Read at the
+# nearest voxel from 0.0625 mm inside a voxel centre, a profile holds each voxel's value for four samples: samples
+# 0-1 the voxel at the edge, 2-5 the next one inward, 6-9, 10-13, ... (blur_mm 0.8: the window is 3.3 mm deep,
+# samples 0-27). Over 0 HU tissue, eleven profiles:
+#   3 x (300, 1000, 2000, 2700, 3000 ...): plateau 3000, shares 0.1, 1/3, 2/3, 0.9, then 1
+#   3 x (300, 1000, 2400, 3050, 3000 ...): plateau 3000 (median of 4 x 3050 and 14 x 3000), shares ... 0.8, 1.0167
+#   5 x (300, 3000, 3050, then a fall or the CT's end): plateau 3025 (median of 4 x 3000 and 4 x 3050)
+# At sample 9 the median share (the 6th of 11) is 0.8; at sample 10 it is the third group's value, which sits
+# between 0.9 and 1.0167: the blur is the 84.13 % crossing between samples 9 and 10.
+
+def _stop_ct(third_group_leaves_the_ct):
+    a = _row([300.0, 1000.0, 2000.0, 2700.0, 3000.0], 0.0)
+    b = _row([300.0, 1000.0, 2400.0, 3050.0, 3000.0], 0.0)
+    if third_group_leaves_the_ct:
+        # edge at x = -3.5625: 300 HU at -3.5, 3000 at -4.0, 3050 at -4.5, the CT's first voxel (it ends at -4.75)
+        c = np.where(X > -3.75, 300.0, np.where(X > -4.25, 3000.0, 3050.0))
+        x_c = -3.5625
+    else:
+        c = _row([300.0, 3000.0, 3050.0, 0.0], 0.0)
+        x_c = -0.0625
+    ct = _ct_rows([a] + [a] * 3 + [b] * 3 + [c] * 5 + [c], n_k=3)
+    pts = np.array([[-0.0625 if j <= 6 else x_c, VOXEL * j, VOXEL] for j in range(1, 12)])
+    return ct, pts, np.tile([-1.0, 0.0, 0.0], (11, 1))
+
+
+@pytest.mark.parametrize("leaves, share_at_10", [
+    # stopped by the fall after 3050 HU: share 1 from its stop on, the median at sample 10 is 1
+    (False, 1.0),
+    # leaving the CT: the profile keeps its highest reading, 3050 / 3025, which is the median at sample 10
+    (True, 3050.0 / 3025.0),
+])
+def test_a_profile_past_its_stop_holds_its_plateau(leaves, share_at_10):
+    ct, pts, inward = _stop_ct(leaves)
+    sigma, top = po._tissue_blur(ct, pts, inward, np.zeros(11), metal_hu=3000.0, blur_mm=0.8, method="nearest")
+    assert top == pytest.approx(3000.0, abs=1e-6)
+    v0, v1 = 1.0 - 0.8, 1.0 - share_at_10
+    assert sigma == pytest.approx(9 * 0.125 + 0.125 * (v0 - (1.0 - 0.8413)) / (v0 - v1), abs=1e-9)
+
+
+def test_a_dip_of_more_than_two_percent_of_a_small_rise_stops_the_profile():
+    """Nearest readings 0.5 HU above a 0 HU tissue (samples 0-1), then 0.485 HU (2-5), then 3000 HU: the dip of
+    0.015 HU is more than 2 % of the 0.5 HU risen so far, so each profile stops at sample 2 with a plateau of
+    0.5 HU, not half the 3000 HU metal: none counts (blur None, plateau NaN). With 0.495 HU (a 1 % dip) they go on
+    to 3000 HU and count."""
+    for dip, counts in ((0.485, False), (0.495, True)):
+        ct, pts, inward, t = _profiles_ct([0.5, dip, 3000.0], 0.0, n_rows=6)
+        sigma, top = po._tissue_blur(ct, pts - [0.0625, 0.0, 0.0], inward, t, metal_hu=3000.0, blur_mm=0.8,
+                                     method="nearest")
+        if counts:
+            # shares 0.495 / 3000 up to sample 5, then 1: the crossing between samples 5 and 6
+            v0 = 1.0 - dip / 3000.0
+            assert top == pytest.approx(3000.0, abs=1e-6)
+            assert sigma == pytest.approx(5 * 0.125 + 0.125 * (v0 - (1.0 - 0.8413)) / v0, abs=1e-6)
+        else:
+            assert sigma is None and math.isnan(top)
