@@ -94,7 +94,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x__blur_from_slope*", "x__rigid_design*", "x_fit_edge_placement*", "xǁEdgePlacementǁ*",
          "x_sample_metal_aware*", "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*",
          "x_unreliable_zone_warnings*", "x_assess*", "x_metal_advice*"],
-        ["test_postop_known_answers.py", "test_postop_edge_known_answers.py"],
+        ["test_postop_known_answers.py", "test_postop_edge_known_answers.py",
+         "test_postop_mutants_known_answers.py"],
     ),
     # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
     "register": (
