@@ -115,3 +115,31 @@ def test_a_tissue_below_minus_1100_hu_is_not_bone(tissue, reliable):
     assert s.inside_ct.all() and np.allclose(s.edge_mm, -0.3125, atol=1e-12)
     assert (s.reliable == reliable).all()
     assert np.allclose(s.hu, tissue, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# assess: an offset reads the bloom when it lies short of the bloom's reach (the 2 % distance past the edge plus
+# the edge's median offset outside the surface); an offset exactly at the reach does not.
+
+
+@pytest.mark.parametrize("offset_mm, warned", [(0.3125, False), (0.3, True)])
+def test_an_offset_exactly_at_the_blooms_reach_does_not_read_the_bloom(offset_mm, warned):
+    """Metal of 5000 HU (centres up to x = 0), one voxel of 100 HU (centre 0.5: 2 % of the metal), 0 HU from
+    x = 0.75. The walk's steepest fall is across x = 0.25, between its samples at 0.16 and 0.28 mm: the edge is
+    0.1875 mm outside the surface (x = 0.21875, in the metal). Re-read from there the metal's share is 1, then
+    100 / 5000 = 0.02 exactly for four samples (to x = 0.72), then 0: the bloom (share 2 %) is reached at the first
+    step, 0.125 mm past the edge, and the reach is 0.125 + 0.1875 = 0.3125 mm. An offset of 0.3125 mm lies at the
+    reach, not short of it: no warning; 0.3 mm is short of it."""
+    from ImplantBoneContactLib import AnalysisParameters
+
+    ct = _column_ct(lambda x: 5000.0 if x <= 0.0 else 100.0 if x <= 0.5 else 0.0)
+    pts, nrm = _surface_points()
+    a = po.assess(ct, pts, nrm, np.ones(len(pts)), AnalysisParameters(sampling="nearest", offset_mm=offset_mm))
+    assert a.ct_kind == po.POST_OPERATIVE and not a.metal_aware
+    assert a.edge.method == "measured" and a.edge.metal_hu == 5000.0
+    assert a.edge.metal_weight[1] == 0.02 and a.edge.bloom_mm == 0.125
+    assert a.notes["metal_edge_offset_median_mm"] == 0.1875
+    bloom_warnings = [w for w in a.warnings if "read the metal's bloom" in w]
+    assert len(bloom_warnings) == int(warned)
+    if warned:
+        assert "up to 0.31 mm outside the surface" in bloom_warnings[0]
