@@ -181,3 +181,22 @@ def test_the_trimming_keeps_an_edge_exactly_at_the_tolerance():
     assert pl.n_points == 220
     assert np.allclose(pl.coef, [0.3 / 11, 0, 0, 0, 0, 0, 0], atol=1e-12)
     assert pl.residual_mm == pytest.approx(0.0, abs=1e-12) and pl.tolerance_mm == pytest.approx(0.3)
+
+
+def test_a_trimming_that_does_not_settle_ends_with_the_fifth_rounds_fit():
+    """Own edges 0 mm (4 times), 1.1 mm (once), -0.5 mm (twice) and -1.1 mm (3 times) at each of 20 points: the
+    trimming alternates between two sets and never settles.
+    All 200 edges: mean -64 / 200 = -0.32 mm, residuals 0.32 (80), 1.42 (20), -0.18 (40), -0.78 mm (60), median
+    (-0.18 + 0.32) / 2 = 0.07, absolute deviations 0.25 (120), 0.85 (60), 1.35 (20): MAD 0.25, spread
+    1.4826 x 0.25 = 0.371 mm, tolerance 1.112 mm: the 1.1 mm edges (residual 1.42) go.
+    The other 180: mean -86 / 180 = -0.478 mm, residuals 0.478, -0.022, -0.622 (and 1.578 for the 1.1 mm edges),
+    median -0.022, deviations 0 (40), 0.5 (80), 0.6 (60): MAD 0.5, spread 0.741, tolerance 2.224 mm: all 200 come
+    back. Rounds 1, 3 and 5 fit all 200 edges, rounds 2 and 4 the 180: the placement is the fifth round's, -0.32 mm
+    with its spread 0.371 mm, and the points kept after it are the 180 (a sixth round would fit those)."""
+    pts, nrm, own = _repeated([0.0] * 4 + [1.1] + [-0.5] * 2 + [-1.1] * 3)
+    pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
+    assert pl.n_points == 180
+    assert np.allclose(pl.coef, [-0.32, 0, 0, 0, 0, 0, 0], atol=1e-12)
+    assert pl.residual_mm == pytest.approx(1.4826 * 0.25, abs=1e-12)
+    # tolerance: three spreads (1.112 mm), at most half the 1 mm voxel
+    assert pl.tolerance_mm == pytest.approx(0.5)
