@@ -95,7 +95,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x_sample_metal_aware*", "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*",
          "x_unreliable_zone_warnings*", "x_assess*", "x_metal_advice*"],
         ["test_postop_known_answers.py", "test_postop_edge_known_answers.py",
-         "test_postop_mutants_known_answers.py"],
+         "test_postop_mutants_known_answers.py", "test_postop_limits_known_answers.py"],
     ),
     # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
     "register": (
