@@ -254,3 +254,22 @@ def vtk_contour_segments(pts: np.ndarray, faces: np.ndarray, t_pts: np.ndarray, 
     assert np.all(np.diff(ns.vtk_to_numpy(lines.GetOffsetsArray())) == 2)  # every line is one segment
     conn = ns.vtk_to_numpy(lines.GetConnectivityArray())
     return cpts[conn[0::2]], cpts[conn[1::2]]
+
+
+def points_on_an_ellipsoid(n: int = 20) -> tuple:
+    """``n`` points spread over an ellipsoid (semi-axes 20, 12, 9 mm; a Fibonacci lattice) and their outward normals."""
+    i = np.arange(n) + 0.5
+    z = 1.0 - 2.0 * i / n
+    phi = i * math.pi * (3.0 - math.sqrt(5.0))
+    u = np.column_stack([np.sqrt(1.0 - z * z) * np.cos(phi), np.sqrt(1.0 - z * z) * np.sin(phi), z])
+    axes = np.array([20.0, 12.0, 9.0])
+    normals = u / axes
+    return u * axes, normals / np.linalg.norm(normals, axis=1, keepdims=True)
+
+
+def edges_repeated_on_an_ellipsoid(values, n: int = 20) -> tuple:
+    """The ellipsoid's ``n`` points (:func:`points_on_an_ellipsoid`), once per value, each time with that value as
+    the points' own metal edge (mm): ``(points, normals, own edges)`` for the rigid edge placement."""
+    pts, nrm = points_on_an_ellipsoid(n)
+    k = len(values)
+    return np.tile(pts, (k, 1)), np.tile(nrm, (k, 1)), np.repeat(np.asarray(values, float), n)

@@ -209,6 +209,17 @@ def test_axis_of_a_bent_body_follows_the_documented_refit(bend_deg, kink_z, turn
     assert axis @ tip_ward > np.cos(np.radians(bend_deg / 2))
 
 
+def _square_tube_faces(rings: int) -> np.ndarray:
+    """The side triangles, wound outward, of a tube of ``rings`` square rings of 4 points each (ring ``i`` is
+    points ``4 i`` to ``4 i + 3``, in turn around the axis)."""
+    faces = []
+    for i in range(rings - 1):
+        for j in range(4):
+            a, b = 4 * i + j, 4 * i + (j + 1) % 4
+            faces += [(a, b, a + 4), (b, b + 4, a + 4)]
+    return np.array(faces)
+
+
 def _horizontal_stem():
     """A tube of square section (corners on the y and z axes) along x from 0 to 160 mm, radius 5, 10 over the
     head end (x 128-160): integer corners, symmetric about x = 80, so its covariance is exactly diagonal and
@@ -218,12 +229,7 @@ def _horizontal_stem():
     for x in xs:
         r = 10.0 if x >= 128 else 5.0
         pts += [(x, r, 0.0), (x, 0.0, r), (x, -r, 0.0), (x, 0.0, -r)]
-    faces = []
-    for i in range(len(xs) - 1):
-        for j in range(4):
-            a, b = 4 * i + j, 4 * i + (j + 1) % 4
-            faces += [(a, b, a + 4), (b, b + 4, a + 4)]
-    return np.array(pts, dtype=float), np.array(faces)
+    return np.array(pts, dtype=float), _square_tube_faces(len(xs))
 
 
 def test_automatic_axis_exactly_perpendicular_to_inferior_is_warned_about_not_refused():
@@ -268,12 +274,7 @@ def test_automatic_axis_exactly_45_degrees_from_inferior_is_not_warned_about():
         c = np.array([0.0, -s, -s], dtype=float)
         pts += [c + r * e1, c + r * e2, c - r * e1, c - r * e2]
     pts = np.array(pts)
-    faces = []
-    for i in range(len(xs) - 1):
-        for j in range(4):
-            a, b = 4 * i + j, 4 * i + (j + 1) % 4
-            faces += [(a, b, a + 4), (b, b + 4, a + 4)]
-    faces = np.array(faces)
+    faces = _square_tube_faces(len(xs))
     w = np.ones(len(pts))
     axis, _ = _automatic_axis(pts, faces, w)
     angle = np.degrees(np.arccos(np.clip(axis @ [0.0, 0.0, -1.0], -1.0, 1.0)))

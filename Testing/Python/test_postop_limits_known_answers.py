@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ibc_helpers import edges_repeated_on_an_ellipsoid
 from ImplantBoneContactLib import postop as po
 from ImplantBoneContactLib.volume import Volume
 
@@ -152,31 +153,13 @@ def test_an_offset_exactly_at_the_blooms_reach_does_not_read_the_bloom(offset_mm
 # rotation; a fit to edges that are all 0 is exactly 0 (no rounding), so the residuals are the edges themselves.
 
 
-def _points_on_an_ellipsoid(n=20):
-    """``n`` points spread over an ellipsoid (semi-axes 20, 12, 9 mm) and their outward normals."""
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    phi = i * np.pi * (3.0 - np.sqrt(5.0))
-    u = np.column_stack([np.sqrt(1.0 - z * z) * np.cos(phi), np.sqrt(1.0 - z * z) * np.sin(phi), z])
-    axes = np.array([20.0, 12.0, 9.0])
-    normals = u / axes
-    return u * axes, normals / np.linalg.norm(normals, axis=1, keepdims=True)
-
-
-def _repeated(values, n=20):
-    """The ellipsoid's points, once per value, each time with that own edge (mm)."""
-    pts, nrm = _points_on_an_ellipsoid(n)
-    k = len(values)
-    return np.tile(pts, (k, 1)), np.tile(nrm, (k, 1)), np.repeat(np.asarray(values, float), n)
-
-
 def test_the_trimming_keeps_an_edge_exactly_at_the_tolerance():
     """Own edges 0 mm (10 times), 0.3 mm (once) and -2 mm (once) at each of 20 points. The first fit is their mean,
     -1.7 / 12 = -0.142 mm; the residuals are 0.142 (200 points), 0.442 (20) and -1.858 mm (20); over half lie on
     the median, so the robust spread is 0 and the tolerance the 0.3 mm floor: the 200 edges of 0 mm are kept. Fitted
     to them alone the placement is exactly 0, and the 0.3 mm edges lie exactly at the 0.3 mm tolerance: kept, so
     the third fit is on 220 points, 20 x 0.3 / 220 = 0.0273 mm, and keeps them (the last fit, 220 points)."""
-    pts, nrm, own = _repeated([0.0] * 10 + [0.3, -2.0])
+    pts, nrm, own = edges_repeated_on_an_ellipsoid([0.0] * 10 + [0.3, -2.0])
     pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
     assert pl.n_points == 220
     assert np.allclose(pl.coef, [0.3 / 11, 0, 0, 0, 0, 0, 0], atol=1e-12)
@@ -193,7 +176,7 @@ def test_a_trimming_that_does_not_settle_ends_with_the_fifth_rounds_fit():
     median -0.022, deviations 0 (40), 0.5 (80), 0.6 (60): MAD 0.5, spread 0.741, tolerance 2.224 mm: all 200 come
     back. Rounds 1, 3 and 5 fit all 200 edges, rounds 2 and 4 the 180: the placement is the fifth round's, -0.32 mm
     with its spread 0.371 mm, and the points kept after it are the 180 (a sixth round would fit those)."""
-    pts, nrm, own = _repeated([0.0] * 4 + [1.1] + [-0.5] * 2 + [-1.1] * 3)
+    pts, nrm, own = edges_repeated_on_an_ellipsoid([0.0] * 4 + [1.1] + [-0.5] * 2 + [-1.1] * 3)
     pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
     assert pl.n_points == 180
     assert np.allclose(pl.coef, [-0.32, 0, 0, 0, 0, 0, 0], atol=1e-12)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from ibc_helpers import blurred_metal_plane_ct, plane_points
+from ibc_helpers import blurred_metal_plane_ct, edges_repeated_on_an_ellipsoid, plane_points
 from ImplantBoneContactLib import postop as po
 from ImplantBoneContactLib.volume import Volume
 
@@ -339,30 +339,12 @@ def test_a_maximum_right_after_the_walk_enters_the_ct_is_not_refined():
 # (the per-point means are all equal and the design has a constant column) with no shift and no rotation.
 
 
-def _points_on_an_ellipsoid(n=20):
-    """``n`` points spread over an ellipsoid (semi-axes 20, 12, 9 mm) and their outward normals."""
-    i = np.arange(n) + 0.5
-    z = 1.0 - 2.0 * i / n
-    phi = i * math.pi * (3.0 - math.sqrt(5.0))
-    u = np.column_stack([np.sqrt(1.0 - z * z) * np.cos(phi), np.sqrt(1.0 - z * z) * np.sin(phi), z])
-    axes = np.array([20.0, 12.0, 9.0])
-    normals = u / axes
-    return u * axes, normals / np.linalg.norm(normals, axis=1, keepdims=True)
-
-
-def _repeated(values, n=20):
-    """The ellipsoid's points, once per value, each time with that own edge (mm)."""
-    pts, nrm = _points_on_an_ellipsoid(n)
-    k = len(values)
-    return np.tile(pts, (k, 1)), np.tile(nrm, (k, 1)), np.repeat(np.asarray(values, float), n)
-
-
 def test_fit_edge_placement_trims_down_to_exactly_20_points():
     """Own edges 0 mm (5 times), 2 mm (once) and 7 mm (twice) at each of 20 points: the first fit is 2 mm
     everywhere, the residuals -2 (100 points), 0 (20) and 5 (40) mm; their median is -2 mm and over half lie on
     it, so the robust spread is 0 and the 0.3 mm floor keeps the 20 edges of 2 mm: 20 is not fewer than 20, so
     the next round fits those 20 alone (2 mm, spread 0) and stops there."""
-    pts, nrm, own = _repeated([0.0] * 5 + [2.0] + [7.0] * 2)
+    pts, nrm, own = edges_repeated_on_an_ellipsoid([0.0] * 5 + [2.0] + [7.0] * 2)
     pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
     assert pl.n_points == 20
     assert np.allclose(pl.coef, [2.0, 0, 0, 0, 0, 0, 0], atol=1e-9)
@@ -373,7 +355,7 @@ def test_fit_edge_placement_keeps_all_points_when_none_would_be_left():
     """Own edges 0 mm (3 times) and 8 mm (once) at each of 20 points: the fit is 2 mm, every residual (-2 or 6
     mm) is beyond the 0.3 mm floor (spread 0: 60 of 80 residuals are -2): no point would be left, so the trimming
     stops with the first fit on all 80 points."""
-    pts, nrm, own = _repeated([0.0, 0.0, 0.0, 8.0])
+    pts, nrm, own = edges_repeated_on_an_ellipsoid([0.0, 0.0, 0.0, 8.0])
     pl = po.fit_edge_placement(pts, nrm, own, voxel_mm=1.0)
     assert pl.n_points == 80
     assert np.allclose(pl.coef, [2.0, 0, 0, 0, 0, 0, 0], atol=1e-9)
