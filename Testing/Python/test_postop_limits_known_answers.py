@@ -183,3 +183,50 @@ def test_a_trimming_that_does_not_settle_ends_with_the_fifth_rounds_fit():
     assert pl.residual_mm == pytest.approx(1.4826 * 0.25, abs=1e-12)
     # tolerance: three spreads (1.112 mm), at most half the 1 mm voxel
     assert pl.tolerance_mm == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sample_metal_aware: the limits of the profile fit's verdict. A fitted tissue, scale or residual comes out of a
+# pseudo-inverse and meets a limit only up to the last bits of rounding, so the verdict is tested on fits given by
+# hand: `_layer_fit` is replaced by one that returns the given figures for every profile, on the CT of metal then
+# 1000 HU above (every walk inside the CT, an edge found 0.1875 mm short of the bounded depth). A told point keeps
+# the fit's tissue; a point not told keeps the plain reading at the bounded depth (3 mm out: 1000 HU).
+
+_TISSUE_SIGMA = _sharp_edge().tissue_sigma_mm()  # 0.01 mm
+_AT_THE_LIMITS = [
+    # (tissue HU, residual HU RMS, first layer mm, metal scale), told
+    ((1500.0, 0.0, np.inf, 1.0), True),
+    ((1500.0, 0.0, _TISSUE_SIGMA, 1.0), True),  # a layer exactly as thick as the tissues' blur is resolved
+    ((1500.0, 0.0, np.nextafter(_TISSUE_SIGMA, 0.0), 1.0), False),
+    ((1500.0, po.MAX_FIT_RMS_HU, np.inf, 1.0), True),  # a residual of exactly 80 HU RMS is a fit
+    ((1500.0, np.nextafter(po.MAX_FIT_RMS_HU, np.inf), np.inf, 1.0), False),
+    ((1500.0, 0.0, np.inf, po.METAL_SCALE_RANGE[0]), True),  # the metal's scale 0.6 and 1.8 are within the range
+    ((1500.0, 0.0, np.inf, np.nextafter(po.METAL_SCALE_RANGE[0], 0.0)), False),
+    ((1500.0, 0.0, np.inf, po.METAL_SCALE_RANGE[1]), True),
+    ((1500.0, 0.0, np.inf, np.nextafter(po.METAL_SCALE_RANGE[1], np.inf)), False),
+    ((-1100.0, 0.0, np.inf, 1.0), True),  # -1100 HU is the lowest tissue (air at its noisiest)
+    ((np.nextafter(-1100.0, -np.inf), 0.0, np.inf, 1.0), False),
+    ((po.MAX_BONE_HU, 0.0, np.inf, 1.0), False),  # 2500 HU is the metal, not bone
+    ((np.nextafter(po.MAX_BONE_HU, 0.0), 0.0, np.inf, 1.0), True),
+]
+
+
+@pytest.mark.parametrize("fit, told", _AT_THE_LIMITS)
+def test_the_fits_verdict_at_its_limits(monkeypatch, fit, told):
+    tissue, rms, layer, scale = fit
+    seen = []
+
+    def given_fit(raw, x, edge):
+        seen.append(raw.shape[0])
+        n = raw.shape[0]
+        return po._Fit(tissue_hu=np.full(n, tissue), rms_hu=np.full(n, rms), layer_mm=np.full(n, layer),
+                       metal_scale=np.full(n, scale))
+
+    monkeypatch.setattr(po, "_layer_fit", given_fit)
+    ct = _metal_then(1000.0)
+    pts, nrm = _surface_points(3)
+    s = po.sample_metal_aware(ct, pts, nrm, _sharp_edge(), method="nearest")
+    assert seen == [9]  # every profile went to the fit
+    assert s.inside_ct.all() and np.allclose(s.bone_start_mm, -0.3125 + 0.5, atol=1e-12)
+    assert (s.reliable == told).all()
+    assert np.allclose(s.hu, tissue if told else 1000.0, atol=1e-9)
