@@ -18,6 +18,13 @@ Usage (from the repository root)::
 Scores are printed and written to ``build/mutation/<module>/score.json``, the
 surviving mutants to ``build/mutation/<module>/survivors.txt`` (see them with
 ``cd build/mutation/<module> && mutmut show <name>``).
+
+Every mutant that survives must be either killed by a new test or listed, with the
+reason, in ``Testing/Mutation/equivalent_<module>.txt`` (a mutant that changes nothing
+a caller can observe).  The table gives, per module, how many survivors are listed
+there ("equivalent") and how many are not ("unexplained", named in
+``build/mutation/<module>/unexplained.txt``); the run exits with status 1 when any
+survivor is unexplained.  ``--survivors`` leaves the listed ones out of a rerun.
 """
 
 from __future__ import annotations
@@ -138,6 +145,16 @@ DESELECT = [
     "test_calibration.py::test_density_is_the_linear_map_of_hu_on_a_calibrated_ct",
     "test_calibration.py::test_calibration_recorded_in_parameters_json",
 ]
+
+
+def equivalent_names(module: str) -> frozenset | None:
+    """The mutants of ``module`` judged equivalent, from ``Testing/Mutation/equivalent_<module>.txt`` (one name per
+    line, e.g. ``x_assign_zones__mutmut_47``, each group under a comment giving the reason); ``None`` if the module
+    has no such file."""
+    path = REPO / "Testing" / "Mutation" / f"equivalent_{module}.txt"
+    if not path.exists():
+        return None
+    return frozenset(line.split("#")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()) - {""}
 
 
 def _mutmut() -> str:
@@ -282,7 +299,14 @@ def score(module: str, previous: dict | None = None) -> dict:
         # timeouts count as killed: the mutant made the tests hang (e.g. an endless loop)
         "score_percent": round(100.0 * (len(killed) + len(timeout)) / checked, 1) if checked else None,
     }
+    # survivors judged equivalent (listed with the reason) and those nobody explained: a test is missing
+    equivalent = equivalent_names(module)
+    left = survived + no_tests + other + unchecked
+    unexplained = None if equivalent is None else [k for k in left if k.rpartition(".")[2] not in equivalent]
+    out["equivalent"] = None if equivalent is None else len(left) - len(unexplained)
+    out["unexplained"] = None if unexplained is None else len(unexplained)
     (d / "survivors.txt").write_text("\n".join(survived + no_tests + other) + "\n")
+    (d / "unexplained.txt").write_text("".join(k + "\n" for k in unexplained or []))
     if documentation:
         (d / "documentation.txt").write_text("\n".join(documentation) + "\n")
     return out
@@ -305,7 +329,7 @@ def run(module: str, jobs: int, fresh: bool, exclude: list[str], survivors: bool
         # not those judged equivalent
         names = [k for k, v in previous.items()
                  if v in (0, 5, 33, None) and any(fnmatch.fnmatch(k, p) for p in pats)
-                 and k.rpartition(".")[2] not in skip]
+                 and k.rpartition(".")[2] not in skip | (equivalent_names(module) or frozenset())]
         if not names:
             return score(module, previous)
         fresh = False
@@ -330,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--survivors", action="store_true",
                     help="test again only the mutants that survived the last run or were not checked (after writing tests for them)")
     ap.add_argument("--skip", metavar="FILE",
-                    help="with --survivors: names of mutants judged equivalent (one per line, e.g. "
-                    "x_assign_zones__mutmut_47; '#' starts a comment), not tested again")
+                    help="with --survivors: more names of mutants not to test again (one per line, e.g. "
+                    "x_assign_zones__mutmut_47; '#' starts a comment); those in Testing/Mutation/"
+                    "equivalent_<module>.txt are always left out")
     ap.add_argument("--report", action="store_true", help="only print the scores of the last runs")
     ap.add_argument("--exclude-tests", nargs="*", default=[], metavar="FILE",
                     help="test files to leave out (to measure the score without them)")
@@ -353,11 +378,22 @@ def main(argv: list[str] | None = None) -> int:
                     skip=skip)
         rows.append(s)
         print(json.dumps(s), flush=True)
-    print(f"\n{'module':10s} {'total':>6s} {'killed':>7s} {'survived':>9s} {'no test':>8s} {'score %':>8s} {'docs':>5s}")
+    print(f"\n{'module':10s} {'total':>6s} {'killed':>7s} {'survived':>9s} {'no test':>8s} {'score %':>8s} {'docs':>5s}"
+          f" {'equivalent':>11s} {'unexplained':>12s}")
+    unexplained = []
     for s in rows:
         if s:
+            eq, un = s.get("equivalent"), s.get("unexplained")
             print(f"{s['module']:10s} {s['total']:6d} {s['killed'] + s['timeout']:7d} {s['survived']:9d} "
-                  f"{s['no_tests']:8d} {s['score_percent']!s:>8s} {s.get('documentation', 0):5d}")
+                  f"{s['no_tests']:8d} {s['score_percent']!s:>8s} {s.get('documentation', 0):5d}"
+                  f" {'-' if eq is None else eq:>11} {'-' if un is None else un:>12}")
+            if un:
+                unexplained.append(f"{s['module']} ({un}: build/mutation/{s['module']}/unexplained.txt)")
+    if unexplained:
+        # a survivor that is neither killed nor listed as equivalent with its reason means a test is missing
+        print("survivors neither killed nor listed in Testing/Mutation/equivalent_<module>.txt: "
+              + ", ".join(unexplained), file=sys.stderr)
+        return 1
     return 0
 
 
