@@ -18,7 +18,10 @@ NO_SURFACE_LABEL = "no stem surface there\n(at that azimuth and height)"
 
 
 def legend_handles(result, colouring: str, no_surface: bool = False) -> list[Patch]:
-    """Legend entries of a colouring (``"hu"``, ``"zone"`` or ``"class"``); ``no_surface``: also white, :data:`NO_SURFACE_LABEL`."""
+    """Legend entries of a colouring (``"hu"``, ``"zone"`` or ``"class"``); ``no_surface``: also white, :data:`NO_SURFACE_LABEL`.
+
+    The HU key names :data:`~.style.UNRELIABLE_HU_COLOUR` when any vertex is class ``unreliable``.
+    """
     handles = []
     if colouring == "zone":
         for z in ZONE_ORDER:
@@ -30,7 +33,8 @@ def legend_handles(result, colouring: str, no_surface: bool = False) -> list[Pat
         cls = result.vertices["contact_class"].to_numpy()
         if (cls == UNCLASSIFIED).any():
             handles.append(Patch(facecolor=UNCLASSIFIED_COLOUR, edgecolor="#555555", label="unclassified"))
-    if colouring == "hu" and (result.vertices["contact_class"].to_numpy() == UNRELIABLE).any():
+    v = result.vertices
+    if colouring == "hu" and "contact_class" in v.columns and (v["contact_class"].to_numpy() == UNRELIABLE).any():
         handles.append(Patch(facecolor=UNRELIABLE_HU_COLOUR, edgecolor="#555555", label=UNRELIABLE_HU_LABEL))
     if colouring != "zone":
         handles.append(Patch(facecolor=NOT_SAMPLED_COLOUR, edgecolor="#555555", label="outside the CT (no HU)"))
