@@ -66,11 +66,11 @@ def _cut(surface: vtkPolyData, origin: np.ndarray, normal: np.ndarray) -> np.nda
     lines = out.GetLines()
     offsets = ns.vtk_to_numpy(lines.GetOffsetsArray())
     conn = ns.vtk_to_numpy(lines.GetConnectivityArray())
-    segs = []
-    for a, b in zip(offsets[:-1], offsets[1:]):
-        ids = conn[a:b]
-        segs.append(np.stack([ids[:-1], ids[1:]], axis=1))
-    ids = np.concatenate(segs) if segs else np.zeros((0, 2), dtype=np.int64)
+    # Each polyline's consecutive point pairs, all at once: every position but the last of its line starts one.
+    starts = np.ones(conn.size, dtype=bool)
+    starts[offsets[1:] - 1] = False
+    first = np.nonzero(starts[:-1])[0]
+    ids = np.stack([conn[first], conn[first + 1]], axis=1)
     return pts[ids]
 
 

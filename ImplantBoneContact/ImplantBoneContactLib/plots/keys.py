@@ -7,10 +7,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..classes import UNCLASSIFIED, parse_classes
+from ..classes import UNCLASSIFIED, UNRELIABLE, parse_classes
 from ..display import ABOVE_CUT_COLOUR, HU_COLORMAP, HU_DISPLAY_RANGE, NOT_SAMPLED_COLOUR, UNCLASSIFIED_COLOUR, ZONE_COLOURS
 from ..frame import ZONE_ORDER
-from .style import SHORT_REGION, class_colours, class_label, hu_norm
+from .style import SHORT_REGION, UNRELIABLE_HU_COLOUR, UNRELIABLE_HU_LABEL, class_colours, class_label, hu_norm
 
 #: Legend text of the unrolled maps' white cells: no surface at that azimuth and height (a stem that is
 #: not a tube around its axis: a nail's screw hole, a segmented implant's notches).
@@ -18,7 +18,10 @@ NO_SURFACE_LABEL = "no stem surface there\n(at that azimuth and height)"
 
 
 def legend_handles(result, colouring: str, no_surface: bool = False) -> list[Patch]:
-    """Legend entries of a colouring (``"hu"``, ``"zone"`` or ``"class"``); ``no_surface``: also white, :data:`NO_SURFACE_LABEL`."""
+    """Legend entries of a colouring (``"hu"``, ``"zone"`` or ``"class"``); ``no_surface``: also white, :data:`NO_SURFACE_LABEL`.
+
+    The HU key names :data:`~.style.UNRELIABLE_HU_COLOUR` when any vertex is class ``unreliable``.
+    """
     handles = []
     if colouring == "zone":
         for z in ZONE_ORDER:
@@ -30,6 +33,9 @@ def legend_handles(result, colouring: str, no_surface: bool = False) -> list[Pat
         cls = result.vertices["contact_class"].to_numpy()
         if (cls == UNCLASSIFIED).any():
             handles.append(Patch(facecolor=UNCLASSIFIED_COLOUR, edgecolor="#555555", label="unclassified"))
+    v = result.vertices
+    if colouring == "hu" and "contact_class" in v.columns and (v["contact_class"].to_numpy() == UNRELIABLE).any():
+        handles.append(Patch(facecolor=UNRELIABLE_HU_COLOUR, edgecolor="#555555", label=UNRELIABLE_HU_LABEL))
     if colouring != "zone":
         handles.append(Patch(facecolor=NOT_SAMPLED_COLOUR, edgecolor="#555555", label="outside the CT (no HU)"))
     handles.append(Patch(facecolor=ABOVE_CUT_COLOUR, edgecolor="#555555", label="above the resection\n(not analysed)"))

@@ -26,6 +26,15 @@ from ..display import (
 #: Resolution of every figure (dots per inch): figure sizes are given in pixels / DPI.
 DPI = 100
 
+#: Colour of class ``unreliable`` vertices in the HU pictures: their value is the plain reading at the bounded
+#: depth, not the bone at the surface, so it is not drawn on the HU scale. Pink, which the HU colour map
+#: (viridis) never takes; the class pictures keep :data:`~ImplantBoneContactLib.display.UNRELIABLE_COLOUR`,
+#: a teal the HU scale takes near 900 HU.
+UNRELIABLE_HU_COLOUR = "#e377c2"
+
+#: Legend text of :data:`UNRELIABLE_HU_COLOUR`.
+UNRELIABLE_HU_LABEL = "unreliable: bone not told\nfrom the metal's bloom"
+
 SHORT_REGION = {
     1: "lat prox", 2: "lat mid", 3: "lat dist", 4: "tip", 5: "med dist", 6: "med mid", 7: "calcar",
     8: "ant prox", 9: "ant mid", 10: "ant dist", 11: "tip", 12: "post dist", 13: "post mid", 14: "post prox",
@@ -86,12 +95,15 @@ def vertex_colours(result, colouring: str, grey_above_cut: bool = True) -> np.nd
     in every colouring unless ``grey_above_cut`` is False (the pictures grey
     out what lies above the plane themselves, exactly, rather than by whole
     vertex patches); vertices without HU are :data:`NOT_SAMPLED_COLOUR` in the
-    HU and class colourings.
+    HU and class colourings, class ``unreliable`` vertices :data:`UNRELIABLE_HU_COLOUR`
+    in the HU colouring.
     """
     v = result.vertices
     zone = v["gruen_zone"].to_numpy()
     if colouring == "hu":
         out = hu_to_rgb(v["hu"].to_numpy(dtype=float))
+        if "contact_class" in v.columns:
+            out[v["contact_class"].to_numpy() == UNRELIABLE] = rgb(UNRELIABLE_HU_COLOUR)
     elif colouring == "zone":
         out = zone_rgb(zone)
     elif colouring == "class":

@@ -16,11 +16,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from ..classes import UNRELIABLE
 from ..display import ABOVE_CUT_COLOUR
 from . import pixels
 from .borders import Border, zone_borders
 from .keys import draw_key
-from .style import DPI, hu_to_rgb, rgb, run_description, vertex_colours
+from .style import DPI, UNRELIABLE_HU_COLOUR, hu_to_rgb, rgb, run_description, vertex_colours
 
 _WHITE = np.ones(3)
 
@@ -37,7 +38,9 @@ class UnrolledMap:
         azimuth_deg: ``(W,)`` azimuth of each column centre (degrees).
         height_mm: ``(H,)`` height above the tip of each row centre (mm), decreasing.
         vertex_id: ``(H, W)`` nearest vertex (in the unrolled plane) to each cell; -1 where none.
-        hu: ``(H, W)`` HU interpolated linearly between vertices; NaN outside the CT.
+        hu: ``(H, W)`` HU interpolated linearly between the vertices with a reading to show; NaN in the cells
+            of a vertex outside the CT or whose reading is unreliable (post-operative: bone not told from the
+            metal's bloom).
         cut_height_mm: ``(W,)`` height of the resection line at each column (mm), from the cut geometry.
         band_heights_mm: ``(2, W)`` heights of the proximal/middle and middle/distal band borders (mm).
         tip_length_mm: height of the tip-zone border (mm).
@@ -74,6 +77,19 @@ def _radial(result) -> np.ndarray:
     axis = np.asarray(result.frame.axis, dtype=float)
     r = p - np.outer(p @ axis, axis)
     return np.linalg.norm(r, axis=1)
+
+
+def _has_hu_reading(vertices, hu: np.ndarray) -> np.ndarray:
+    """True per vertex where its HU is a reading to show: finite, and not class ``unreliable``.
+
+    On a post-operative CT a vertex whose bone could not be told from the metal's bloom keeps the plain
+    reading at the bounded depth (finite, so it is counted as 'unreliable'); that value is not the bone at
+    the surface and is not drawn as HU.
+    """
+    ok = np.isfinite(hu)
+    if "contact_class" in vertices.columns:
+        ok &= vertices["contact_class"].to_numpy() != UNRELIABLE
+    return ok
 
 
 def unroll_segments(frame, segments: np.ndarray) -> np.ndarray:
@@ -196,7 +212,9 @@ def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: flo
     each grid cell shows the vertex with the largest barycentric weight at
     its centre (the vertex whose third of the triangle it falls in: the area
     the vertex carries in the statistics, as in the 3D views) and the HU
-    interpolated linearly between the triangle's corners. Where the surface
+    interpolated linearly between the triangle's corners that have a reading
+    to show (not outside the CT, not class ``unreliable``; the others' weights
+    scaled to sum 1); the cells of a vertex without one are NaN. Where the surface
     folds over itself in the unrolled plane, the part farthest from the axis
     is shown. Triangles around the axis at the tip (more than 90 degrees wide
     unrolled) are left out, and the cells below the lowest drawn cell of each
@@ -245,11 +263,15 @@ def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: flo
     tri_corners = corners[tri]
     owner = tri_corners[np.arange(tri.size), np.argmax(weights, axis=1)]
     vid[rows, cols] = owner
-    corner_hu = hu[tri_corners]
-    complete = np.isfinite(corner_hu).all(axis=1)
-    # Linear between the corners; a cell whose triangle has a corner without HU takes its own vertex's HU.
-    hu_grid[rows, cols] = np.where(complete, np.einsum("ij,ij->i", np.where(complete[:, None], corner_hu, 0.0), weights),
-                                   hu[owner])
+    # Linear between the corners that have a reading to show; a corner outside the CT (NaN) or whose reading
+    # is unreliable (a post-operative CT's fallback value, not bone) is left out and the other corners' weights
+    # scaled to sum 1, so its value never spreads into its neighbours' cells. Cells of such a vertex stay NaN.
+    usable = _has_hu_reading(v, hu)
+    corner_ok = usable[tri_corners]
+    w_ok = np.where(corner_ok, weights, 0.0)
+    w_sum = w_ok.sum(axis=1)
+    hu_cells = np.einsum("ij,ij->i", np.where(corner_ok, hu[tri_corners], 0.0), w_ok) / np.where(w_sum > 0, w_sum, 1.0)
+    hu_grid[rows, cols] = np.where(usable[owner] & (w_sum > 0), hu_cells, np.nan)
     # The pole: below the lowest drawn cell of a column, near the tip, repeat that cell.
     drawn = vid >= 0
     row_idx = np.where(drawn, np.arange(height_px)[:, None], -1)
@@ -273,9 +295,16 @@ def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: flo
 
 
 def unrolled_rgb(result, umap: UnrolledMap, kind: str) -> np.ndarray:
-    """RGB (0..1) of the map cells: HU or class colours, grey above the resection line, white where no surface."""
+    """RGB (0..1) of the map cells: HU or class colours, grey above the resection line, white where no surface.
+
+    In HU, the cells of class ``unreliable`` vertices are :data:`~.style.UNRELIABLE_HU_COLOUR` (their value is
+    not a bone reading), those of vertices outside the CT :data:`~ImplantBoneContactLib.display.NOT_SAMPLED_COLOUR`.
+    """
     if kind == "hu":
         out = hu_to_rgb(umap.hu)
+        unreliable = result.vertices["contact_class"].to_numpy() == UNRELIABLE
+        if unreliable.any():
+            out[umap.values(unreliable, fill=False)] = rgb(UNRELIABLE_HU_COLOUR)
     elif kind == "class":
         per_vertex = vertex_colours(result, "class", grey_above_cut=False)
         out = np.stack([umap.values(per_vertex[:, c], fill=1.0) for c in range(3)], axis=-1)
