@@ -80,7 +80,7 @@ def figure_png(fig: Figure) -> bytes:
     """PNG bytes of a figure at its own size and resolution (no cropping), drawn once, on white.
 
     The figure is drawn on its Agg canvas and written as opaque RGB at zlib
-    level 1 by :func:`.png.png_rgb` (rows "Up"-filtered): the same pixels as
+    level 1 by :func:`.png.png_rgb`: the same pixels as
     ``savefig(format="png")`` gives, in less encoding time.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
