@@ -447,6 +447,52 @@ def _walk(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, 
     return _Walk(offsets, hu, inside, n_in, inside_max, floor, edge, in_metal)
 
 
+#: The walks kept by the innermost active :class:`WalkReuse` (``None``: none active, every walk is done).
+_ACTIVE_WALKS: dict | None = None
+
+
+class WalkReuse:
+    """Within its ``with`` blocks, the walk along the same normals of the same CT is done once.
+
+    The detection, the edge measurement and the sampling of one analysis each walk the same vertices
+    (:func:`assess` twice in :func:`measure_edge` and once itself, then :func:`sample_metal_aware`): inside a
+    ``with`` block of one ``WalkReuse`` object the first walk is kept and returned again to a walk of the same
+    CT (the same :class:`Volume` object), the same point and normal arrays (the same objects, not modified in
+    between) and the same sampling method. The walk does not depend on its metal HU and read start, so those
+    are not compared. Outside any block, or once the object is dropped, nothing is kept.
+    """
+
+    def __init__(self) -> None:
+        self._walks: dict = {}
+        self._outer: list = []
+
+    def __enter__(self) -> WalkReuse:
+        global _ACTIVE_WALKS
+        self._outer.append(_ACTIVE_WALKS)
+        _ACTIVE_WALKS = self._walks
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE_WALKS
+        _ACTIVE_WALKS = self._outer.pop()
+
+
+def _walk_reused(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, metal_hu: float | None,
+                 read_start_mm: float = 1.0) -> _Walk:
+    """:func:`_walk`, or the walk kept by the active :class:`WalkReuse` for the same CT, arrays and method."""
+    kept = _ACTIVE_WALKS
+    if kept is None:
+        return _walk(volume, points, normals, method, metal_hu, read_start_mm)
+    key = (id(volume), id(points), id(normals), method)
+    hit = kept.get(key)
+    # the objects themselves are kept with the walk: their ids cannot be taken by new objects meanwhile
+    if hit is not None and hit[0] is volume and hit[1] is points and hit[2] is normals:
+        return hit[3]
+    w = _walk(volume, points, normals, method, metal_hu, read_start_mm)
+    kept[key] = (volume, points, normals, w)
+    return w
+
+
 def _plateaus(values: np.ndarray, strongest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First and last index of the run of (nearly) equal values each sample belongs to, along axis 1.
 
@@ -485,10 +531,10 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     if use is not None and np.count_nonzero(use) >= 100:
         points = np.asarray(points, float)[use]
         normals = np.asarray(normals, float)[use]
-    w0 = _walk(volume, points, normals, method, None)
+    w0 = _walk_reused(volume, points, normals, method, None)
     ok = np.isfinite(w0.edge_mm)
     metal = float(np.median(w0.inside_max[ok])) if ok.any() else float(np.nanmax(volume.array))
-    w = _walk(volume, points, normals, method, metal)
+    w = _walk_reused(volume, points, normals, method, metal)
     placement = fit_edge_placement(points, normals, w.edge_mm, _voxel(volume))
     edges = placement.place(points, normals, w.edge_mm) if placement is not None else w.edge_mm
     step = _grid_step(volume)
@@ -656,7 +702,7 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
     pts = np.asarray(points, dtype=float)
     nrm = np.asarray(normals, dtype=float)
     n = pts.shape[0]
-    w = _walk(volume, pts, nrm, method, edge.metal_hu, edge.read_start_mm)
+    w = _walk_reused(volume, pts, nrm, method, edge.metal_hu, edge.read_start_mm)
     edge_mm = edge.placement.place(pts, nrm, w.edge_mm) if edge.placement is not None else w.edge_mm
     step = _grid_step(volume)
     depth = max_bone_start_mm(volume) + read_depth_mm(volume)
@@ -999,7 +1045,7 @@ def assess(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.nd
             f"(>= {METAL_DETECT_HU:g} HU) within {det.evidence['inside_depth_mm']:.3g} mm inside it: the model is "
             "partly off the implant (registration off by a few mm?); the rest is class 'unreliable'"
         )
-    walk = _walk(volume, points, normals, params.sampling, out.edge.metal_hu, out.edge.read_start_mm)
+    walk = _walk_reused(volume, points, normals, params.sampling, out.edge.metal_hu, out.edge.read_start_mm)
     found = np.isfinite(walk.edge_mm)
     if found.any():
         a = np.asarray(areas, dtype=float)
