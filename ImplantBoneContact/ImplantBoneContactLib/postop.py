@@ -766,7 +766,7 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     y = raw[:, use]
     w_x = edge.weight(xs)
     g_x = edge.tissue_weight(xs)
-    step = float(x[1] - x[0]) if x.size > 1 else 0.25
+    step = float(x[1] - x[0])  # x: from 0 in the walk's steps, over the bone read (at least 3.5 mm)
     designs = []
     for stretch in EDGE_STRETCH:
         designs.append(np.column_stack([edge.metal_hu * edge.weight(xs / stretch), 1.0 - edge.tissue_weight(xs / stretch)]))
@@ -843,7 +843,7 @@ _FIT_MARGIN = 1e-9
 
 
 def _design_fits(y: np.ndarray, designs: list, undecided) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Least-squares fits of every profile (row of ``y``, ``(N, M)`` HU) against every design (``(M, k)``).
+    """Least-squares fits of every profile (row of ``y``, ``(N, M)`` HU) against every design (``(M, k)``, k >= 2).
 
     Each design is factored once: its pseudo-inverse gives the coefficients ``y @ pinv(A).T``, and its
     orthonormal basis ``Q`` (QR) the mean squared residual ``(|y|^2 - |Q^T y|^2) / M``, for all designs
@@ -870,7 +870,7 @@ def _design_fits(y: np.ndarray, designs: list, undecided) -> tuple[np.ndarray, n
             bases.append(np.zeros((m, 0)))
     first = np.column_stack([p[0] for p in pinvs])
     second = np.column_stack([p[1] for p in pinvs])
-    basis = np.column_stack(bases) if any(b.shape[1] for b in bases) else np.zeros((m, 0))
+    basis = np.column_stack(bases)  # (M, 0) when no design has full rank
     # sums each design's squared projections: (sum k, C) ones
     owner = np.repeat(np.arange(c), [b.shape[1] for b in bases])
     summing = (owner[:, None] == np.arange(c)[None, :]).astype(float)

@@ -79,9 +79,11 @@ def _model_profiles(edge, x, rng, n):
     return np.array(rows)
 
 
-def _assert_same_fit(fit, ref):
+def _assert_same_fit(fit, ref, raw):
     assert np.allclose(fit.tissue_hu, ref[:, 0], rtol=1e-6, atol=1e-6)
-    assert np.allclose(fit.rms_hu, ref[:, 1], rtol=1e-6, atol=1e-6)
+    # the mean squared residual, a difference of squares in the library: within 1e-9 of the profile's mean square
+    # (the margin of _design_fits; the rounding itself is about 1e-15 of it)
+    assert np.all(np.abs(fit.rms_hu**2 - ref[:, 1] ** 2) <= 1e-9 * np.mean(raw**2, axis=1))
     # the layer: the same grid value (0.5 mm plus whole steps; the library steps by arange, here by products)
     assert np.array_equal(np.isinf(fit.layer_mm), np.isinf(ref[:, 2]))
     assert np.allclose(fit.layer_mm, ref[:, 2], rtol=0.0, atol=1e-9)
@@ -96,7 +98,7 @@ def test_layer_fit_equals_lstsq_per_profile(seed):
     raw = _model_profiles(edge, x, np.random.default_rng(seed), 40)
     ref = _reference_fit(raw, x, edge)
     assert np.isfinite(ref[:, 2]).sum() >= 10 and np.isinf(ref[:, 2]).sum() >= 10  # both kinds are chosen
-    _assert_same_fit(po._layer_fit(raw, x, edge), ref)
+    _assert_same_fit(po._layer_fit(raw, x, edge), ref, raw)
 
 
 def test_layer_fit_equals_lstsq_in_blocks_and_without_noise():
@@ -118,9 +120,55 @@ def test_layer_fit_equals_lstsq_in_blocks_and_without_noise():
         fit = po._layer_fit(raw, x, edge)
     finally:
         po._FIT_BLOCK = old_block
-    _assert_same_fit(fit, ref)
+    _assert_same_fit(fit, ref, raw)
     assert np.allclose(fit.tissue_hu[-3:], [0.0, 400.0, 1200.0], atol=1e-6)
     assert np.allclose(fit.metal_scale[-3:], 1.0, atol=1e-9)
+
+
+def test_layer_fit_of_a_profile_with_nan_and_of_a_short_read():
+    # A profile with a NaN fits nothing (NaN tissue and scale, infinite residual, no layer); a read shorter than
+    # the thinnest layer (0.5 mm) has no two-layer designs.
+    edge = _edge()
+    x = STEP * np.arange(0, 21)
+    raw = _model_profiles(edge, x, np.random.default_rng(4), 3)
+    raw[1, 5] = np.nan
+    fit = po._layer_fit(raw, x, edge)
+    assert np.isnan(fit.tissue_hu[1]) and np.isnan(fit.metal_scale[1]) and np.isinf(fit.rms_hu[1])
+    assert np.isinf(fit.layer_mm[1])
+    keep = np.arange(6) != 1
+    ref = _reference_fit(raw[keep], x, edge)
+    _assert_same_fit(po._Fit(fit.tissue_hu[keep], fit.rms_hu[keep], fit.layer_mm[keep], fit.metal_scale[keep]), ref,
+                     raw[keep])
+    short = STEP * np.arange(0, 3)
+    raw = _model_profiles(edge, short, np.random.default_rng(5), 3)
+    fit = po._layer_fit(raw, short, edge)
+    assert np.isinf(fit.layer_mm).all()
+    _assert_same_fit(fit, _reference_fit(raw, short, edge), raw)
+
+
+def test_layer_fit_leaves_out_samples_where_the_metal_reads_more_than_85_percent():
+    # A measured spread whose share is 0.95 at the edge and exactly 0.85 one step past it: the sample at the edge
+    # is left out, the one at 0.85 kept (the reference keeps w <= 0.85 too).
+    x = STEP * np.arange(0, 21)
+    share = np.concatenate([[0.95, 0.85], 0.85 * _gauss_tail(x[2:] / 0.6) / _gauss_tail(x[2] / 0.6)])
+    edge = po.EdgeModel(3000.0, x, share, 0.6, 1.2, 0.6, 100, "measured", None, 0.45)
+    raw = _model_profiles(edge, x, np.random.default_rng(9), 20)
+    _assert_same_fit(po._layer_fit(raw, x, edge), _reference_fit(raw, x, edge), raw)
+
+
+def test_layer_fit_tries_layers_up_to_the_end_of_the_read():
+    # Steps of 0.125 mm over 3.5 mm: the layers tried run from 0.5 to exactly 3.5 mm. A noise-free layer of 3.5 mm
+    # is found at 3.5 mm; one of 4.0 mm (beyond the read) is not found beyond it.
+    edge = _edge()
+    x = 0.125 * np.arange(0, 29)
+    w = np.interp(x, edge.x_mm, edge.metal_weight, right=0.0)
+    g = lambda v: _gauss_tail(v / edge.tissue_blur_mm)  # noqa: E731
+    raw = np.array([edge.metal_hu * w + 1500.0 * (g(x - b) - g(x)) - 1000.0 * (1.0 - g(x - b)) for b in (3.5, 4.0)])
+    fit = po._layer_fit(raw, x, edge)
+    ref = _reference_fit(raw, x, edge)
+    _assert_same_fit(fit, ref, raw)
+    assert fit.layer_mm[0] == 3.5 and abs(fit.tissue_hu[0] - 1500.0) < 1e-6
+    assert fit.layer_mm[1] <= 3.5
 
 
 def test_sample_metal_aware_with_the_reference_fit():
@@ -179,12 +227,28 @@ def test_design_fits_refits_only_the_rows_named():
     rng = np.random.default_rng(11)
     a = rng.normal(size=(9, 2))
     y = rng.normal(size=(5, 9)) * 1000.0
+    # A design of rank 1 first: it is passed over, the one after it still fitted again.
     named = np.array([False, True, False, False, True])
-    _, _, res = po._design_fits(y, [a], lambda r, m: named)
+    dead = np.column_stack([a[:, 0], 2.0 * a[:, 0]])
+    _, _, res = po._design_fits(y, [dead, a], lambda r, m: named)
     coef = y @ np.linalg.pinv(a).T
     exact = ((y - coef @ a.T) ** 2).mean(axis=1)
-    assert np.array_equal(res[named, 0], exact[named])
-    assert np.allclose(res[:, 0], exact, rtol=1e-9)
+    assert np.array_equal(res[named, 1], exact[named])
+    assert np.allclose(res[:, 1], exact, rtol=1e-9)
+    assert np.isinf(res[:, 0]).all()
+
+
+def test_design_fits_rank_tolerance_is_a_millionth_of_the_largest_entry():
+    # a = 2 (1, 0, 0, 1) (largest entry 2: tolerance 2e-6 on the singular values) and d (1, -1, 1, -1) orthogonal
+    # to it, singular value 2 |d|: at d = 0.5e-6 (singular value 1e-6) the design counts as rank 1, at d = 2e-6
+    # (4e-6) as rank 2 and fits y = a + 3e5 d exactly.
+    a = 2.0 * np.array([1.0, 0.0, 0.0, 1.0])
+    d = np.array([1.0, -1.0, 1.0, -1.0])
+    y = np.array([a + 0.15 * d])
+    c0, c1, res = po._design_fits(y, [np.column_stack([a, 0.5e-6 * d]), np.column_stack([a, 2e-6 * d])],
+                                  lambda r, m: np.zeros(r.shape[0], dtype=bool))
+    assert np.isnan(c0[0, 0]) and np.isnan(c1[0, 0]) and np.isinf(res[0, 0])
+    assert np.isclose(c0[0, 1], 1.0) and np.isclose(c1[0, 1], 0.15 / 2e-6) and abs(res[0, 1]) < 1e-9
 
 
 def test_design_fits_margin_is_relative_to_the_mean_square():
@@ -223,6 +287,14 @@ def test_layer_choice_undecided():
         assert und(np.array([[one, 1e6, two, 1e6]]), m)[0], (one, two)
     for one, two in ((900.002, 20000.0), (6400.002, 20000.0), (5000.0, 6399.998), (8000.0, 2000.002)):
         assert not und(np.array([[one, 1e6, two, 1e6]]), m)[0], (one, two)
+    # exactly at the margin (2^-10, exact in binary) counts, as a tie does
+    e = 2.0**-10
+    m2 = np.full(1, e)
+    for one, two in ((900.0 + e, 20000.0), (6400.0 + e, 20000.0), (5000.0, 6400.0 - e), (8000.0, 2000.0 + e)):
+        assert und(np.array([[one, 1e6, two, 1e6]]), m2)[0], (one, two)
+    # row by row: each row's least and ties are its own
+    rows = np.array([[1.0, 3.0, 2e4, 3e4], [5000.0, 5000.0 + 1e-3, 2e4, 3e4], [5000.0, 7000.0, 2e4, 3e4]])
+    assert und(rows, np.full(3, 1e-3)).tolist() == [False, True, False]
     # no two-layer designs: only the one-tissue group decides
     und1 = po._layer_choice_undecided(3)
     assert und1(np.array([[1.0, 1.0, 3.0]]), m)[0] and not und1(np.array([[1.0, 2.0, 3.0]]), m)[0]
