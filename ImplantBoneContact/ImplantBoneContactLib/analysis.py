@@ -453,13 +453,16 @@ def analyze(
 
     t = time.perf_counter()
     step(0.5, "looking for the implant's metal in the CT")
-    post = postop_lib.assess(volume, geom.points, geom.normals, geom.areas, params)
+    walks = postop_lib.WalkReuse()  # the vertices' walk past the metal: measured in the assessment, reused to sample
+    with walks:
+        post = postop_lib.assess(volume, geom.points, geom.normals, geom.areas, params)
     warnings.extend(post.warnings)
     timings["postop_detection"] = time.perf_counter() - t
     t = time.perf_counter()
     step(0.55, "sampling the CT" + (" past the metal's bloom" if post.metal_aware else ""))
     if post.metal_aware:
-        metal_aware = postop_lib.sample_metal_aware(volume, geom.points, geom.normals, post.edge, params.sampling)
+        with walks:
+            metal_aware = postop_lib.sample_metal_aware(volume, geom.points, geom.normals, post.edge, params.sampling)
         samples = SurfaceSamples(hu=metal_aware.hu, inside_ct=metal_aware.inside_ct, offsets_mm=np.zeros(0),
                                  profile_hu=np.zeros((geom.points.shape[0], 0)))
         names = names + [UNRELIABLE]
@@ -469,6 +472,7 @@ def analyze(
             volume, geom.points, geom.normals, params.sampling, params.offsets(), params.profile_aggregate
         )
     timings["sampling"] = time.perf_counter() - t
+    del walks  # frees the kept walk
     n_out = int((~samples.inside_ct).sum())
     if n_out == geom.points.shape[0]:
         raise InputError(

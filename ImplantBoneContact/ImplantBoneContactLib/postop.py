@@ -447,6 +447,52 @@ def _walk(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, 
     return _Walk(offsets, hu, inside, n_in, inside_max, floor, edge, in_metal)
 
 
+#: The walks kept by the innermost active :class:`WalkReuse` (``None``: none active, every walk is done).
+_ACTIVE_WALKS: dict | None = None
+
+
+class WalkReuse:
+    """Within its ``with`` blocks, the walk along the same normals of the same CT is done once.
+
+    The detection, the edge measurement and the sampling of one analysis each walk the same vertices
+    (:func:`assess` twice in :func:`measure_edge` and once itself, then :func:`sample_metal_aware`): inside a
+    ``with`` block of one ``WalkReuse`` object the first walk is kept and returned again to a walk of the same
+    CT (the same :class:`Volume` object), the same point and normal arrays (the same objects, not modified in
+    between) and the same sampling method. The walk does not depend on its metal HU and read start, so those
+    are not compared. Outside any block, or once the object is dropped, nothing is kept.
+    """
+
+    def __init__(self) -> None:
+        self._walks: dict = {}
+        self._outer: list = []
+
+    def __enter__(self) -> WalkReuse:
+        global _ACTIVE_WALKS
+        self._outer.append(_ACTIVE_WALKS)
+        _ACTIVE_WALKS = self._walks
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE_WALKS
+        _ACTIVE_WALKS = self._outer.pop()
+
+
+def _walk_reused(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, metal_hu: float | None,
+                 read_start_mm: float = 1.0) -> _Walk:
+    """:func:`_walk`, or the walk kept by the active :class:`WalkReuse` for the same CT, arrays and method."""
+    kept = _ACTIVE_WALKS
+    if kept is None:
+        return _walk(volume, points, normals, method, metal_hu, read_start_mm)
+    key = (id(volume), id(points), id(normals), method)
+    hit = kept.get(key)
+    # the objects themselves are kept with the walk: their ids cannot be taken by new objects meanwhile
+    if hit is not None and hit[0] is volume and hit[1] is points and hit[2] is normals:
+        return hit[3]
+    w = _walk(volume, points, normals, method, metal_hu, read_start_mm)
+    kept[key] = (volume, points, normals, w)
+    return w
+
+
 def _plateaus(values: np.ndarray, strongest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """First and last index of the run of (nearly) equal values each sample belongs to, along axis 1.
 
@@ -485,10 +531,10 @@ def measure_edge(volume: Volume, points: np.ndarray, normals: np.ndarray, method
     if use is not None and np.count_nonzero(use) >= 100:
         points = np.asarray(points, float)[use]
         normals = np.asarray(normals, float)[use]
-    w0 = _walk(volume, points, normals, method, None)
+    w0 = _walk_reused(volume, points, normals, method, None)
     ok = np.isfinite(w0.edge_mm)
     metal = float(np.median(w0.inside_max[ok])) if ok.any() else float(np.nanmax(volume.array))
-    w = _walk(volume, points, normals, method, metal)
+    w = _walk_reused(volume, points, normals, method, metal)
     placement = fit_edge_placement(points, normals, w.edge_mm, _voxel(volume))
     edges = placement.place(points, normals, w.edge_mm) if placement is not None else w.edge_mm
     step = _grid_step(volume)
@@ -656,7 +702,7 @@ def sample_metal_aware(volume: Volume, points: np.ndarray, normals: np.ndarray, 
     pts = np.asarray(points, dtype=float)
     nrm = np.asarray(normals, dtype=float)
     n = pts.shape[0]
-    w = _walk(volume, pts, nrm, method, edge.metal_hu, edge.read_start_mm)
+    w = _walk_reused(volume, pts, nrm, method, edge.metal_hu, edge.read_start_mm)
     edge_mm = edge.placement.place(pts, nrm, w.edge_mm) if edge.placement is not None else w.edge_mm
     step = _grid_step(volume)
     depth = max_bone_start_mm(volume) + read_depth_mm(volume)
@@ -710,48 +756,149 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     metal's bloom and read as a stronger bloom over a darker tissue). ``a`` (about 1) lets the metal's
     bloom be locally stronger or weaker than measured, and ``s`` (one tissue only, 1 to 2) wider, where the
     normal crosses the edge obliquely. For each ``b`` (and ``s``) on a grid the other unknowns are a linear
-    least-squares fit. Two layers replace one tissue only where they leave less than
-    :data:`LAYER_RESIDUAL_RATIO` of its squared residual (a thin layer's HU is otherwise free to take any
-    value that shapes the metal's tail).
+    least-squares fit (:func:`_design_fits`: every profile against every design at once). Of the one-tissue
+    fits the one with the least squared residual is kept (the first on a tie), likewise of the two-layer
+    fits. Two layers replace one tissue only where they leave less than :data:`LAYER_RESIDUAL_RATIO` of its
+    squared residual (a thin layer's HU is otherwise free to take any value that shapes the metal's tail).
     """
     use = edge.weight(x) <= 0.85
     xs = x[use]
     y = raw[:, use]
     w_x = edge.weight(xs)
     g_x = edge.tissue_weight(xs)
-    step = float(x[1] - x[0]) if x.size > 1 else 0.25
-    n = y.shape[0]
-
-    def fit(cols: list[np.ndarray], w_metal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a_mat = np.column_stack([edge.metal_hu * w_metal] + cols)
-        if np.linalg.matrix_rank(a_mat, tol=1e-6 * np.abs(a_mat).max()) < a_mat.shape[1]:
-            return np.full((n, a_mat.shape[1]), np.nan), np.full(n, np.inf)
-        coef = y @ np.linalg.pinv(a_mat).T
-        res = ((y - coef @ a_mat.T) ** 2).mean(axis=1)
-        return coef, res
-
-    t1 = np.full(n, np.nan)
-    scale = np.full(n, np.nan)
-    best = np.full(n, np.inf)
+    step = float(x[1] - x[0])  # x: from 0 in the walk's steps, over the bone read (at least 3.5 mm)
+    designs = []
     for stretch in EDGE_STRETCH:
-        w_s = edge.weight(xs / stretch)
-        coef, res = fit([1.0 - edge.tissue_weight(xs / stretch)], w_s)
-        better = res < best
-        t1[better], scale[better], best[better] = coef[better, 1], coef[better, 0], res[better]
-    one_res = best.copy()
-    layer = np.full(n, np.inf)
-    l_t1 = np.full(n, np.nan)
-    l_scale = np.full(n, np.nan)
-    l_best = np.full(n, np.inf)
-    l_b = np.full(n, np.inf)
-    for b in np.arange(MIN_LAYER_MM, x[-1] + 1e-9, step):
+        designs.append(np.column_stack([edge.metal_hu * edge.weight(xs / stretch), 1.0 - edge.tissue_weight(xs / stretch)]))
+    n_one = len(designs)
+    grid = np.arange(MIN_LAYER_MM, x[-1] + 1e-9, step)
+    for b in grid:
         g_b = edge.tissue_weight(xs - b)
-        coef, res = fit([g_b - g_x, 1.0 - g_b], w_x)
-        better = res < l_best
-        l_t1[better], l_scale[better], l_best[better], l_b[better] = coef[better, 1], coef[better, 0], res[better], b
+        designs.append(np.column_stack([edge.metal_hu * w_x, g_b - g_x, 1.0 - g_b]))
+    # ``scale`` and ``t1`` are the first two coefficients of every design; res the mean squared residual.
+    scale, t1, res = _design_fits(y, designs, _layer_choice_undecided(n_one))
+    one = _first_least(res[:, :n_one])
+    rows = np.arange(y.shape[0])
+    one_res = np.where(one >= 0, res[rows, one], np.inf)
+    two_k = _first_least(res[:, n_one:])
+    l_best = np.where(two_k >= 0, res[rows, n_one + two_k], np.inf)
     two = (l_best < LAYER_RESIDUAL_RATIO * one_res) & (one_res > NOISE_FLOOR_HU**2)
-    t1[two], scale[two], best[two], layer[two] = l_t1[two], l_scale[two], l_best[two], l_b[two]
-    return _Fit(t1, np.sqrt(best), layer, scale)
+    pick = np.where(two, n_one + two_k, one)
+    chosen = pick >= 0
+    col = np.maximum(pick, 0)
+    t1_out = np.where(chosen, t1[rows, col], np.nan)
+    scale_out = np.where(chosen, scale[rows, col], np.nan)
+    best = np.where(two, l_best, one_res)
+    layer = np.where(two, grid[np.maximum(two_k, 0)] if grid.size else np.inf, np.inf)
+    return _Fit(t1_out, np.sqrt(best), layer, scale_out)
+
+
+def _first_least(res: np.ndarray) -> np.ndarray:
+    """Per row, the column of the least finite value (the first of equal ones), -1 where none is finite."""
+    if res.shape[1] == 0:
+        return np.full(res.shape[0], -1)
+    finite = np.where(res < np.inf, res, np.inf)  # NaN -> inf: never chosen
+    k = np.argmin(finite, axis=1)
+    return np.where(finite[np.arange(res.shape[0]), k] < np.inf, k, -1)
+
+
+def _layer_choice_undecided(n_one: int):
+    """The rows whose choice in :func:`_layer_fit` a rounding of the residuals could change.
+
+    Returned is ``undecided(res, margin) -> (N,) bool`` for the ``(N, C)`` mean squared residuals (the
+    first ``n_one`` columns the one-tissue fits, the rest the two-layer ones) and a per-row ``margin``
+    (HU^2) on their error: True where two candidates of a group lie within the margin of each other's
+    least, or where the least of a group, their ratio or the chosen residual lies within it of a limit
+    (:data:`NOISE_FLOOR_HU`, :data:`LAYER_RESIDUAL_RATIO`, :data:`MAX_FIT_RMS_HU`).
+    """
+
+    def near_tie(group: np.ndarray, margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        finite = np.where(group < np.inf, group, np.inf)
+        if finite.shape[1] == 0:
+            return np.full(finite.shape[0], np.inf), np.zeros(finite.shape[0], dtype=bool)
+        least = finite.min(axis=1)
+        close = (finite <= (least + margin)[:, None]).sum(axis=1) > 1
+        return least, close & np.isfinite(least)
+
+    def undecided(res: np.ndarray, margin: np.ndarray) -> np.ndarray:
+        one, tie_one = near_tie(res[:, :n_one], margin)
+        two, tie_two = near_tie(res[:, n_one:], margin)
+        with np.errstate(invalid="ignore"):
+            limits = (
+                (np.abs(two - LAYER_RESIDUAL_RATIO * one) <= margin)
+                | (np.abs(one - NOISE_FLOOR_HU**2) <= margin)
+                | (np.abs(one - MAX_FIT_RMS_HU**2) <= margin)
+                | (np.abs(two - MAX_FIT_RMS_HU**2) <= margin)
+            )
+        return tie_one | tie_two | limits
+
+    return undecided
+
+
+#: Rows of profiles fitted at once by :func:`_design_fits` (bounds its memory: rows x designs x 5 floats).
+_FIT_BLOCK = 16384
+#: Relative margin (of a profile's mean square) within which :func:`_design_fits` takes a residual computed
+#: as a difference of squares as undecided and computes it again from the residual itself.
+_FIT_MARGIN = 1e-9
+
+
+def _design_fits(y: np.ndarray, designs: list, undecided) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares fits of every profile (row of ``y``, ``(N, M)`` HU) against every design (``(M, k)``, k >= 2).
+
+    Each design is factored once: its pseudo-inverse gives the coefficients ``y @ pinv(A).T``, and its
+    orthonormal basis ``Q`` (QR) the mean squared residual ``(|y|^2 - |Q^T y|^2) / M``, for all designs
+    in one matrix product per block of rows. A design of lower rank than its columns (relative tolerance
+    1e-6) fits nothing: NaN coefficients, infinite residual. The difference of squares loses the last
+    digits of ``|y|^2``: the rows ``undecided(res, margin)`` names (a choice the lost digits could change)
+    are fitted again with the residual computed from ``y - coef @ A.T`` itself.
+
+    Returns:
+        ``(N, C)`` first coefficients, ``(N, C)`` second coefficients, ``(N, C)`` mean squared residuals
+        (HU^2), one column per design.
+    """
+    n, m = y.shape
+    c = len(designs)
+    pinvs, bases, full = [], [], []
+    for a_mat in designs:
+        ok = np.linalg.matrix_rank(a_mat, tol=1e-6 * np.abs(a_mat).max()) >= a_mat.shape[1]
+        full.append(bool(ok))
+        if ok:
+            pinvs.append(np.linalg.pinv(a_mat))
+            bases.append(np.linalg.qr(a_mat)[0])
+        else:
+            pinvs.append(np.full((a_mat.shape[1], m), np.nan))
+            bases.append(np.zeros((m, 0)))
+    first = np.column_stack([p[0] for p in pinvs])
+    second = np.column_stack([p[1] for p in pinvs])
+    basis = np.column_stack(bases)  # (M, 0) when no design has full rank
+    # sums each design's squared projections: (sum k, C) ones
+    owner = np.repeat(np.arange(c), [b.shape[1] for b in bases])
+    summing = (owner[:, None] == np.arange(c)[None, :]).astype(float)
+    coef0 = np.empty((n, c))
+    coef1 = np.empty((n, c))
+    res = np.empty((n, c))
+    dead = ~np.asarray(full, dtype=bool)
+    for s in range(0, n, _FIT_BLOCK):
+        yb = y[s : s + _FIT_BLOCK]
+        coef0[s : s + _FIT_BLOCK] = yb @ first
+        coef1[s : s + _FIT_BLOCK] = yb @ second
+        proj = (yb @ basis) ** 2
+        explained = proj @ summing
+        square = np.einsum("ij,ij->i", yb, yb)
+        r = np.maximum(square[:, None] - explained, 0.0) / m
+        r[:, dead] = np.inf
+        res[s : s + _FIT_BLOCK] = r
+    margin = _FIT_MARGIN * np.einsum("ij,ij->i", y, y) / m
+    again = np.flatnonzero(undecided(res, margin))
+    if again.size:
+        ya = y[again]
+        for j, a_mat in enumerate(designs):
+            if not full[j]:
+                continue
+            coef = ya @ pinvs[j].T
+            coef0[again, j], coef1[again, j] = coef[:, 0], coef[:, 1]
+            res[again, j] = ((ya - coef @ a_mat.T) ** 2).mean(axis=1)
+    return coef0, coef1, res
 
 
 def clipped_metal_voxels(volume: Volume) -> int:
@@ -898,7 +1045,7 @@ def assess(volume: Volume, points: np.ndarray, normals: np.ndarray, areas: np.nd
             f"(>= {METAL_DETECT_HU:g} HU) within {det.evidence['inside_depth_mm']:.3g} mm inside it: the model is "
             "partly off the implant (registration off by a few mm?); the rest is class 'unreliable'"
         )
-    walk = _walk(volume, points, normals, params.sampling, out.edge.metal_hu, out.edge.read_start_mm)
+    walk = _walk_reused(volume, points, normals, params.sampling, out.edge.metal_hu, out.edge.read_start_mm)
     found = np.isfinite(walk.edge_mm)
     if found.any():
         a = np.asarray(areas, dtype=float)
