@@ -301,3 +301,71 @@ def test_layer_choice_undecided():
     # no two-layer designs: only the one-tissue group decides
     und1 = po._layer_choice_undecided(3)
     assert und1(np.array([[1.0, 1.0, 3.0]]), m)[0] and not und1(np.array([[1.0, 2.0, 3.0]]), m)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The choice made from given residuals. A residual comes out of a least-squares fit and meets a limit only up to
+# rounding, so `_design_fits` is replaced by one that returns the given mean squared residuals (HU^2) and marks
+# each design's coefficients with its column (metal scale = column, tissue = 1000 + column): the choice, the
+# layer's thickness and the coefficients kept then follow by hand.
+
+
+def _fit_from_given_residuals(monkeypatch, residual_of):
+    """`_layer_fit` on 2 profiles of a 3.5 mm read (step 0.175 mm) with `_design_fits` giving `residual_of(n_one,
+    n_designs)` ((2, C) HU^2); returns the fit, the number of one-tissue designs and the layer grid (mm)."""
+    seen = {}
+
+    def given(y, designs, undecided):
+        n_one = len(po.EDGE_STRETCH)
+        res = np.asarray(residual_of(n_one, len(designs)), dtype=float)
+        cols = np.arange(len(designs), dtype=float)
+        seen["undecided"] = undecided
+        return np.tile(cols, (y.shape[0], 1)), np.tile(1000.0 + cols, (y.shape[0], 1)), res
+
+    monkeypatch.setattr(po, "_design_fits", given)
+    x = STEP * np.arange(0, 21)
+    fit = po._layer_fit(np.zeros((2, x.size)), x, _edge())
+    grid = np.arange(po.MIN_LAYER_MM, x[-1] + 1e-9, STEP)
+    return fit, len(po.EDGE_STRETCH), grid, seen
+
+
+def test_two_layers_need_a_one_tissue_residual_above_the_noise_floor(monkeypatch):
+    """One-tissue residuals 900 HU^2 exactly (30 HU RMS, the noise floor: a fit as good as the noise) in the
+    first profile and the next double above 900 in the second, least at the second stretch; two-layer residuals
+    100 HU^2 (well under a quarter) least at the third layer. At the floor one tissue is kept (stretch 2: tissue
+    1001 HU, scale 1, no layer, 30 HU RMS); just above it the two layers are (tissue 1000 + n_one + 2, layer
+    MIN_LAYER_MM + 2 steps, 10 HU RMS)."""
+    floor = po.NOISE_FLOOR_HU**2
+
+    def residuals(n_one, c):
+        res = np.full((2, c), 1e7)
+        res[0, 1], res[1, 1] = floor, np.nextafter(floor, np.inf)
+        res[:, n_one + 2] = 100.0
+        return res
+
+    fit, n_one, grid, _ = _fit_from_given_residuals(monkeypatch, residuals)
+    assert fit.tissue_hu.tolist() == [1001.0, 1000.0 + n_one + 2]
+    assert fit.metal_scale.tolist() == [1.0, n_one + 2.0]
+    assert fit.layer_mm[0] == np.inf and fit.layer_mm[1] == pytest.approx(grid[2], abs=1e-12)
+    assert fit.rms_hu[0] == pytest.approx(30.0, abs=1e-12) and fit.rms_hu[1] == pytest.approx(10.0, abs=1e-12)
+
+
+def test_the_refit_groups_the_one_tissue_designs_apart_from_the_layers(monkeypatch):
+    """The rows fitted again are those whose choice a rounding could change: a tie within the one-tissue designs
+    or within the two-layer ones. A one-tissue least equal to a two-layer least is no tie (two layers must leave a
+    quarter of it to be chosen): the `undecided` that `_layer_fit` gives `_design_fits` keeps the groups apart."""
+    fit, n_one, grid, seen = _fit_from_given_residuals(monkeypatch, lambda n_one, c: np.full((2, c), 1e7))
+    und = seen["undecided"]
+    margin = np.full(1, 1e-3)
+    c = n_one + grid.size
+    across = np.full((1, c), 1e7)
+    across[0, 0] = across[0, n_one] = 5000.0  # the same least in both groups: no tie
+    assert not und(across, margin)[0]
+    within = np.full((1, c), 1e7)
+    within[0, 0] = within[0, 1] = 5000.0  # a tie between two stretches
+    within[0, n_one] = 4e6
+    assert und(within, margin)[0]
+    layers = np.full((1, c), 1e7)
+    layers[0, 0] = 5000.0
+    layers[0, n_one] = layers[0, n_one + 1] = 4e6  # a tie between two layers
+    assert und(layers, margin)[0]

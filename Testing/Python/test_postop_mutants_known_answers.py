@@ -373,6 +373,22 @@ def test_profiles_in_blocks_of_one_point_after_another_call():
         assert hu.tolist() == [[3500.0, 3500.0, tissue, tissue]] * 5 and inside.all()
 
 
+def test_profiles_fill_every_row_of_a_large_call():
+    """1.1 million points, 4096 per block: the readings (35 MB of float64) are larger than glibc's largest
+    threshold for taking memory from the heap (32 MiB), so they come from fresh, zero-filled pages. Every row must
+    hold its own readings (metal 3500 HU at -2 and -1 mm, tissue 100 HU at 0 and 2 mm); a row the blocks never
+    reach would read 0 HU whatever ran before (the small call above catches it only when the memory it reuses
+    held other readings)."""
+    n = 1_100_000
+    y = np.linspace(-3.0, 3.0, n)
+    pts = np.column_stack([np.full(n, 0.25), y, y[::-1]])
+    nrm = np.tile([1.0, 0.0, 0.0], (n, 1))
+    ct = blurred_metal_plane_ct(sigma=0.0, tissue=100.0)
+    hu, inside = po.profiles(ct, pts, nrm, np.array([-2.0, -1.0, 0.0, 2.0]), block=4 * 4096)
+    assert hu.shape == (n, 4) and inside.all()
+    assert (hu == np.array([3500.0, 3500.0, 100.0, 100.0])).all()
+
+
 def test_the_spread_is_read_from_the_placed_edge():
     """Metal (3500 HU) ends at x = 0 on every row but the middle quarter (rows 6-9 of 16), where it reaches on to
     x = 1 mm (a layer as bright as the metal, say bone pressed onto it); beyond lies bone (1000 HU) on the outer
