@@ -496,6 +496,7 @@ def analyze(
     timings["zones"] = time.perf_counter() - t
     below_cut = np.asarray(zones["gruen_zone"]) > 0
     warnings.extend(outside_ct_warnings(samples.inside_ct, below_cut, geom.areas))
+    warnings.extend(air_warnings(samples.hu, below_cut, geom.areas))
     warnings.extend(model_size_warnings(geom.points, volume))
 
     t = time.perf_counter()
@@ -709,6 +710,40 @@ def outside_ct_warnings(inside_ct: np.ndarray, below_cut: np.ndarray, areas: np.
         f"{int(out_below.sum())} of {int(below_cut.sum())} vertices below the resection plane "
         f"({100 * frac:.1f}% of the analysed area) lie outside the CT{above}: their HU is NaN (inside_ct = False) "
         "and they are left out of the statistics (area_sampled_mm2)"
+    ]
+
+
+#: A reading below this (HU) is air or gas: lung and bowel gas read -1000 to -700, fat -150 to -50, marrow about
+#: -100 to 50, soft tissue 0 to 80.
+AIR_HU = -500.0
+#: The share of the analysed, sampled area that may read air before the run warns that the model is not where the
+#: implant is (a stem lies in bone and marrow; a little gas along it is possible in a fresh post-operative CT).
+AIR_WARNING_SHARE = 0.10
+
+
+def air_warnings(hu: np.ndarray, below_cut: np.ndarray, areas: np.ndarray) -> list[str]:
+    """Warn when much of the analysed surface reads air: the model then lies outside the body or in gas.
+
+    Args:
+        hu: ``(N,)`` HU per vertex (NaN where not sampled).
+        below_cut: ``(N,)`` True for the analysed vertices (below the resection plane).
+        areas: ``(N,)`` vertex areas (mm^2).
+    """
+    hu = np.asarray(hu, dtype=float)
+    sampled = np.asarray(below_cut, dtype=bool) & np.isfinite(hu)
+    area = np.asarray(areas, dtype=float)
+    total = area[sampled].sum()
+    if total <= 0:
+        return []
+    air = sampled & (hu < AIR_HU)
+    share = area[air].sum() / total
+    if share < AIR_WARNING_SHARE:
+        return []
+    return [
+        f"{100 * share:.0f}% of the analysed stem surface reads air (below {AIR_HU:g} HU; median "
+        f"{np.median(hu[sampled]):.0f} HU over the surface): a femoral stem lies in bone and marrow, so the model is "
+        "probably not where the implant is in this CT: check the registration (--transform), the model's "
+        "coordinate system (--model-space) and that the model and the CT belong together"
     ]
 
 
