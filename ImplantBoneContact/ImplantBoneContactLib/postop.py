@@ -42,6 +42,7 @@ is not reliable (``bone_reading_reliable`` False, contact class
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -447,8 +448,15 @@ def _walk(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, 
     return _Walk(offsets, hu, inside, n_in, inside_max, floor, edge, in_metal)
 
 
-#: The walks kept by the innermost active :class:`WalkReuse` (``None``: none active, every walk is done).
-_ACTIVE_WALKS: dict | None = None
+#: Per thread, ``walks``: the walks kept by that thread's innermost active :class:`WalkReuse` (absent or ``None``:
+#: none active, every walk is done). Per thread because analyses may run side by side in threads (a Dask worker
+#: runs several cases at once): one thread's block must neither end nor keep alive another's.
+_ACTIVE = threading.local()
+
+
+def _active_walks() -> dict | None:
+    """The walks kept by this thread's innermost active :class:`WalkReuse`, or ``None``."""
+    return getattr(_ACTIVE, "walks", None)
 
 
 class WalkReuse:
@@ -459,7 +467,8 @@ class WalkReuse:
     ``with`` block of one ``WalkReuse`` object the first walk is kept and returned again to a walk of the same
     CT (the same :class:`Volume` object), the same point and normal arrays (the same objects, not modified in
     between) and the same sampling method. The walk does not depend on its metal HU and read start, so those
-    are not compared. Outside any block, or once the object is dropped, nothing is kept.
+    are not compared. Outside any block, or once the object is dropped, nothing is kept. A block holds for the
+    thread that entered it only (an object is entered by one thread at a time).
     """
 
     def __init__(self) -> None:
@@ -467,20 +476,18 @@ class WalkReuse:
         self._outer: list = []
 
     def __enter__(self) -> WalkReuse:
-        global _ACTIVE_WALKS
-        self._outer.append(_ACTIVE_WALKS)
-        _ACTIVE_WALKS = self._walks
+        self._outer.append(_active_walks())
+        _ACTIVE.walks = self._walks
         return self
 
     def __exit__(self, *exc) -> None:
-        global _ACTIVE_WALKS
-        _ACTIVE_WALKS = self._outer.pop()
+        _ACTIVE.walks = self._outer.pop()
 
 
 def _walk_reused(volume: Volume, points: np.ndarray, normals: np.ndarray, method: str, metal_hu: float | None,
                  read_start_mm: float = 1.0) -> _Walk:
     """:func:`_walk`, or the walk kept by the active :class:`WalkReuse` for the same CT, arrays and method."""
-    kept = _ACTIVE_WALKS
+    kept = _active_walks()
     if kept is None:
         return _walk(volume, points, normals, method, metal_hu, read_start_mm)
     key = (id(volume), id(points), id(normals), method)

@@ -59,7 +59,7 @@ def test_walks_are_kept_only_inside_a_block_for_the_same_objects(counted):
         po._walk_reused(ct, pts, nrm, "nearest", None)
         po._walk_reused(blurred_metal_plane_ct(sigma=0.6), pts, nrm, "trilinear", None)
         assert len(counted) == 7
-    assert po._ACTIVE_WALKS is None
+    assert po._active_walks() is None
     po._walk_reused(ct, pts, nrm, "trilinear", None)
     assert len(counted) == 8
     # a second block of the same object finds the walk; another object does not
@@ -70,9 +70,9 @@ def test_walks_are_kept_only_inside_a_block_for_the_same_objects(counted):
         # nested: the inner block has its own walks, and leaving it gives back the outer one's
         with reuse:
             assert po._walk_reused(ct, pts, nrm, "trilinear", None) is first
-        inner = po._ACTIVE_WALKS
+        inner = po._active_walks()
         assert inner is not None and inner is not reuse._walks
-    assert po._ACTIVE_WALKS is None
+    assert po._active_walks() is None
     assert len(counted) == 9
     _same_walk(first, po._walk(ct, pts, nrm, "trilinear", None))
 
@@ -98,3 +98,47 @@ def test_assessment_and_sampling_walk_the_vertices_once(counted):
     for name in ("hu", "inside_ct", "bone_start_mm", "reliable", "edge_mm"):
         assert np.array_equal(getattr(fresh_s, name), getattr(kept_s, name), equal_nan=True), name
     assert kept_s.reliable.any()
+
+
+def test_blocks_in_two_threads_neither_end_nor_keep_each_others(counted):
+    """Analyses may run side by side in threads. Thread A enters its block, then thread B enters its own, A
+    leaves first and B after: B still reuses its walk after A has left, and once both have left no walk is kept
+    in either thread (a block entered last and left last must not hand back the other thread's walks, which would
+    keep that thread's CT alive and every later walk with it)."""
+    import threading
+
+    ct = blurred_metal_plane_ct(sigma=0.6)
+    pts, nrm = plane_points(n=3)
+    entered_a, entered_b, left_a, left_b = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def thread_a():
+        with po.WalkReuse():
+            entered_a.set()
+            entered_b.wait(10)
+        left_a.set()
+        left_b.wait(10)
+        n = len(counted)
+        po._walk_reused(ct, pts, nrm, "trilinear", None)
+        po._walk_reused(ct, pts, nrm, "trilinear", None)
+        seen["a_after"] = len(counted) - n
+
+    def thread_b():
+        entered_a.wait(10)
+        with po.WalkReuse():
+            entered_b.set()
+            left_a.wait(10)
+            n = len(counted)
+            po._walk_reused(ct, pts, nrm, "trilinear", None)
+            po._walk_reused(ct, pts, nrm, "trilinear", None)
+            seen["b_inside"] = len(counted) - n
+        seen["b_after"] = po._active_walks()
+        left_b.set()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert seen == {"b_inside": 1, "b_after": None, "a_after": 2}
+    assert po._active_walks() is None
