@@ -102,7 +102,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x__blur_from_slope*", "x__rigid_design*", "x_fit_edge_placement*", "xǁEdgePlacementǁ*",
          "x_sample_metal_aware*", "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*",
          "x_unreliable_zone_warnings*", "x_assess*", "x_metal_advice*", "x__layer_fit*", "x__first_least*",
-         "x__layer_choice_undecided*", "x__design_fits*", "xǁWalkReuseǁ*", "x__walk_reused*"],
+         "x__layer_choice_undecided*", "x__design_fits*", "xǁWalkReuseǁ*", "x__walk_reused*", "x__active_walks*"],
         ["test_postop_known_answers.py", "test_postop_edge_known_answers.py",
          "test_postop_mutants_known_answers.py", "test_postop_limits_known_answers.py", "test_postop_layer_fit.py",
          "test_postop_walk_reuse.py"],
