@@ -112,26 +112,26 @@ def test_blocks_in_two_threads_neither_end_nor_keep_each_others(counted):
     entered_a, entered_b, left_a, left_b = (threading.Event() for _ in range(4))
     seen = {}
 
+    def walks_for_two_calls() -> int:
+        n = len(counted)
+        po._walk_reused(ct, pts, nrm, "trilinear", None)
+        po._walk_reused(ct, pts, nrm, "trilinear", None)
+        return len(counted) - n
+
     def thread_a():
         with po.WalkReuse():
             entered_a.set()
             entered_b.wait(10)
         left_a.set()
         left_b.wait(10)
-        n = len(counted)
-        po._walk_reused(ct, pts, nrm, "trilinear", None)
-        po._walk_reused(ct, pts, nrm, "trilinear", None)
-        seen["a_after"] = len(counted) - n
+        seen["a_after"] = walks_for_two_calls()
 
     def thread_b():
         entered_a.wait(10)
         with po.WalkReuse():
             entered_b.set()
             left_a.wait(10)
-            n = len(counted)
-            po._walk_reused(ct, pts, nrm, "trilinear", None)
-            po._walk_reused(ct, pts, nrm, "trilinear", None)
-            seen["b_inside"] = len(counted) - n
+            seen["b_inside"] = walks_for_two_calls()
         seen["b_after"] = po._active_walks()
         left_b.set()
 
