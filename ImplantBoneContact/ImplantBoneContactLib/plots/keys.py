@@ -7,10 +7,18 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from ..classes import UNCLASSIFIED, UNRELIABLE, parse_classes
+from ..classes import UNCLASSIFIED, parse_classes
 from ..display import ABOVE_CUT_COLOUR, HU_COLORMAP, HU_DISPLAY_RANGE, NOT_SAMPLED_COLOUR, UNCLASSIFIED_COLOUR, ZONE_COLOURS
 from ..frame import ZONE_ORDER
-from .style import SHORT_REGION, UNRELIABLE_HU_COLOUR, UNRELIABLE_HU_LABEL, class_colours, class_label, hu_norm
+from .style import (
+    SHORT_REGION,
+    UNRELIABLE_HU_COLOUR,
+    UNRELIABLE_HU_LABEL,
+    class_colours,
+    class_label,
+    hu_norm,
+    unreliable_vertices,
+)
 
 #: Legend text of the unrolled maps' white cells: no surface at that azimuth and height (a stem that is
 #: not a tube around its axis: a nail's screw hole, a segmented implant's notches).
@@ -33,8 +41,7 @@ def legend_handles(result, colouring: str, no_surface: bool = False) -> list[Pat
         cls = result.vertices["contact_class"].to_numpy()
         if (cls == UNCLASSIFIED).any():
             handles.append(Patch(facecolor=UNCLASSIFIED_COLOUR, edgecolor="#555555", label="unclassified"))
-    v = result.vertices
-    if colouring == "hu" and "contact_class" in v.columns and (v["contact_class"].to_numpy() == UNRELIABLE).any():
+    if colouring == "hu" and unreliable_vertices(result.vertices).any():
         handles.append(Patch(facecolor=UNRELIABLE_HU_COLOUR, edgecolor="#555555", label=UNRELIABLE_HU_LABEL))
     if colouring != "zone":
         handles.append(Patch(facecolor=NOT_SAMPLED_COLOUR, edgecolor="#555555", label="outside the CT (no HU)"))

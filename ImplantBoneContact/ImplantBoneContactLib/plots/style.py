@@ -35,6 +35,14 @@ UNRELIABLE_HU_COLOUR = "#e377c2"
 #: Legend text of :data:`UNRELIABLE_HU_COLOUR`.
 UNRELIABLE_HU_LABEL = "unreliable: bone not told\nfrom the metal's bloom"
 
+
+def unreliable_vertices(vertices) -> np.ndarray:
+    """True per vertex of class ``unreliable`` (post-operative: bone not told from the metal's bloom); all False
+    when the table has no ``contact_class`` column."""
+    if "contact_class" not in vertices.columns:
+        return np.zeros(len(vertices), dtype=bool)
+    return vertices["contact_class"].to_numpy() == UNRELIABLE
+
 SHORT_REGION = {
     1: "lat prox", 2: "lat mid", 3: "lat dist", 4: "tip", 5: "med dist", 6: "med mid", 7: "calcar",
     8: "ant prox", 9: "ant mid", 10: "ant dist", 11: "tip", 12: "post dist", 13: "post mid", 14: "post prox",
@@ -102,8 +110,7 @@ def vertex_colours(result, colouring: str, grey_above_cut: bool = True) -> np.nd
     zone = v["gruen_zone"].to_numpy()
     if colouring == "hu":
         out = hu_to_rgb(v["hu"].to_numpy(dtype=float))
-        if "contact_class" in v.columns:
-            out[v["contact_class"].to_numpy() == UNRELIABLE] = rgb(UNRELIABLE_HU_COLOUR)
+        out[unreliable_vertices(v)] = rgb(UNRELIABLE_HU_COLOUR)
     elif colouring == "zone":
         out = zone_rgb(zone)
     elif colouring == "class":

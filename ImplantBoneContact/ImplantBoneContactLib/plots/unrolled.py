@@ -16,12 +16,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from ..classes import UNRELIABLE
 from ..display import ABOVE_CUT_COLOUR
 from . import pixels
 from .borders import Border, zone_borders
 from .keys import draw_key
-from .style import DPI, UNRELIABLE_HU_COLOUR, hu_to_rgb, rgb, run_description, vertex_colours
+from .style import DPI, UNRELIABLE_HU_COLOUR, hu_to_rgb, rgb, run_description, unreliable_vertices, vertex_colours
 
 _WHITE = np.ones(3)
 
@@ -86,10 +85,7 @@ def _has_hu_reading(vertices, hu: np.ndarray) -> np.ndarray:
     reading at the bounded depth (finite, so it is counted as 'unreliable'); that value is not the bone at
     the surface and is not drawn as HU.
     """
-    ok = np.isfinite(hu)
-    if "contact_class" in vertices.columns:
-        ok &= vertices["contact_class"].to_numpy() != UNRELIABLE
-    return ok
+    return np.isfinite(hu) & ~unreliable_vertices(vertices)
 
 
 def unroll_segments(frame, segments: np.ndarray) -> np.ndarray:
@@ -302,7 +298,7 @@ def unrolled_rgb(result, umap: UnrolledMap, kind: str) -> np.ndarray:
     """
     if kind == "hu":
         out = hu_to_rgb(umap.hu)
-        unreliable = result.vertices["contact_class"].to_numpy() == UNRELIABLE
+        unreliable = unreliable_vertices(result.vertices)
         if unreliable.any():
             out[umap.values(unreliable, fill=False)] = rgb(UNRELIABLE_HU_COLOUR)
     elif kind == "class":
