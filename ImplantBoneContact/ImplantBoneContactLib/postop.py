@@ -797,7 +797,66 @@ def _layer_fit(raw: np.ndarray, x: np.ndarray, edge: EdgeModel) -> _Fit:
     scale_out = np.where(chosen, scale[rows, col], np.nan)
     best = np.where(two, l_best, one_res)
     layer = np.where(two, grid[np.maximum(two_k, 0)] if grid.size else np.inf, np.inf)
-    return _Fit(t1_out, np.sqrt(best), layer, scale_out)
+    fit = _Fit(t1_out, np.sqrt(best), layer, scale_out)
+    _three_layer_refit(fit, best, y, xs, edge, grid)
+    return fit
+
+
+def _three_layer_refit(fit: _Fit, chosen: np.ndarray, y: np.ndarray, xs: np.ndarray, edge: EdgeModel,
+                       grid: np.ndarray) -> None:
+    """Three tissues where one or two leave the profile unexplained, in place in ``fit``.
+
+    A thin cortex between the tissue on the metal and a darker one beyond it (cancellous bone on the stem, a
+    cortex of 1-2 mm, then soft tissue) is three layers: ``a metal w(x) + T1 (G(x - b1) - G(x)) + T2 (G(x - b2)
+    - G(x - b1)) + T3 (1 - G(x - b2))``. Two layers cannot explain it: they take the cortex for the tissue on
+    the metal (a silent cortical) or leave more than :data:`MAX_FIT_RMS_HU` (an 'unreliable' point). It is
+    fitted where the chosen fit leaves more than the noise floor (:data:`NOISE_FLOOR_HU`), over every ``b1`` of
+    the layer grid and ``b2`` at least :data:`MIN_LAYER_MM` beyond it, and replaces that fit where it leaves
+    less than :data:`LAYER_RESIDUAL_RATIO` of its squared residual (the rule two layers meet against one);
+    ``T1`` is then the tissue on the metal and ``b1`` its thickness. ``chosen``: the chosen fit's mean squared
+    residual per profile (HU^2).
+    """
+    rows = np.flatnonzero(chosen > NOISE_FLOOR_HU**2)
+    w_x = edge.metal_hu * edge.weight(xs)
+    g_x = edge.tissue_weight(xs)
+    designs, inner = [], []
+    for i, b1 in enumerate(grid):
+        g_1 = edge.tissue_weight(xs - b1)
+        for b2 in grid[i + 1 :]:
+            if b2 - b1 < MIN_LAYER_MM - 1e-9:
+                continue
+            g_2 = edge.tissue_weight(xs - b2)
+            designs.append(np.column_stack([w_x, g_1 - g_x, g_2 - g_1, 1.0 - g_2]))
+            inner.append(b1)
+    if not rows.size or not designs:
+        return
+    limit = LAYER_RESIDUAL_RATIO * chosen[rows]
+
+    def undecided(res: np.ndarray, margin: np.ndarray) -> np.ndarray:
+        finite = np.where(res < np.inf, res, np.inf)
+        least = finite.min(axis=1)
+        tie = (finite <= (least + margin)[:, None]).sum(axis=1) > 1
+        with np.errstate(invalid="ignore"):
+            near = (np.abs(least - limit) <= margin) | (np.abs(least - MAX_FIT_RMS_HU**2) <= margin)
+        return (tie & np.isfinite(least)) | near
+
+    scale, t1, res = _design_fits(y[rows], designs, undecided)
+    k = _first_least(res)
+    sub = np.arange(rows.size)
+    least = np.where(k >= 0, res[sub, np.maximum(k, 0)], np.inf)
+    take = least < limit
+    # The three tissues of each row's best design: kept only as a bright layer between darker ones
+    bright_middle = np.zeros(rows.size, dtype=bool)
+    for j in np.unique(k[take]):
+        sel = np.flatnonzero(take & (k == j))
+        coef = y[rows[sel]] @ np.linalg.pinv(designs[j]).T
+        bright_middle[sel] = (coef[:, 2] > coef[:, 1]) & (coef[:, 2] > coef[:, 3])
+    take &= bright_middle
+    at, col = rows[take], k[take]
+    fit.tissue_hu[at] = t1[sub[take], col]
+    fit.metal_scale[at] = scale[sub[take], col]
+    fit.rms_hu[at] = np.sqrt(least[take])
+    fit.layer_mm[at] = np.asarray(inner)[col]
 
 
 def _first_least(res: np.ndarray) -> np.ndarray:
@@ -836,6 +895,7 @@ def _layer_choice_undecided(n_one: int):
                 | (np.abs(one - NOISE_FLOOR_HU**2) <= margin)
                 | (np.abs(one - MAX_FIT_RMS_HU**2) <= margin)
                 | (np.abs(two - MAX_FIT_RMS_HU**2) <= margin)
+                | (np.abs(two - NOISE_FLOOR_HU**2) <= margin)
             )
         return tie_one | tie_two | limits
 

@@ -5,7 +5,9 @@ difference of squares, the rows a rounding could decide fitted again from the re
 below fits each profile against each design on its own with ``np.linalg.lstsq`` and keeps the least residual,
 as the model text of ``_layer_fit`` says: the first one-tissue fit of least mean squared residual, the first
 two-layer fit of least residual, and two layers where they leave less than a quarter of the one-tissue residual
-and that residual is above the noise floor (30 HU RMS). Profiles are drawn from the model itself (one tissue with
+and that residual is above the noise floor (30 HU RMS); where the fit chosen so leaves more than the noise floor,
+the first three-tissue fit of least residual where it leaves less than a quarter of that and its middle tissue is
+the brightest. Profiles are drawn from the model itself (one tissue with
 an oblique edge, a layer on a second tissue), with noise, and read from a CT of a blurred metal plane.
 """
 
@@ -42,15 +44,23 @@ def _reference_fit(raw, x, edge):
     step = x[1] - x[0]  # the walk's step
     grid = [po.MIN_LAYER_MM + step * k for k in range(400) if po.MIN_LAYER_MM + step * k <= x[-1] + 1e-9]
     two_designs = [np.column_stack([edge.metal_hu * w(xs), g(xs - b) - g(xs), 1.0 - g(xs - b)]) for b in grid]
+    three_designs, three_b1 = [], []
+    for i, b1 in enumerate(grid):
+        for b2 in grid[i + 1 :]:
+            if b2 - b1 >= po.MIN_LAYER_MM - 1e-9:
+                three_designs.append(np.column_stack([edge.metal_hu * w(xs), g(xs - b1) - g(xs), g(xs - b2) - g(xs - b1),
+                                                      1.0 - g(xs - b2)]))
+                three_b1.append(b1)
+
     def least(designs, y):
-        best = (math.inf, math.nan, math.nan, -1)
+        best = (math.inf, math.nan, math.nan, -1, None)
         for k, a in enumerate(designs):
             if np.linalg.matrix_rank(a, tol=1e-6 * np.abs(a).max()) < a.shape[1]:
                 continue
             coef = np.linalg.lstsq(a, y, rcond=None)[0]
             res = float(np.mean((y - a @ coef) ** 2))
             if res < best[0]:
-                best = (res, coef[1], coef[0], k)
+                best = (res, coef[1], coef[0], k, coef)
         return best
 
     out = []
@@ -58,9 +68,15 @@ def _reference_fit(raw, x, edge):
         one = least(one_designs, y)
         two = least(two_designs, y)
         if two[0] < po.LAYER_RESIDUAL_RATIO * one[0] and one[0] > po.NOISE_FLOOR_HU**2:
-            out.append((two[1], math.sqrt(two[0]), grid[two[3]], two[2]))
+            chosen = (two[1], two[0], grid[two[3]], two[2])
         else:
-            out.append((one[1], math.sqrt(one[0]), math.inf, one[2]))
+            chosen = (one[1], one[0], math.inf, one[2])
+        if chosen[1] > po.NOISE_FLOOR_HU**2:
+            # three tissues, kept where they leave less than a quarter and the middle one is the brightest
+            three = least(three_designs, y)
+            if three[0] < po.LAYER_RESIDUAL_RATIO * chosen[1] and three[4][2] > max(three[4][1], three[4][3]):
+                chosen = (three[1], three[0], three_b1[three[3]], three[2])
+        out.append((chosen[0], math.sqrt(chosen[1]), chosen[2], chosen[3]))
     return np.array(out)
 
 
@@ -290,6 +306,9 @@ def test_layer_choice_undecided():
         assert und(np.array([[one, 1e6, two, 1e6]]), m)[0], (one, two)
     for one, two in ((900.002, 20000.0), (6400.002, 20000.0), (5000.0, 6399.998), (8000.0, 2000.002)):
         assert not und(np.array([[one, 1e6, two, 1e6]]), m)[0], (one, two)
+    # the two-layer least at the noise floor: whether three tissues are tried after it
+    assert und(np.array([[20000.0, 1e6, 900.0005, 1e6]]), m)[0]
+    assert not und(np.array([[20000.0, 1e6, 900.002, 1e6]]), m)[0]
     # exactly at the margin (2^-10, exact in binary) counts, as a tie does
     e = 2.0**-10
     m2 = np.full(1, e)
@@ -316,6 +335,9 @@ def _fit_from_given_residuals(monkeypatch, residual_of):
     seen = {}
 
     def given(y, designs, undecided):
+        if designs[0].shape[1] == 4:  # the three-tissue stage (rows left above the noise floor): no better fit
+            none = np.full((y.shape[0], len(designs)), np.inf)
+            return none, none, none
         n_one = len(po.EDGE_STRETCH)
         res = np.asarray(residual_of(n_one, len(designs)), dtype=float)
         cols = np.arange(len(designs), dtype=float)
