@@ -93,8 +93,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["test_compare_known_answers.py", "test_compare_limits_known_answers.py"],
     ),
     # detection, edge, walk (and its reuse within an analysis), the edge placement, reliability marking, the profile
-    # fit (_layer_fit and its batched least squares, against lstsq per profile in test_postop_layer_fit) and the
-    # assessment
+    # fit (_layer_fit, its three-tissue stage and its batched least squares, against lstsq per profile in
+    # test_postop_layer_fit) and the assessment
     "postop": (
         ["x__grid_step*", "x__voxel*", "x_inside_depth_mm*", "x_walk_depth_mm*", "x_max_bone_start_mm*",
          "x_read_depth_mm*", "x_profiles*", "x_detect*", "xǁEdgeModelǁ*", "x__first_crossing*", "x__walk*",
@@ -102,10 +102,11 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
          "x__blur_from_slope*", "x__rigid_design*", "x_fit_edge_placement*", "xǁEdgePlacementǁ*",
          "x_sample_metal_aware*", "x_clipped_metal_voxels*", "x_resolution_statement*", "xǁAssessmentǁ*",
          "x_unreliable_zone_warnings*", "x_assess*", "x_metal_advice*", "x__layer_fit*", "x__first_least*",
-         "x__layer_choice_undecided*", "x__design_fits*", "xǁWalkReuseǁ*", "x__walk_reused*", "x__active_walks*"],
+         "x__layer_choice_undecided*", "x__design_fits*", "x__three_layer_refit*", "xǁWalkReuseǁ*", "x__walk_reused*",
+         "x__active_walks*"],
         ["test_postop_known_answers.py", "test_postop_edge_known_answers.py",
          "test_postop_mutants_known_answers.py", "test_postop_limits_known_answers.py", "test_postop_layer_fit.py",
-         "test_postop_walk_reuse.py"],
+         "test_postop_walk_reuse.py", "test_postop_three_layers.py"],
     ),
     # the geometry helpers of the registration (the fit itself runs in test_register on scanned stems, slow)
     "register": (

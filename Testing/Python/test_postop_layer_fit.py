@@ -312,7 +312,8 @@ def test_layer_choice_undecided():
     # exactly at the margin (2^-10, exact in binary) counts, as a tie does
     e = 2.0**-10
     m2 = np.full(1, e)
-    for one, two in ((900.0 + e, 20000.0), (6400.0 + e, 20000.0), (5000.0, 6400.0 - e), (8000.0, 2000.0 + e)):
+    for one, two in ((900.0 + e, 20000.0), (6400.0 + e, 20000.0), (5000.0, 6400.0 - e), (8000.0, 2000.0 + e),
+                     (20000.0, 900.0 + e)):
         assert und(np.array([[one, 1e6, two, 1e6]]), m2)[0], (one, two)
     # row by row: each row's least and ties are its own
     rows = np.array([[1.0, 3.0, 2e4, 3e4], [5000.0, 5000.0 + 1e-3, 2e4, 3e4], [5000.0, 7000.0, 2e4, 3e4]])

@@ -201,3 +201,23 @@ def test_three_layer_choice_undecided(monkeypatch):
     assert not und(np.array([[1000.002, 7000.0, 20000.0]]), m)[0]
     assert und(np.array([[6399.9995, 7000.0, 20000.0]]), m)[0]  # 80 HU RMS
     assert not und(np.array([[6399.998, 7000.0, 20000.0]]), m)[0]
+    # exactly at the margin (2^-10, exact in binary) counts
+    e = np.full(1, 2.0**-10)
+    assert und(np.array([[1000.0 + 2.0**-10, 7000.0, 20000.0]]), e)[0]
+    assert und(np.array([[6400.0 - 2.0**-10, 7000.0, 20000.0]]), e)[0]
+
+
+def test_three_layer_choice_undecided_row_by_row(monkeypatch):
+    # each row's least and ties are its own (the quarter limit is per row: 1000 for both rows here)
+    _, _, seen, _ = _given_three_layer_fits(monkeypatch, [4000.0, 4000.0], 3, 1.0, (1.0, 300.0, 1600.0, 30.0))
+    und = seen["undecided"]
+    rows = np.array([[10.0, 3000.0, 3000.0], [2000.0, 2000.0 + 1e-3, 9000.0]])
+    assert und(rows, np.full(2, 1e-3)).tolist() == [False, True]
+    rows = np.array([[10.0, 3000.0, 20000.0], [1000.0 + 1e-4, 9000.0, 9000.0 + 5.0]])
+    assert und(rows, np.full(2, 1e-3)).tolist() == [False, True]
+
+
+def test_three_tissues_from_the_first_design(monkeypatch):
+    # the least at the very first design (b1 = 0.5 mm, b2 = 1.0 mm) is taken with its own residual
+    fit, _, _, grid = _given_three_layer_fits(monkeypatch, [4000.0], 0, 900.0, (1.0, 300.0, 1600.0, 30.0))
+    assert fit.tissue_hu[0] == 1000.0 and fit.layer_mm[0] == grid[0] and fit.rms_hu[0] == 30.0
