@@ -221,3 +221,4 @@ def test_three_tissues_from_the_first_design(monkeypatch):
     # the least at the very first design (b1 = 0.5 mm, b2 = 1.0 mm) is taken with its own residual
     fit, _, _, grid = _given_three_layer_fits(monkeypatch, [4000.0], 0, 900.0, (1.0, 300.0, 1600.0, 30.0))
     assert fit.tissue_hu[0] == 1000.0 and fit.layer_mm[0] == grid[0] and fit.rms_hu[0] == 30.0
+
