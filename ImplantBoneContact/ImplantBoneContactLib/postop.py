@@ -817,8 +817,15 @@ def _three_layer_refit(fit: _Fit, chosen: np.ndarray, y: np.ndarray, xs: np.ndar
     less than :data:`LAYER_RESIDUAL_RATIO` of its squared residual (the rule two layers meet against one) and
     its middle tissue is brighter than the other two: a dark middle between brighter tissues is, on the
     phantoms, the first layer bending the fit to the metal's tail, not bone (on a 4 mm cancellous layer it read
-    cortical). ``T1`` is then the tissue on the metal and ``b1`` its thickness. ``chosen``: the chosen fit's mean squared
-    residual per profile (HU^2).
+    cortical). ``T1`` is then the tissue on the metal and ``b1`` its thickness.
+
+    Args:
+        fit: the fit of one tissue or two layers, changed in place where three tissues replace it.
+        chosen: that fit's mean squared residual per profile (HU^2).
+        y: the profiles as fitted (HU, the samples where the metal's share is at most 0.85).
+        xs: their distances past the metal edge (mm).
+        edge: the edge spread measured on this CT.
+        grid: the layer thicknesses tried (mm).
     """
     rows = np.flatnonzero(chosen > NOISE_FLOOR_HU**2)
     w_x = edge.metal_hu * edge.weight(xs)
@@ -849,7 +856,7 @@ def _three_layer_refit(fit: _Fit, chosen: np.ndarray, y: np.ndarray, xs: np.ndar
     sub = np.arange(rows.size)
     least = np.where(k >= 0, res[sub, np.maximum(k, 0)], np.inf)
     take = least < limit
-    # The three tissues of each row's best design: kept only as a bright layer between darker ones
+    # The three tissues of each row's best design: kept only as a bright layer between darker ones.
     bright_middle = np.zeros(rows.size, dtype=bool)
     for j in np.unique(k[take]):
         sel = np.flatnonzero(take & (k == j))
