@@ -844,12 +844,10 @@ def _three_layer_refit(fit: _Fit, chosen: np.ndarray, y: np.ndarray, xs: np.ndar
     limit = LAYER_RESIDUAL_RATIO * chosen[rows]
 
     def undecided(res: np.ndarray, margin: np.ndarray) -> np.ndarray:
-        finite = np.where(res < np.inf, res, np.inf)
-        least = finite.min(axis=1)
-        tie = (finite <= (least + margin)[:, None]).sum(axis=1) > 1
+        least, tie = _near_tie(res, margin)
         with np.errstate(invalid="ignore"):
             near = (np.abs(least - limit) <= margin) | (np.abs(least - MAX_FIT_RMS_HU**2) <= margin)
-        return (tie & np.isfinite(least)) | near
+        return tie | near
 
     scale, t1, res = _design_fits(y[rows], designs, undecided)
     k = _first_least(res)
@@ -879,6 +877,17 @@ def _first_least(res: np.ndarray) -> np.ndarray:
     return np.where(finite[np.arange(res.shape[0]), k] < np.inf, k, -1)
 
 
+def _near_tie(group: np.ndarray, margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the ``(N, C)`` residuals ``group`` (HU^2): the least finite one (inf where none, NaN counted as
+    inf) and whether another lies within the row's ``margin`` (HU^2) of it (a tie a rounding could decide)."""
+    finite = np.where(group < np.inf, group, np.inf)
+    if finite.shape[1] == 0:
+        return np.full(finite.shape[0], np.inf), np.zeros(finite.shape[0], dtype=bool)
+    least = finite.min(axis=1)
+    close = (finite <= (least + margin)[:, None]).sum(axis=1) > 1
+    return least, close & np.isfinite(least)
+
+
 def _layer_choice_undecided(n_one: int):
     """The rows whose choice in :func:`_layer_fit` a rounding of the residuals could change.
 
@@ -889,17 +898,9 @@ def _layer_choice_undecided(n_one: int):
     (:data:`NOISE_FLOOR_HU`, :data:`LAYER_RESIDUAL_RATIO`, :data:`MAX_FIT_RMS_HU`).
     """
 
-    def near_tie(group: np.ndarray, margin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        finite = np.where(group < np.inf, group, np.inf)
-        if finite.shape[1] == 0:
-            return np.full(finite.shape[0], np.inf), np.zeros(finite.shape[0], dtype=bool)
-        least = finite.min(axis=1)
-        close = (finite <= (least + margin)[:, None]).sum(axis=1) > 1
-        return least, close & np.isfinite(least)
-
     def undecided(res: np.ndarray, margin: np.ndarray) -> np.ndarray:
-        one, tie_one = near_tie(res[:, :n_one], margin)
-        two, tie_two = near_tie(res[:, n_one:], margin)
+        one, tie_one = _near_tie(res[:, :n_one], margin)
+        two, tie_two = _near_tie(res[:, n_one:], margin)
         with np.errstate(invalid="ignore"):
             limits = (
                 (np.abs(two - LAYER_RESIDUAL_RATIO * one) <= margin)
