@@ -828,6 +828,8 @@ def _three_layer_refit(fit: _Fit, chosen: np.ndarray, y: np.ndarray, xs: np.ndar
         grid: the layer thicknesses tried (mm).
     """
     rows = np.flatnonzero(chosen > NOISE_FLOOR_HU**2)
+    if not rows.size:
+        return
     w_x = edge.metal_hu * edge.weight(xs)
     g_x = edge.tissue_weight(xs)
     designs, inner = [], []
@@ -839,7 +841,7 @@ def _three_layer_refit(fit: _Fit, chosen: np.ndarray, y: np.ndarray, xs: np.ndar
             g_2 = edge.tissue_weight(xs - b2)
             designs.append(np.column_stack([w_x, g_1 - g_x, g_2 - g_1, 1.0 - g_2]))
             inner.append(b1)
-    if not rows.size or not designs:
+    if not designs:
         return
     limit = LAYER_RESIDUAL_RATIO * chosen[rows]
 
