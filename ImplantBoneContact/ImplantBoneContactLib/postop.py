@@ -916,8 +916,10 @@ def _layer_choice_undecided(n_one: int):
     return undecided
 
 
-#: Rows of profiles fitted at once by :func:`_design_fits` (bounds its memory: rows x designs x 5 floats).
-_FIT_BLOCK = 16384
+#: Rows of profiles fitted at once by :func:`_design_fits` (bounds its memory: rows x designs x 5 floats). A block's
+#: squared projections (rows x 924 floats for the three-tissue stage's 231 designs, 30 MB) then stay in the
+#: processor's cache between the product, the square and the sum: 4096 rows took half the time of 16384.
+_FIT_BLOCK = 4096
 #: Relative margin (of a profile's mean square) within which :func:`_design_fits` takes a residual computed
 #: as a difference of squares as undecided and computes it again from the residual itself.
 _FIT_MARGIN = 1e-9
@@ -951,10 +953,12 @@ def _design_fits(y: np.ndarray, designs: list, undecided) -> tuple[np.ndarray, n
             bases.append(np.zeros((m, 0)))
     first = np.column_stack([p[0] for p in pinvs])
     second = np.column_stack([p[1] for p in pinvs])
-    basis = np.column_stack(bases)  # (M, 0) when no design has full rank
-    # sums each design's squared projections: (sum k, C) ones
-    owner = np.repeat(np.arange(c), [b.shape[1] for b in bases])
-    summing = (owner[:, None] == np.arange(c)[None, :]).astype(float)
+    # The designs grouped by their number of basis columns, each group's bases side by side, so that a design's
+    # squared projections are summed by a reshape: a one-hot (sum k, C) product did the same sums in
+    # O(sum k x C) per row (the three-tissue stage, 231 designs of 4 columns: 1.9 s on a real 3 mm CT).
+    widths = np.array([b.shape[1] for b in bases])
+    groups = [(np.flatnonzero(widths == k), int(k)) for k in np.unique(widths[widths > 0])]
+    group_bases = [np.column_stack([bases[j] for j in cols]) for cols, _ in groups]
     coef0 = np.empty((n, c))
     coef1 = np.empty((n, c))
     res = np.empty((n, c))
@@ -963,8 +967,13 @@ def _design_fits(y: np.ndarray, designs: list, undecided) -> tuple[np.ndarray, n
         yb = y[s : s + _FIT_BLOCK]
         coef0[s : s + _FIT_BLOCK] = yb @ first
         coef1[s : s + _FIT_BLOCK] = yb @ second
-        proj = (yb @ basis) ** 2
-        explained = proj @ summing
+        explained = np.zeros((yb.shape[0], c))
+        for (cols, k), basis in zip(groups, group_bases):
+            proj = ((yb @ basis) ** 2).reshape(yb.shape[0], cols.size, k)
+            summed = proj[:, :, 0].copy()
+            for i in range(1, k):  # column by column: numpy's sum over an axis of 2-4 is 3x slower
+                summed += proj[:, :, i]
+            explained[:, cols] = summed
         square = np.einsum("ij,ij->i", yb, yb)
         r = np.maximum(square[:, None] - explained, 0.0) / m
         r[:, dead] = np.inf
