@@ -111,7 +111,7 @@ def test_volume_shape_spacing_inverse_bounds_and_size_of_an_oblique_grid():
     """Column norms are the spacings (not row norms: the matrix is chosen so the two differ), the shape is
     reported i, j, k from a k, j, i array, and the bounds span the first to the last voxel centre along each
     axis. Catches: norms along the wrong axis, a corner at index 1 or n-2 or n, min and max swapped or over the
-    wrong axis, the homogeneous 1 changed."""
+    wrong axis, the homogeneous 1 changed, an integer matrix kept as integers."""
     m = np.eye(4)
     m[:3, :3] = [[0.0, -3.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 5.0]]  # i -> +y 2 mm, j -> -x 3 mm, k -> +z 5 mm
     m[:3, 3] = [10.0, 20.0, 30.0]
@@ -123,6 +123,10 @@ def test_volume_shape_spacing_inverse_bounds_and_size_of_an_oblique_grid():
     np.testing.assert_allclose(v.ras_to_ijk @ [1.0, 28.0, 40.0, 1.0], [4.0, 3.0, 2.0, 1.0])
     assert v.nbytes() == 3 * 4 * 5 * 2 and isinstance(v.nbytes(), int)
     assert v.ijk_to_ras.dtype == np.float64
+    w = Volume(np.zeros((2, 2, 2)), [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    assert w.ijk_to_ras.dtype == np.float64  # an integer matrix is stored as float: a half-voxel shift stays
+    w.ijk_to_ras[:3, 3] += 0.5
+    np.testing.assert_array_equal(w.ijk_to_ras[:3, 3], [0.5, 0.5, 0.5])
 
 
 def test_volume_keeps_its_source_and_metadata():
@@ -185,6 +189,7 @@ def test_validate_volume_accepts_two_voxels_per_axis_of_any_real_type(dtype):
     [
         (np.array([0, 3, 1020, 7], np.int16), "0..1020"),  # 0 is not negative: raw stored values start there
         (np.array([24.5, np.nan, 2000.0, 30.0]), "24.5..2000"),  # NaN voxels do not hide the range
+        (np.array([24.5, np.nan, 2000.0, 30.0], np.float32), "24.5..2000"),  # of any float type
     ],
 )
 def test_hu_range_warning_names_the_range_of_a_ct_without_negative_values(values, expected_range):
@@ -217,9 +222,10 @@ def test_hu_range_warnings_of_an_emptied_volume_are_none():
 
 def test_geometry_warning_for_voxels_over_3_mm_and_none_at_3_mm():
     """3.0 mm voxels (and 3.0009 mm, within 1e-3) are accepted, 3.01 mm are warned about with each spacing to 3 significant digits.
-    Catches: the limit moved (>= or a tolerance of 1 mm), the spacing list or its separator changed."""
+    Catches: the limit moved (>= at exactly 3.001, or a tolerance of 1 mm), the spacing list or its separator changed."""
     assert vm.geometry_warnings(Volume(np.zeros((2, 2, 2)), np.diag([3.0, 0.5, 3.0, 1.0]))) == []
     assert vm.geometry_warnings(Volume(np.zeros((2, 2, 2)), np.diag([0.5, 0.75, 3.0009, 1.0]))) == []
+    assert vm.geometry_warnings(Volume(np.zeros((2, 2, 2)), np.diag([3.001, 0.75, 1.0, 1.0]))) == []  # the limit itself
     w = vm.geometry_warnings(Volume(np.zeros((2, 2, 2)), np.diag([0.5, 0.75, 3.01, 1.0])))
     assert w == [
         "the CT's voxels are 0.5 x 0.75 x 3.01 mm: larger than 3 mm, "
@@ -334,7 +340,7 @@ class _FailingReader:
     [
         ("Exception thrown in X: file.cxx:99:\nsitk::ERROR: Unable to read\nmore context", "sitk::ERROR: Unable to read"),
         ("Exception in X:\nan Error while decoding\nlast line", "an Error while decoding"),
-        ("first line\n  last line  ", "last line"),
+        ("first line\nsecond line\n  last line  ", "last line"),
         ("   ", ""),
         ("top\nERROR: " + "x" * 300, "ERROR: " + "x" * 193),
     ],
@@ -433,16 +439,16 @@ def test_non_positive_or_non_finite_spacing_is_refused(spacing):
 
 
 def test_direction_columns_not_of_unit_length_are_refused_with_the_lengths():
-    """Column j has length 1.002 (rows stay unit, so only column norms see it): refused, naming the lengths,
+    """Column j has length 1.00234 (rows stay unit, so only column norms see it): refused, naming the lengths,
     the voxel sizes they imply and the spacing, to 4 decimals. Catches: row norms, the tolerance crossed,
     the rounding changed."""
     d = np.eye(3)
-    d[1, 1] = 1.002
+    d[1, 1] = 1.00234
     with pytest.raises(InputError) as e:
         vm._check_direction_cosines(_Geometry(d, (0.5, 2.0, 1.23456)), "ct.nrrd", {})
     assert message(e) == (
         "the CT ct.nrrd states its geometry in ways that disagree: its direction cosines have lengths "
-        "[1.0, 1.002, 1.0] instead of 1, so a voxel would measure [0.5, 2.004, 1.2346] mm "
+        "[1.0, 1.0023, 1.0] instead of 1, so a voxel would measure [0.5, 2.0047, 1.2346] mm "
         "while the spacing says [0.5, 2.0, 1.2346] mm; fix the header (direction / space directions)"
     )
 
@@ -465,6 +471,26 @@ def test_column_length_within_tolerance_is_accepted():
     md: dict = {}
     vm._check_direction_cosines(_Geometry(d), "ct", md)
     assert md == {}
+
+
+def test_cosine_of_exactly_the_tolerance_is_not_a_shear():
+    """Columns (1, 0, 0) and (0.001, sqrt(1 - 1e-6), 0): unit length, cosine exactly 1e-3 (0.057 degrees off
+    square), the tolerance itself: not recorded. Catches: > made >=."""
+    d = np.array([[1.0, 0.001, 0.0], [0.0, math.sqrt(1 - 1e-6), 0.0], [0.0, 0.0, 1.0]])
+    md: dict = {}
+    vm._check_direction_cosines(_Geometry(d), "ct", md)
+    assert md == {}
+
+
+def test_shear_angle_is_measured_between_normalised_columns():
+    """Columns i = 1.0009 (1, 0, 0) and j = 1.0009 (cos 60, sin 60, 0), both within the length tolerance: the
+    angle between them is 60 degrees (a shear of 30.0) only once each is divided by its length. Catches: a
+    column multiplied by its length instead."""
+    c = 1.0009
+    d = np.array([[c, c * 0.5, 0.0], [0.0, c * math.sqrt(3) / 2, 0.0], [0.0, 0.0, 1.0]])
+    md: dict = {}
+    vm._check_direction_cosines(_Geometry(d), "ct", md)
+    assert md == {"shear_deg": 30.0, "shear_axes": "ij"}
 
 
 def test_shear_between_j_and_k_is_recorded_in_degrees():
@@ -514,12 +540,13 @@ def _rotation(axis, degrees) -> np.ndarray:
 
 @pytest.mark.parametrize("endian", ["<", ">"])
 @pytest.mark.parametrize("name", ["q.nii", "q.nii.gz", "Q.NII.GZ"])
-@pytest.mark.parametrize("qfac", [1.0, -1.0])
+@pytest.mark.parametrize("qfac", [1.0, -1.0, 0.0, 0.5])
 def test_qform_is_the_rotation_of_its_quaternion_times_the_voxel_size(tmp_path, endian, name, qfac):
     """Quaternion of a 40-degree turn about (1, 2, 3): b, c, d = sin(20) (1, 2, 3) / |(1, 2, 3)|; the qform is
     Rodrigues' rotation with columns scaled by (0.5, 0.75, qfac 2.0), offset (1, -2, 3). Every element of the
-    rotation is non-zero, so a sign or factor changed in any one of the nine is seen. Catches: element
-    formulas, qfac ignored or doubled or read from pixdim[1], big-endian or gzip files not read, the case of
+    rotation is non-zero, so a sign or factor changed in any one of the nine is seen. qfac (pixdim[0]) is -1
+    when negative and 1 otherwise, 0 included (the standard's rule for files that leave it 0). Catches: element
+    formulas, qfac ignored or doubled or read from pixdim[1] or taken as -1 at 0 or 0.5, big-endian or gzip files not read, the case of
     the suffix."""
     axis = np.array([1.0, 2.0, 3.0]) / math.sqrt(14.0)
     b, c, d = math.sin(math.radians(20.0)) * axis
@@ -528,7 +555,7 @@ def test_qform_is_the_rotation_of_its_quaternion_times_the_voxel_size(tmp_path, 
     qform, sform = vm.nifti_qform_sform(tmp_path / name)
     assert sform is None
     expected = np.eye(4)
-    expected[:3, :3] = _rotation(axis, 40.0) * np.array([0.5, 0.75, qfac * 2.0])
+    expected[:3, :3] = _rotation(axis, 40.0) * np.array([0.5, 0.75, (-1.0 if qfac < 0 else 1.0) * 2.0])
     expected[:3, 3] = (1.0, -2.0, 3.0)
     np.testing.assert_allclose(qform, expected, atol=1e-6)
 
@@ -624,6 +651,42 @@ def test_qform_sform_message_gives_both_origins_to_a_tenth(tmp_path):
     assert "voxel 0.7 mm apart (qform origin [1.7, 2.0, 3.0], sform origin [1.0, 2.0, 3.0] mm, NIfTI RAS)" in message(e)
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("where", ["far", "near"])
+def test_qform_and_sform_compared_at_both_ends_of_each_axis(tmp_path, axis, where):
+    """Size 5 x 3 x 2 (last indices 4, 2, 1). 'far': the sform's column ``axis`` is 0.6 / n longer, so the forms
+    agree at index 0 and are 0.6 mm apart only at the last index n along that axis. 'near': the sform's origin
+    is 0.6 mm further along the axis and its column 0.6 / n shorter, so they agree at the last index and are
+    0.6 mm apart only at index 0. Refused in each case. Catches: a corner index 0 replaced by 1, the last index
+    of one axis taken from another axis's size."""
+    n = (4, 2, 1)[axis]
+    srow = np.hstack([np.eye(3), np.zeros((3, 1))])
+    if where == "far":
+        srow[axis, axis] = 1.0 + 0.6 / n
+    else:
+        srow[axis, axis] = 1.0 - 0.6 / n
+        srow[axis, 3] = 0.6
+    p = write(tmp_path / "c.nii", nifti1_bytes(shape=(5, 3, 2), qform_code=1, sform_code=1, srow=srow))
+    with pytest.raises(InputError, match="voxel 0.6 mm apart"):
+        vm._check_nifti_qform_sform(p, (5, 3, 2))
+
+
+def test_qform_and_sform_exactly_half_a_millimetre_apart_are_accepted(tmp_path):
+    """Origins 0.5 mm apart (exact in float32), the limit itself: accepted. Catches: > made >=."""
+    read_volume(_forms_file(tmp_path, "h.nii", 0.0, origin_shift=(0.5, 0.0, 0.0)))
+
+
+def test_qform_sform_message_rounds_both_origins_to_a_tenth(tmp_path):
+    """sform origin (1.04, 2.26, -3.31), qform origin (0, 0, 0), same axes: printed [1.0, 2.3, -3.3] and
+    [0.0, 0.0, 0.0], 4.2 mm apart (sqrt(1.04^2 + 2.26^2 + 3.31^2) = 4.14). Catches: the sform origin rounded
+    to 0 or 2 decimals."""
+    srow = [[1, 0, 0, 1.04], [0, 1, 0, 2.26], [0, 0, 1, -3.31]]
+    p = write(tmp_path / "r.nii", nifti1_bytes(qform_code=1, sform_code=1, srow=srow))
+    with pytest.raises(InputError) as e:
+        vm._check_nifti_qform_sform(p, (4, 3, 2))
+    assert "voxel 4.1 mm apart (qform origin [0.0, 0.0, 0.0], sform origin [1.0, 2.3, -3.3] mm, NIfTI RAS)" in message(e)
+
+
 def test_qform_and_sform_within_half_a_millimetre_are_accepted(tmp_path):
     """0.45 mm apart at the far corner (along one axis) is accepted, and so are 0.35 mm along x and y at
     each of 8 corners (the largest corner distance counts, not a sum over corners or coordinates).
@@ -644,14 +707,18 @@ def test_qform_sform_not_checked_on_other_formats_or_with_one_form(tmp_path):
 def test_qform_sform_check_reads_the_size_of_the_image_it_is_given(tmp_path):
     """Direct call with the image size: forms agreeing at the origin and 0.25 mm apart per k step part by
     0.75 mm at k = 3 of a 4-slice image, by 0.25 mm at k = 1 of a 2-slice one. Catches: the size's first
-    three entries not the ones used (a 4th entry read), n - 1 changed."""
+    three entries not the ones used (a 4th entry read), n - 1 changed, a 1-voxel axis given a last index of 1."""
     srow = [[1, 0, 0, 0.0], [0, 1, 0, 0.0], [0, 0, 1.25, 0.0]]
     p = write(tmp_path / "s.nii", nifti1_bytes(shape=(2, 2, 2), qform_code=1, sform_code=1, srow=srow))
     vm._check_nifti_qform_sform(p, (2, 2, 2))
     vm._check_nifti_qform_sform(p, (2, 2, 2, 9))
-    vm._check_nifti_qform_sform(p, (1, 1, 1))
     with pytest.raises(InputError):
         vm._check_nifti_qform_sform(p, (2, 2, 4))
+    srow = [[1, 0, 0, 0.0], [0, 1, 0, 0.0], [0, 0, 1.75, 0.0]]  # 0.75 mm apart at k = 1
+    p = write(tmp_path / "t.nii", nifti1_bytes(shape=(2, 2, 2), qform_code=1, sform_code=1, srow=srow))
+    vm._check_nifti_qform_sform(p, (1, 1, 1))  # one voxel: only the origin, where they agree
+    with pytest.raises(InputError):
+        vm._check_nifti_qform_sform(p, (1, 1, 2))
     vm._check_nifti_qform_sform(tmp_path / "s.nrrd", (9, 9, 9))  # not NIfTI: not even opened
 
 
@@ -749,6 +816,30 @@ def test_nifti2_size_is_read_from_its_64_bit_fields(tmp_path, endian):
     assert message(e) == _truncated_message(p, 568, 564)
 
 
+def test_nifti1_header_alone_is_truncated(tmp_path):
+    """A file of the 348 header bytes only announces 352 + 48 bytes. Catches: a header of exactly 348 bytes
+    not taken for NIfTI-1 (> 348 or >= 349)."""
+    p = write(tmp_path / "h.nii", nifti1_bytes()[:348])
+    with pytest.raises(InputError) as e:
+        vm._check_nifti_complete(p)
+    assert message(e) == _truncated_message(p, 400, 348)
+
+
+def test_negative_bitpix_is_counted_as_one_byte_not_as_a_huge_size(tmp_path):
+    """A NIfTI-1 header with bitpix -16 (wrong; ITK reads the voxels by their datatype, int16): the voxel size
+    is at least 8 bits, so the complete 400-byte file is read, not refused as truncated. NIfTI-2 likewise
+    (direct check), and a negative dim[0] there counts as no dims. Catches: bitpix or dims read unsigned."""
+    v = read_volume(write(tmp_path / "b.nii", nifti1_bytes(bitpix=-16)))
+    np.testing.assert_array_equal(v.array.ravel(), np.arange(24))
+    vm._check_nifti_complete(write(tmp_path / "b2.nii", nifti2_bytes(bitpix=-16, voxel_bytes=24)))
+    data = bytearray(nifti2_bytes(voxel_bytes=2))
+    struct.pack_into("<q", data, 16, -1)  # dim[0] = -1: one voxel of 2 bytes after 544
+    vm._check_nifti_complete(write(tmp_path / "d2.nii", bytes(data)))
+    with pytest.raises(InputError) as e:
+        vm._check_nifti_complete(write(tmp_path / "d2_short.nii", bytes(data[:-1])))
+    assert message(e) == _truncated_message(tmp_path / "d2_short.nii", 546, 545)
+
+
 def test_nifti_completeness_checks_only_nifti_files_of_any_case(tmp_path):
     """Upper-case suffixes are NIfTI too; other formats and files that are not NIfTI are let through to the
     reader. Catches: the suffix test case-sensitive or inverted, a non-NIfTI header refused."""
@@ -822,6 +913,22 @@ def test_series_uid_given_for_a_folder_of_one_series_is_checked(tmp_path):
     assert read_volume(tmp_path / "s", series_uid=uid).metadata["series_uid"] == uid
 
 
+def test_series_the_reader_fails_on_is_refused_with_the_last_line_of_the_error(tmp_path, monkeypatch):
+    """When the series reader itself fails (after the slice checks passed), the last line of its error is
+    quoted, cut to 200 characters. Catches: another line quoted, the cut moved, the message lost."""
+
+    class FailingSeriesReader(sitk.ImageSeriesReader):
+        def Execute(self):  # noqa: N802 (SimpleITK's name)
+            raise RuntimeError("Exception thrown in X\nsecond line\nITK ERROR: " + "y" * 300 + "\n")
+
+    fake = type("FakeSitk", (), {"ImageSeriesReader": FailingSeriesReader, "ImageFileReader": sitk.ImageFileReader})
+    monkeypatch.setattr(vm, "_sitk", lambda: fake)
+    dicom_series(tmp_path / "s", [(0.0, 0.0, z) for z in (0.0, 1.0, 2.0)])
+    with pytest.raises(InputError) as e:
+        read_volume(tmp_path / "s")
+    assert message(e) == f"cannot read the DICOM series in {tmp_path / 's'}: ITK ERROR: " + "y" * 189
+
+
 def test_folder_without_dicom_is_refused(tmp_path):
     """Catches: the message lost."""
     (tmp_path / "d").mkdir()
@@ -839,6 +946,7 @@ def test_folder_without_dicom_is_refused(tmp_path):
         ((0, 2, 4, 12, 14, 16), 3, "2", "8"),
         ((0, 1, 2, 4, 5, 6, 9, 10), 3, "1", "3"),  # two gaps: 1 + 2 missing
         ((0, 1.5, 3, 6.5, 8), 1, "1.5", "3.5"),  # 3.5 / 1.5 - 1 = 1.33: about 1
+        ((0, 0.5, 1, 2, 2.5, 3), 1, "0.5", "1"),  # spacing under 1 mm
     ],
 )
 def test_series_with_missing_slices_is_refused_with_the_count(tmp_path, z, n_missing, spacing, largest):
