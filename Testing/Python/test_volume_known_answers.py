@@ -374,9 +374,18 @@ def test_read_volume_records_its_source_and_reads_every_voxel(tmp_path):
 
 
 def test_2d_image_4d_image_and_vector_image_are_refused(tmp_path):
-    """A 3D file one voxel thick, a 4D file and a 3-component 3D file, each with its message (the one-voxel-thick
-    file is refused by the volume check, with the slice count). Catches: a thick one taken for 2D, the 4D and
-    vector messages lost."""
+    """A 2D file, a 3D file one voxel thick, a 4D file (also with an axis of 1 voxel) and a 3-component 3D
+    file, each with its message (the one-voxel-thick 3D file is refused by the volume check, with the slice
+    count). Catches: a 4D image with a 1-voxel axis called 2D, a thick one taken for 2D, the size left out of
+    the 2D message, the 4D and vector messages lost."""
+    sitk.WriteImage(sitk.Image([4, 3], sitk.sitkInt16), str(tmp_path / "flat.nrrd"))
+    with pytest.raises(InputError) as e:
+        read_volume(tmp_path / "flat.nrrd")
+    assert message(e) == f"the CT {tmp_path / 'flat.nrrd'} is a 2D image (size (4, 3)): give a 3D volume or a DICOM series folder"
+    sitk.WriteImage(sitk.Image([3, 2, 2, 1], sitk.sitkInt16), str(tmp_path / "four1.nrrd"))
+    with pytest.raises(InputError) as e:
+        read_volume(tmp_path / "four1.nrrd")
+    assert message(e) == f"the CT {tmp_path / 'four1.nrrd'} has 4 dimensions: a 3D volume is needed"
     thin = sitk.Image([4, 3, 1], sitk.sitkInt16)
     sitk.WriteImage(thin, str(tmp_path / "thin.nrrd"))
     with pytest.raises(InputError) as e:
@@ -828,7 +837,8 @@ def test_nifti1_header_alone_is_truncated(tmp_path):
 def test_negative_bitpix_is_counted_as_one_byte_not_as_a_huge_size(tmp_path):
     """A NIfTI-1 header with bitpix -16 (wrong; ITK reads the voxels by their datatype, int16): the voxel size
     is at least 8 bits, so the complete 400-byte file is read, not refused as truncated. NIfTI-2 likewise
-    (direct check), and a negative dim[0] there counts as no dims. Catches: bitpix or dims read unsigned."""
+    (direct check), a negative dim[0] there counts as no dims, a negative vox_offset as itself. Catches: bitpix,
+    dims or the offset read unsigned."""
     v = read_volume(write(tmp_path / "b.nii", nifti1_bytes(bitpix=-16)))
     np.testing.assert_array_equal(v.array.ravel(), np.arange(24))
     vm._check_nifti_complete(write(tmp_path / "b2.nii", nifti2_bytes(bitpix=-16, voxel_bytes=24)))
@@ -838,6 +848,9 @@ def test_negative_bitpix_is_counted_as_one_byte_not_as_a_huge_size(tmp_path):
     with pytest.raises(InputError) as e:
         vm._check_nifti_complete(write(tmp_path / "d2_short.nii", bytes(data[:-1])))
     assert message(e) == _truncated_message(tmp_path / "d2_short.nii", 546, 545)
+    data = bytearray(nifti2_bytes())
+    struct.pack_into("<q", data, 168, -8)  # vox_offset -8: announces -8 + 48 bytes, fewer than the file holds
+    vm._check_nifti_complete(write(tmp_path / "o2.nii", bytes(data)))
 
 
 def test_nifti_completeness_checks_only_nifti_files_of_any_case(tmp_path):
@@ -1039,6 +1052,17 @@ def test_gantry_tilt_limit_is_half_a_degree():
             assert message(e) == _tilt_message(f"{shift:.1f}", "100.0", "0.6")
         else:
             vm._check_gantry_tilt(positions, normal)
+
+
+def test_gantry_tilt_of_exactly_half_a_degree_is_accepted():
+    """The limit is the largest angle accepted: a drift whose angle over 100 mm computes to exactly 0.5 degrees
+    (found here by stepping through floats next to 100 tan(0.5 deg)) passes. Catches: > made >=."""
+    d0 = 100.0 * math.tan(math.radians(0.5))
+    drifts = [d0 + s * float(np.spacing(d0)) for s in range(-200, 201)]
+    exact = [d for d in drifts if float(np.degrees(np.arctan2(d, 100.0))) == 0.5]
+    if not exact:
+        pytest.skip("no float drift gives exactly 0.5 degrees with this arctan2")
+    vm._check_gantry_tilt(np.array([[0.0, 0.0, 0.0], [exact[0], 0.0, 100.0]]), np.array([0.0, 0.0, 1.0]))
 
 
 def test_gantry_tilt_of_positions_in_any_order():
