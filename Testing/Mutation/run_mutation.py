@@ -10,7 +10,7 @@ and runs, for each mutant, only those tests (first to fail stops the run).
 
 Usage (from the repository root)::
 
-    nice -n 19 python Testing/Mutation/run_mutation.py                 # all 15 modules (what make mutation runs)
+    nice -n 19 python Testing/Mutation/run_mutation.py                 # all 16 modules (what make mutation runs)
     nice -n 19 python Testing/Mutation/run_mutation.py classes stats   # some modules
     nice -n 19 python Testing/Mutation/run_mutation.py mesh export atomicio --jobs 1
     python Testing/Mutation/run_mutation.py --report                    # scores of the last runs
@@ -121,6 +121,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
         ["x__match_rows*", "x_parse_shard*", "x__digest*", "x__resolve_path_value*", "x_summarize_zones*"],
         ["test_geometry_known_answers.py"],
     ),
+    # the CT reader: geometry, NIfTI header checks (qform/sform, truncation), DICOM series checks (gaps, gantry tilt),
+    # direction cosines, HU and geometry warnings, write_volume; known answers on volumes and files of a few voxels
+    # built by the tests (test_bad_inputs runs each CT case through a phantom analysis: seconds per mutant)
+    "volume": (["*"], ["test_volume.py", "test_volume_known_answers.py"]),
 }
 # Modules whose argparse help texts are documentation, not behaviour: a mutant that changes only the text of a
 # ``help=`` or ``description=`` argument or an argument group's title is counted apart ("documentation") and left
@@ -128,8 +132,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
 DOCUMENTATION_KEYWORDS = ("help", "description")
 DOCUMENTATION_MODULES = {"cli"}
 ORDER = ["classes", "stats", "sampling", "cli", "export", "atomicio", "mesh", "frame", "calibration", "scan_noise",
-         "compare", "postop", "register", "segment", "cohort"]
-# What `make mutation` runs without MODULES: all 15 modules. Measured on 2026-11-30 with --jobs 2 on the two
+         "compare", "postop", "register", "segment", "cohort", "volume"]
+# What `make mutation` runs without MODULES: all 16 modules (volume added after this measurement). Measured on 2026-11-30 with --jobs 2 on the two
 # shared cores: 26.7 min at a load of 1.5-5, 52.8 min at a load of 3-8 (compare 22.8 min of it); see TESTING.md.
 DEFAULT = list(ORDER)
 
