@@ -350,7 +350,11 @@ def _read_dicom_series(folder: Path, series_uid: str | None, metadata: dict):
     elif series_uid not in uids:
         raise InputError(f"series {series_uid} is not in {folder}; found: {', '.join(uids)}")
     files = list(reader.GetGDCMSeriesFileNames(str(folder), series_uid))
-    _check_slice_spacing(files)
+    if len(files) >= 2:
+        positions, orientations = _slice_headers(files)
+        kept = _slices_of_one_orientation(files, positions, orientations, metadata)
+        files = [files[i] for i in kept]
+        _check_slice_spacing([positions[i] for i in kept], [orientations[i] for i in kept])
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     reader.LoadPrivateTagsOff()
@@ -371,13 +375,14 @@ def _read_dicom_series(folder: Path, series_uid: str | None, metadata: dict):
     return image
 
 
-def _check_slice_spacing(files: list[str]) -> None:
-    """Refuse a series whose slice positions have a gap (a missing slice)."""
+#: Largest difference of a direction cosine (ImageOrientationPatient) between slices of one orientation.
+ORIENTATION_TOLERANCE = 1e-3
+
+
+def _slice_headers(files: list[str]) -> tuple[list, list]:
+    """ImagePositionPatient (mm, ``(3,)``) and ImageOrientationPatient (``(6,)``) of each file, ``None`` where absent."""
     sitk = _sitk()
-    if len(files) < 3:
-        return
-    positions = []
-    normal = None
+    positions, orientations = [], []
     for f in files:
         r = sitk.ImageFileReader()
         r.SetFileName(f)
@@ -385,13 +390,69 @@ def _check_slice_spacing(files: list[str]) -> None:
             r.ReadImageInformation()
         except RuntimeError:
             raise InputError(f"cannot read DICOM file {f}: the file is damaged") from None
-        if not r.HasMetaDataKey("0020|0032"):
-            return
-        pos = np.array([float(v) for v in r.GetMetaData("0020|0032").split("\\")])
-        if normal is None and r.HasMetaDataKey("0020|0037"):
-            o = np.array([float(v) for v in r.GetMetaData("0020|0037").split("\\")])
-            normal = np.cross(o[:3], o[3:])
-        positions.append(pos)
+        # Both tags are numbers here: ITK's header read above fails on a file where they are not.
+        values = [np.array([float(v) for v in r.GetMetaData(tag).split("\\")])
+                  if r.HasMetaDataKey(tag) and r.GetMetaData(tag).strip() else None
+                  for tag in ("0020|0032", "0020|0037")]
+        positions.append(values[0])
+        orientations.append(values[1])
+    return positions, orientations
+
+
+def _same_orientation(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and float(np.max(np.abs(a - b))) <= ORIENTATION_TOLERANCE
+
+
+def _slices_of_one_orientation(files: list[str], positions: list, orientations: list, metadata: dict) -> list[int]:
+    """Which slices are the CT: those of the series' main orientation, sorted by position when others were left out.
+
+    A localizer (scout) image saved with the series' UID has another ImageOrientationPatient; stacked with the
+    axial slices it would be read as one more slice and stretch or shift the whole volume (on 10 slices 2 mm
+    apart, one more gave 11 slices 1.8 mm apart). The slices are grouped by orientation (cosines within
+    :data:`ORIENTATION_TOLERANCE`); the largest group is the CT and the others are left out, counted in
+    ``metadata["left_out_slices"]`` (:func:`geometry_warnings` says so), as Slicer's DICOM import splits such a
+    series by orientation. Two largest groups of equal size cannot be told apart: refused.
+
+    Returns:
+        Indices into ``files``: all of them, in their order, for a series of one orientation.
+    """
+    groups: list[list[int]] = []
+    for i, o in enumerate(orientations):
+        for g in groups:
+            if _same_orientation(o, orientations[g[0]]):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    if len(groups) == 1:
+        return list(range(len(files)))
+    groups.sort(key=len, reverse=True)
+    if len(groups[0]) == len(groups[1]):
+        raise InputError(
+            f"the DICOM series mixes slice orientations: {len(groups[0])} slices of one and {len(groups[1])} of "
+            f"another ({len(groups)} orientations in {len(files)} files), so which is the CT is unclear; "
+            "export the CT's slices alone, or give a folder that holds only them"
+        )
+    kept = groups[0]
+    left = sorted(i for g in groups[1:] for i in g)
+    metadata["left_out_slices"] = len(left)
+    metadata["left_out_example"] = Path(files[left[0]]).name
+    o = orientations[kept[0]]
+    if o is not None and o.shape == (6,) and all(positions[i] is not None and positions[i].shape == (3,) for i in kept):
+        normal = np.cross(o[:3], o[3:])
+        kept = sorted(kept, key=lambda i: float(positions[i] @ normal))
+    return kept
+
+
+def _check_slice_spacing(positions: list, orientations: list) -> None:
+    """Refuse a series whose slice positions (from :func:`_slice_headers`) have a gap (a missing slice)."""
+    if len(positions) < 3:
+        return
+    if any(p is None for p in positions):
+        return
+    normal = next((np.cross(o[:3], o[3:]) for o in orientations if o is not None), None)
     if normal is None:
         return
     _check_gantry_tilt(np.asarray(positions), normal)
@@ -520,7 +581,8 @@ MAX_USEFUL_VOXEL_MM = 3.0
 
 
 def geometry_warnings(volume: Volume) -> list[str]:
-    """Warnings about the CT's geometry: voxels too coarse for bone contact, a sheared voxel grid."""
+    """Warnings about the CT's geometry: voxels too coarse for bone contact, DICOM slices of another orientation left
+    out, a sheared voxel grid."""
     out = []
     spacing = volume.spacing_mm
     if float(spacing.max()) > MAX_USEFUL_VOXEL_MM + 1e-3:
@@ -528,6 +590,13 @@ def geometry_warnings(volume: Volume) -> list[str]:
             f"the CT's voxels are {' x '.join(f'{v:.3g}' for v in spacing)} mm: larger than {MAX_USEFUL_VOXEL_MM:g} mm, "
             "cortical bone (2-6 mm thick) blurs into its neighbours and contact classes are unreliable; use a CT "
             "reconstructed with thinner slices"
+        )
+    left_out = volume.metadata.get("left_out_slices")
+    if left_out:
+        out.append(
+            f"{left_out} DICOM file(s) of the series have another slice orientation than its other slices (a localizer "
+            f"or scout image saved with the series, e.g. {volume.metadata.get('left_out_example', '')}): they were "
+            "left out of the CT"
         )
     shear = volume.metadata.get("shear_deg")
     if not shear:

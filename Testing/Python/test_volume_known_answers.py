@@ -996,7 +996,7 @@ def test_three_slice_series_is_checked_and_two_slice_series_not(tmp_path):
     with pytest.raises(InputError, match="gantry tilt of 45.0 degrees"):
         read_volume(tmp_path / "three")
     files = dicom_series(tmp_path / "two", [(z, 0.0, z) for z in (0.0, 1.0)])
-    vm._check_slice_spacing([str(f) for f in files])
+    vm._check_slice_spacing(*vm._slice_headers([str(f) for f in files]))
 
 
 def test_oblique_series_gaps_are_measured_along_the_slice_normal(tmp_path):
@@ -1014,9 +1014,9 @@ def test_damaged_slice_is_refused_by_name(tmp_path):
     files = dicom_series(tmp_path / "s", [(0.0, 0.0, z) for z in (0, 1, 2, 3)])
     files[2].write_bytes(files[2].read_bytes()[:10])
     with pytest.raises(InputError):
-        vm._check_slice_spacing([str(f) for f in files])
+        vm._slice_headers([str(f) for f in files])
     with pytest.raises(InputError) as e:
-        vm._check_slice_spacing([str(files[0]), str(files[1]), str(files[2])])
+        vm._slice_headers([str(files[0]), str(files[1]), str(files[2])])
     assert message(e) == f"cannot read DICOM file {files[2]}: the file is damaged"
 
 
@@ -1081,3 +1081,148 @@ def test_gantry_tilt_not_judged_without_height():
     with pytest.raises(InputError) as e:
         vm._check_gantry_tilt(np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.5], [1.0, 0.0, 1.0]]), np.array([0.0, 0.0, 1.0]))
     assert message(e) == _tilt_message("1.0", "1.0", "45.0")
+
+
+# --------------------------------------------------------------------------- slices of another orientation
+
+
+def _localizer(folder: Path, name: str, position, orientation=(1, 0, 0, 0, 0, -1), rows=3, cols=4) -> Path:
+    """One slice of another orientation (a coronal localizer by default) saved with the series' UID, under its
+    own instance UID and file name."""
+    import pydicom
+
+    made = dicom_series(folder / "_loc", [position], orientation=orientation, rows=rows, cols=cols)
+    ds = pydicom.dcmread(made[0])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.2.1125.1.999"
+    ds.InstanceNumber = 999
+    ds.PixelData = np.full((rows, cols), 3000, dtype="<i2").tobytes()
+    target = folder / name
+    ds.save_as(target, enforce_file_format=True)
+    made[0].unlink()
+    (folder / "_loc").rmdir()
+    return target
+
+
+@pytest.mark.parametrize("name", ["000_localizer.dcm", "1_004b_localizer.dcm", "zz_localizer.dcm"])
+def test_localizer_saved_with_the_series_is_left_out_with_a_warning(tmp_path, name):
+    """Ten axial slices 2 mm apart (stored 100 n in slice n) and a coronal localizer (stored 3000) with the same
+    series UID, its file sorting first, among the slices or last. The CT is the ten slices: 2 mm apart, in
+    position order, no voxel of the localizer, and the warning names the file. Catches: the orientations not
+    compared (11 slices 1.8 mm apart), the localizer kept, the kept slices not sorted by position."""
+    folder = tmp_path / "s"
+    dicom_series(folder, [(0.0, 0.0, 2.0 * n) for n in range(10)])
+    _localizer(folder, name, (0.0, 5.0, 9.0))
+    v = read_volume(folder)
+    assert v.array.shape[0] == 10
+    assert v.spacing_mm[2] == pytest.approx(2.0, abs=1e-9)
+    # HU = 100 n - 1024 in slice n at z = 2 n: the k axis runs along z from slice 0
+    assert [float(v.array[k].mean()) for k in range(10)] == [100.0 * n - 1024.0 for n in range(10)]
+    assert np.allclose(v.ijk_to_ras[:3, 3], [0.0, 0.0, 0.0])
+    assert v.metadata["n_files"] == 10
+    assert v.metadata["left_out_slices"] == 1
+    assert vm.geometry_warnings(v) == [
+        "1 DICOM file(s) of the series have another slice orientation than its other slices (a localizer or scout "
+        f"image saved with the series, e.g. {name}): they were left out of the CT"
+    ]
+
+
+def test_series_of_one_orientation_keeps_every_file_in_its_order_and_warns_nothing(tmp_path):
+    """Five slices whose cosines differ by at most the tolerance (1e-3) are one orientation: every file kept, in
+    the reader's order, no warning. Catches: the tolerance made strict (< for <=) or zero, a series of one
+    orientation re-sorted or counted as leaving files out."""
+    files = []
+    for n, dy in enumerate([0.0, 0.001, 0.0, 0.0005, 0.001]):  # 0.001 - 0 is exactly the tolerance in doubles
+        files += dicom_series(tmp_path / f"p{n}", [(0.0, 0.0, float(n))], orientation=(1, 0, 0, 0, 1, dy),
+                              uid=f"1.2.826.0.1.3680043.2.1125.{n + 1}")
+    positions, orientations = vm._slice_headers([str(f) for f in reversed(files)])
+    metadata: dict = {}
+    assert vm._slices_of_one_orientation([str(f) for f in reversed(files)], positions, orientations, metadata) == [
+        0, 1, 2, 3, 4]
+    assert metadata == {}
+
+
+def test_cosines_just_over_the_tolerance_are_another_orientation(tmp_path):
+    """Four slices and one whose column cosine is 0.0011 off (over 1e-3): that one is left out. Catches: the
+    largest cosine difference not taken (a mean, or one component only), the tolerance made larger."""
+    paths = []
+    for n in range(5):
+        off = 0.0011 if n == 2 else 0.0
+        paths += dicom_series(tmp_path / f"p{n}", [(0.0, 0.0, float(n))], orientation=(1, 0, 0, 0, 1, off),
+                              uid=f"1.2.826.0.1.3680043.2.1125.{n + 1}")
+    names = [str(p) for p in paths]
+    metadata: dict = {}
+    kept = vm._slices_of_one_orientation(names, *vm._slice_headers(names), metadata)
+    assert kept == [0, 1, 3, 4]
+    assert metadata == {"left_out_slices": 1, "left_out_example": paths[2].name}
+
+
+def test_slices_are_sorted_along_the_normal_of_the_kept_orientation(tmp_path):
+    """An oblique series (normal +x) given out of order with one localizer: the kept slices are ordered by their
+    position along +x, not by z nor by file order. Catches: sorted by the wrong coordinate or not at all."""
+    xs = [3.0, 0.0, 2.0, 1.0]
+    paths = []
+    for n, x in enumerate(xs):
+        paths += dicom_series(tmp_path / f"p{n}", [(x, 5.0, 10.0 - x)], orientation=(0, 1, 0, 0, 0, 1),
+                              uid=f"1.2.826.0.1.3680043.2.1125.{n + 1}")
+    paths += dicom_series(tmp_path / "loc", [(0.0, 0.0, 0.0)], orientation=(1, 0, 0, 0, 1, 0),
+                          uid="1.2.826.0.1.3680043.2.1125.9")
+    names = [str(p) for p in paths]
+    metadata: dict = {}
+    assert vm._slices_of_one_orientation(names, *vm._slice_headers(names), metadata) == [1, 3, 2, 0]
+    assert metadata["left_out_slices"] == 1
+
+
+def test_two_orientations_of_equal_count_are_refused(tmp_path):
+    """Three axial and three coronal slices under one series UID: which is the CT cannot be told. Catches: the
+    first group taken silently."""
+    folder = tmp_path / "s"
+    dicom_series(folder, [(0.0, 0.0, float(n)) for n in range(3)])
+    for n in range(3):
+        _localizer(folder, f"loc{n}.dcm", (0.0, float(n), 0.0)).rename(folder / f"loc{n}.dcm")
+    import pydicom
+
+    for n in range(3):  # each its own instance
+        ds = pydicom.dcmread(folder / f"loc{n}.dcm")
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.2.1125.1.99{n}"
+        ds.save_as(folder / f"loc{n}.dcm", enforce_file_format=True)
+    with pytest.raises(InputError) as e:
+        read_volume(folder)
+    assert message(e) == (
+        "the DICOM series mixes slice orientations: 3 slices of one and 3 of another (2 orientations in 6 files), "
+        "so which is the CT is unclear; export the CT's slices alone, or give a folder that holds only them"
+    )
+
+
+def test_slice_without_orientation_among_oriented_ones_is_left_out(tmp_path):
+    """Four oriented slices and one without ImageOrientationPatient (a secondary capture saved with the series):
+    that one is left out; a series where no slice has it is one group. Catches: a missing orientation grouped
+    with a present one, or raising."""
+    import pydicom
+
+    paths = dicom_series(tmp_path / "s", [(0.0, 0.0, float(n)) for n in range(5)])
+    ds = pydicom.dcmread(paths[4])
+    del ds.ImageOrientationPatient
+    ds.save_as(paths[4], enforce_file_format=True)
+    names = [str(p) for p in paths]
+    positions, orientations = vm._slice_headers(names)
+    assert orientations[4] is None and orientations[0].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert positions[3].tolist() == [0.0, 0.0, 3.0]
+    metadata: dict = {}
+    assert vm._slices_of_one_orientation(names, positions, orientations, metadata) == [0, 1, 2, 3]
+    assert metadata["left_out_example"] == paths[4].name
+    assert vm._slices_of_one_orientation(names[:2], [None, None], [None, None], {}) == [0, 1]
+
+
+def test_a_position_that_is_not_numbers_is_refused_by_name(tmp_path):
+    """ImagePositionPatient written as text that is not numbers: refused naming the file (ITK's header read
+    fails on it), not a ValueError from the conversion. Catches: the tags converted before the header is read."""
+    import pydicom
+
+    paths = dicom_series(tmp_path / "s", [(0.0, 0.0, float(n)) for n in range(3)])
+    ds = pydicom.dcmread(paths[1])
+    ds["ImagePositionPatient"].VR = "LO"
+    ds.ImagePositionPatient = "left\\up\\here"
+    ds.save_as(paths[1], enforce_file_format=True)
+    with pytest.raises(InputError) as e:
+        vm._slice_headers([str(p) for p in paths])
+    assert message(e) == f"cannot read DICOM file {paths[1]}: the file is damaged"
