@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from ibc_helpers import rotation, shared_file
 from ImplantBoneContactLib import InputError, Volume, read_volume, write_volume
-from ImplantBoneContactLib.volume import LPS_TO_RAS
+from ImplantBoneContactLib.volume import LPS_TO_RAS, geometry_warnings
 
 
 def _nifti_header_ijk_to_ras(path) -> np.ndarray:
@@ -143,3 +143,34 @@ def test_missing_and_2d_files(tmp_path):
     sitk.WriteImage(sitk.Image(8, 8, sitk.sitkInt16), str(tmp_path / "slice.nrrd"))
     with pytest.raises(InputError, match="2D"):
         read_volume(tmp_path / "slice.nrrd")
+
+
+def test_real_series_with_a_localizer_saved_in_it_reads_as_the_series_alone(tmp_path):
+    """The real JPEG 2000 series (20 axial slices) and a copy of one slice turned into a sagittal localizer
+    (ImageOrientationPatient, position and instance UID changed; the same series UID, rows and columns): the
+    CT read is the 20 slices, voxel for voxel and with the geometry of the series read alone, and the
+    warning names the localizer's file. Without the orientation check ITK stacks it in as a 21st slice."""
+    import shutil
+
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    source = shared_file("abdomen_ct_dicom")
+    files = sorted(p for p in source.iterdir() if p.is_file())
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    ds = pydicom.dcmread(files[7])
+    ds.ImageOrientationPatient = [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]
+    ds.ImagePositionPatient = [0.0, -250.0, float(ds.ImagePositionPatient[2]) + 1.0]
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.save_as(folder / "localizer.dcm")
+
+    alone = read_volume(source)
+    with_localizer = read_volume(folder)
+    assert with_localizer.array.shape == alone.array.shape == (20, 512, 512)
+    assert np.array_equal(with_localizer.array, alone.array)
+    assert np.allclose(with_localizer.ijk_to_ras, alone.ijk_to_ras, atol=1e-9)
+    assert "1 DICOM file(s) of the series have another slice orientation" in " ".join(geometry_warnings(with_localizer))
+    assert "localizer.dcm" in with_localizer.metadata["left_out_example"]

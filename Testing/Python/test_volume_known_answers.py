@@ -1226,3 +1226,34 @@ def test_a_position_that_is_not_numbers_is_refused_by_name(tmp_path):
     with pytest.raises(InputError) as e:
         vm._slice_headers([str(p) for p in paths])
     assert message(e) == f"cannot read DICOM file {paths[1]}: the file is damaged"
+
+
+def test_two_files_of_two_orientations_are_refused(tmp_path):
+    """A folder of two slices under one series UID, one axial and one coronal: refused as two orientations of
+    equal count. Catches: the headers read only from three files on (two slices stacked as a CT)."""
+    folder = tmp_path / "s"
+    dicom_series(folder, [(0.0, 0.0, 0.0)])
+    _localizer(folder, "loc.dcm", (0.0, 2.0, 0.0))
+    with pytest.raises(InputError, match=r"mixes slice orientations: 1 slices of one and 1 of another \(2 orientations in 2 files\)"):
+        read_volume(folder)
+
+
+def test_spacing_check_without_any_orientation_checks_nothing():
+    """Positions but no ImageOrientationPatient in any slice: no normal to measure gaps along, so nothing is
+    refused, even with a 10 mm gap. Catches: the search for a normal raising when none is found."""
+    positions = [np.array([0.0, 0.0, z]) for z in (0.0, 1.0, 11.0)]
+    assert vm._check_slice_spacing(positions, [None, None, None]) is None
+
+
+def test_kept_slices_are_not_sorted_without_an_orientation_or_every_position():
+    """The kept group has no orientation (three slices without it, one localizer with one), or one of its slices
+    has no position: the kept slices stay in the reader's order. Catches: the sort tried on a missing
+    orientation or a missing position (an exception), either of the two conditions dropped."""
+    axial = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    coronal = np.array([1.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+    pos = [np.array([0.0, 0.0, z]) for z in (2.0, 0.0, 1.0, 5.0)]
+    files = ["a.dcm", "b.dcm", "c.dcm", "loc.dcm"]
+    assert vm._slices_of_one_orientation(files, pos, [None, None, None, coronal], {}) == [0, 1, 2]
+    no_position = [pos[0], None, pos[2], pos[3]]
+    assert vm._slices_of_one_orientation(files, no_position, [axial, axial, axial, coronal], {}) == [0, 1, 2]
+    assert vm._slices_of_one_orientation(files, pos, [axial, axial, axial, coronal], {}) == [1, 2, 0]
