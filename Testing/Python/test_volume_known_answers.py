@@ -974,11 +974,15 @@ def test_series_with_missing_slices_is_refused_with_the_count(tmp_path, z, n_mis
     )
 
 
-def test_series_with_a_gap_of_1_5_spacings_is_read(tmp_path):
-    """A gap of exactly 1.5 x the spacing (a slice position rounded) is not a missing slice. Catches: >
-    made >=."""
-    v = read_volume(dicom_series(tmp_path / "s", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0, 7.0, 9.0, 11.0)])[0].parent)
-    assert v.array.shape[0] == 6
+def test_series_with_a_gap_of_1_5_spacings_is_not_a_missing_slice(tmp_path):
+    """A gap of exactly 1.5 x the spacing is not counted as a missing slice; stacked evenly (2.2 mm apart), the
+    slices around it lie 0.4 mm from their own positions, a fifth of the 2 mm spacing and a rounding more: refused
+    as unequally spaced. Catches: > made >= in the gap rule (the missing-slice message instead)."""
+    dicom_series(tmp_path / "s", [(0.0, 0.0, z) for z in (0.0, 2.0, 4.0, 7.0, 9.0, 11.0)])
+    with pytest.raises(InputError) as e:
+        read_volume(tmp_path / "s")
+    assert message(e).startswith("the DICOM slices are not equally spaced (gaps 2 to 3 mm): stacked evenly, a slice "
+                                 "would lie 0.4 mm from its own position")
 
 
 def test_series_of_duplicated_positions_is_refused(tmp_path):
@@ -1257,3 +1261,43 @@ def test_kept_slices_are_not_sorted_without_an_orientation_or_every_position():
     no_position = [pos[0], None, pos[2], pos[3]]
     assert vm._slices_of_one_orientation(files, no_position, [axial, axial, axial, coronal], {}) == [0, 1, 2]
     assert vm._slices_of_one_orientation(files, pos, [axial, axial, axial, coronal], {}) == [1, 2, 0]
+
+
+# --------------------------------------------------------------------------- unequal slice spacing
+
+
+def test_unequally_spaced_series_is_refused_with_the_misplacement(tmp_path):
+    """Slices at z = 0, 1, 2, 3, 4.4, 5.8, 7.2 mm (gaps 1 and 1.4, none 1.5 times the median 1.2): stacked evenly
+    from first to last (1.2 mm apart) slice 3 would lie at 3.6, 0.6 mm from its own 3. Catches: no check of the
+    evenness (ITK reads it as 7 slices 1.2 mm apart without a word)."""
+    dicom_series(tmp_path / "s", [(0.0, 0.0, z) for z in (0, 1, 2, 3, 4.4, 5.8, 7.2)])
+    with pytest.raises(InputError) as e:
+        read_volume(tmp_path / "s")
+    assert message(e) == (
+        "the DICOM slices are not equally spaced (gaps 1 to 1.4 mm): stacked evenly, a slice would lie 0.6 mm from its "
+        "own position; resample the series to a regular grid first (Slicer's DICOM import with acquisition geometry "
+        "regularization, or dcm2niix)"
+    )
+
+
+def _positions(zs):
+    return [np.array([0.0, 0.0, z]) for z in zs], [np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])] * len(zs)
+
+
+def test_misplacement_of_exactly_a_fifth_of_the_spacing_is_accepted_and_more_refused():
+    """z = 0, 5, 10, 16, 20 mm: the evenly stacked slice 3 lies at 15, 1.0 mm off, exactly a fifth of the 5 mm
+    median gap: accepted; 16.0001: refused. Catches: <= made <, the share or the spacing it multiplies changed,
+    the even positions not spread from the first to the last slice."""
+    assert vm._check_slice_spacing(*_positions([0.0, 5.0, 10.0, 16.0, 20.0])) is None
+    with pytest.raises(InputError, match=r"not equally spaced \(gaps 4 to 6 mm\).* lie 1 mm from"):
+        vm._check_slice_spacing(*_positions([0.0, 5.0, 10.0, 16.0001, 20.0]))
+
+
+def test_positions_rounded_to_a_tenth_of_a_millimetre_are_accepted(tmp_path):
+    """0.625 mm slices whose positions a scanner wrote to one decimal (0, 0.6, 1.2, 1.9, 2.5, ...: up to 0.05 mm
+    off): read, 16 slices 0.625 mm apart. Catches: a tolerance so tight that rounded positions are refused."""
+    zs = [round(0.625 * n, 1) for n in range(16)]
+    dicom_series(tmp_path / "s", [(0.0, 0.0, z) for z in zs])
+    v = read_volume(tmp_path / "s")
+    assert v.array.shape[0] == 16
+    assert v.spacing_mm[2] == pytest.approx(9.4 / 15, abs=1e-9)
