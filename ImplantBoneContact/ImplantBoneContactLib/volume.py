@@ -390,13 +390,22 @@ def _slice_headers(files: list[str]) -> tuple[list, list]:
             r.ReadImageInformation()
         except RuntimeError:
             raise InputError(f"cannot read DICOM file {f}: the file is damaged") from None
-        # Both tags are numbers here: ITK's header read above fails on a file where they are not.
-        values = [np.array([float(v) for v in r.GetMetaData(tag).split("\\")])
-                  if r.HasMetaDataKey(tag) and r.GetMetaData(tag).strip() else None
+        values = [_dicom_numbers(r.GetMetaData(tag) if r.HasMetaDataKey(tag) else "", f, tag)
                   for tag in ("0020|0032", "0020|0037")]
         positions.append(values[0])
         orientations.append(values[1])
     return positions, orientations
+
+
+def _dicom_numbers(text: str, file: str, tag: str) -> np.ndarray | None:
+    """A multi-valued DICOM number (``a\\b\\c``) as an array, ``None`` when empty; refused when it is not numbers
+    (SimpleITK 2.5.7 refused such a file when reading its header; 2.4.1, Slicer 5.8's, read it)."""
+    if not text.strip():
+        return None
+    try:
+        return np.array([float(v) for v in text.split("\\")])
+    except ValueError:
+        raise InputError(f"cannot read DICOM file {file}: its tag {tag} is not a list of numbers ({text.strip()[:40]})") from None
 
 
 def _same_orientation(a: np.ndarray | None, b: np.ndarray | None) -> bool:
