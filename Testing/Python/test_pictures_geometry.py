@@ -263,3 +263,28 @@ def test_unrolled_figures_have_their_own_title_and_key(result, kind):
     legend = " ".join(t.get_text() for lg in fig.legends for t in lg.get_texts())
     for name in result.class_names:
         assert (name in legend) == (kind == "class"), name
+
+
+def test_bands_inside_the_tip_zone_are_neither_drawn_nor_labelled_in_the_unrolled_map(phantom, phantom_ct, phantom_stem):
+    """A tip zone of 60 mm on the phantom's stem (about 130 mm from cut to tip: the distal band's border at about
+    43 mm lies inside it) holds the whole distal band: zones 3, 5, 10 and 12 have no vertex. The unrolled map
+    then draws no border and puts no label there: the distal border is NaN in every column, the labels are the
+    ten zones that have vertices, each centred within its own zone's heights. Before, the border was drawn at
+    its nominal height and zones 3, 5, 10 and 12 labelled between it and the tip zone's border."""
+    from ibc_helpers import frame_parameters
+    from ImplantBoneContactLib.analysis import AnalysisParameters, analyze
+    from ImplantBoneContactLib.plots.unrolled import unrolled_map, zone_cell_centres
+
+    res = analyze(phantom_ct, phantom_stem,
+                  AnalysisParameters(points=3000, tip_length_mm=60.0, **frame_parameters(phantom.true_frame())))
+    v = res.vertices
+    present = set(int(z) for z in v["gruen_zone"].unique() if z > 0)
+    assert present.isdisjoint({3, 5, 10, 12}) and {1, 2, 4, 6, 7, 8, 9, 11, 13, 14} <= present
+    umap = unrolled_map(res)
+    assert np.isnan(umap.band_heights_mm[1]).all()
+    assert np.isfinite(umap.band_heights_mm[0]).all()
+    centres = zone_cell_centres(umap)
+    assert {z for z, _, _ in centres} == {1, 2, 4, 6, 7, 8, 9, 11, 13, 14}
+    heights = v.groupby("gruen_zone")["height_mm"].agg(["min", "max"])
+    for zone, _, height in centres:
+        assert heights.loc[zone, "min"] <= height <= heights.loc[zone, "max"], zone

@@ -242,8 +242,13 @@ def unrolled_map(result, width_px: int = 720, height_px: int = 520, pad_deg: flo
     top_default = float(h[below].max()) if below.any() else float(h.max())
     cut = _column_heights(next(uv for k, uv in lines if k == "resection"), az_cols, top_default)
     band_uv = [uv for k, uv in lines if k == "band"]
+    fractions = np.cumsum(np.asarray(result.parameters.bands_axial, dtype=float))[:2]
     band_lines = np.stack([_column_heights(uv, az_cols, float(np.median(cut)) * (1 - f))
-                           for uv, f in zip(band_uv, (1 / 3, 2 / 3))]) if band_uv else np.zeros((2, width_px))
+                           for uv, f in zip(band_uv, fractions)]) if band_uv else np.zeros((2, width_px))
+    if frame.tip_length_mm > 0:
+        # A band border inside the tip zone (a stem shorter than three tip lengths) is no border: the tip zone
+        # holds that part of the band, as it does in the zone assignment.
+        band_lines[band_lines <= frame.tip_length_mm] = np.nan
     top = min(float(np.nanmax(cut)) + 3.0, float(h.max()))
     heights = top - (np.arange(height_px) + 0.5) * top / height_px
 
@@ -415,18 +420,23 @@ def zone_cell_centres(umap: UnrolledMap) -> list[tuple[int, float, float]]:
     """``(zone, azimuth_deg, height_mm)`` at the middle of each Gruen zone's cell of the unrolled grid.
 
     The medial sector straddles 0/360 degrees, so its zones appear twice; without a tip zone (tip length 0)
-    the tip zones are left out.
+    the tip zones are left out, and so are the zones of a band that lies wholly in the tip zone (a band border
+    at or below the tip zone's is NaN in ``band_heights_mm``: the band ends at the tip zone).
     """
     az = umap.azimuth_deg
+    tip = umap.tip_length_mm
     sectors = {"medial": (7, 6, 5, 4), "anterior": (8, 9, 10, 11), "lateral": (1, 2, 3, 4), "posterior": (14, 13, 12, 11)}
     centres = {"medial": (22.5, 337.5), "anterior": (90.0,), "lateral": (180.0,), "posterior": (270.0,)}
     out = []
     for sector, zones in sectors.items():
         for a in centres[sector]:
             k = min(int(a / 360.0 * len(az)), len(az) - 1)
-            levels = [umap.cut_height_mm[k], umap.band_heights_mm[0][k], umap.band_heights_mm[1][k], umap.tip_length_mm, 0.0]
-            for band in range(4):
-                if band == 3 and umap.tip_length_mm <= 0:
-                    continue
-                out.append((zones[band], a, 0.5 * (levels[band] + levels[band + 1])))
+            borders = [umap.band_heights_mm[0][k], umap.band_heights_mm[1][k]]
+            floor = max(tip, 0.0)
+            levels = [umap.cut_height_mm[k]] + [b if np.isfinite(b) else floor for b in borders] + [floor]
+            for band in range(3):
+                if levels[band] > levels[band + 1]:
+                    out.append((zones[band], a, 0.5 * (levels[band] + levels[band + 1])))
+            if tip > 0:
+                out.append((zones[3], a, 0.5 * tip))
     return out
