@@ -546,7 +546,7 @@ def _array_view(image) -> np.ndarray:
 def _volume_from_sitk(image, source: str, metadata: dict) -> Volume:
     if image.GetDimension() != 3:
         size = image.GetSize()
-        if image.GetDimension() == 2 or (image.GetDimension() == 3 and 1 in size):
+        if image.GetDimension() == 2:  # a 3D image one voxel thick is refused by validate_volume (1 slice)
             raise InputError(
                 f"the CT {source} is a 2D image (size {size}): give a 3D volume or a DICOM series folder"
             )
