@@ -63,9 +63,11 @@ def write(path: Path, data: bytes) -> Path:
 
 
 def dicom_series(folder: Path, positions, orientation=(1, 0, 0, 0, 1, 0), uid="1.2.826.0.1.3680043.2.1125.1",
-                 slopes=None, intercepts=None, modality="CT", rows=3, cols=4, pixel_spacing=(0.5, 0.25)):
+                 slopes=None, intercepts=None, modality="CT", rows=3, cols=4, pixel_spacing=(0.5, 0.25),
+                 orientations=None):
     """One uncompressed CT slice per position (ImagePositionPatient, mm), stored values ``100 * n`` in slice
-    ``n``, rescale slope 1 and intercept -1024 unless given per slice."""
+    ``n``, rescale slope 1 and intercept -1024 unless given per slice; ``orientations`` gives each slice its own
+    ImageOrientationPatient instead of ``orientation``."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
@@ -86,7 +88,7 @@ def dicom_series(folder: Path, positions, orientation=(1, 0, 0, 0, 1, 0), uid="1
         ds.PatientID = "phantom"
         ds.InstanceNumber = n + 1
         ds.ImagePositionPatient = [float(v) for v in pos]
-        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.ImageOrientationPatient = [float(v) for v in (orientation if orientations is None else orientations[n])]
         ds.PixelSpacing = [float(v) for v in pixel_spacing]
         ds.Rows, ds.Columns = rows, cols
         ds.SamplesPerPixel = 1
@@ -751,6 +753,16 @@ def _truncated_message(p, needed, size):
             f"holds {size}; copy or export it again")
 
 
+def _whole_passes_cut_refused(folder: Path, name: str, data: bytes, cut: int, needed: int) -> None:
+    """``data`` written whole passes the completeness check; without its last ``cut`` bytes it is refused naming
+    ``needed`` bytes announced and what the file holds."""
+    vm._check_nifti_complete(write(folder / name, data))
+    p = write(folder / ("short_" + name), data[:-cut])
+    with pytest.raises(InputError) as e:
+        vm._check_nifti_complete(p)
+    assert message(e) == _truncated_message(p, needed, len(data) - cut)
+
+
 @pytest.mark.parametrize("endian", ["<", ">"])
 @pytest.mark.parametrize("name", ["t.nii", "t.nii.gz"])
 def test_nifti_one_byte_short_is_refused_and_complete_one_read(tmp_path, endian, name):
@@ -773,11 +785,7 @@ def test_nifti_gz_larger_than_the_first_read_is_counted_whole(tmp_path):
     (540 bytes) through every chunk. Catches: only the first chunk or the header counted."""
     full = nifti1_bytes(shape=(8, 8, 8))
     assert len(full) == 1376
-    vm._check_nifti_complete(write(tmp_path / "big.nii.gz", full))
-    p = write(tmp_path / "cut.nii.gz", full[:-2])
-    with pytest.raises(InputError) as e:
-        vm._check_nifti_complete(p)
-    assert message(e) == _truncated_message(p, 1376, 1374)
+    _whole_passes_cut_refused(tmp_path, "big.nii.gz", full, 2, 1376)
 
 
 def test_nifti_gz_whose_compressed_stream_ends_early_is_refused(tmp_path):
@@ -814,11 +822,7 @@ def test_nifti_size_announced_by_dim_and_bitpix(tmp_path, kwargs, n_bytes, neede
     is refused. Catches: the dim range, the clips, the per-voxel size."""
     data = nifti1_bytes(voxels=b"\0" * n_bytes, **kwargs)
     assert len(data) == needed
-    vm._check_nifti_complete(write(tmp_path / "ok.nii", data))
-    p = write(tmp_path / "short.nii", data[:-1])
-    with pytest.raises(InputError) as e:
-        vm._check_nifti_complete(p)
-    assert message(e) == _truncated_message(p, needed, needed - 1)
+    _whole_passes_cut_refused(tmp_path, "ok.nii", data, 1, needed)
 
 
 @pytest.mark.parametrize("endian", ["<", ">"])
@@ -826,11 +830,7 @@ def test_nifti2_size_is_read_from_its_64_bit_fields(tmp_path, endian):
     """NIfTI-2: 544 + 4 x 3 x 2 x 2 = 592 bytes. Catches: the NIfTI-2 branch's offsets or formats."""
     data = nifti2_bytes(endian=endian)
     assert len(data) == 592
-    vm._check_nifti_complete(write(tmp_path / "n2.nii", data))
-    p = write(tmp_path / "n2_short.nii", data[:-3])
-    with pytest.raises(InputError) as e:
-        vm._check_nifti_complete(p)
-    assert message(e) == _truncated_message(p, 592, 589)
+    _whole_passes_cut_refused(tmp_path, "n2.nii", data, 3, 592)
     p = write(tmp_path / "n2_short.nii.gz", nifti2_bytes(endian=endian, bitpix=8, voxel_bytes=20))
     with pytest.raises(InputError) as e:
         vm._check_nifti_complete(p)
@@ -1146,10 +1146,9 @@ def test_series_of_one_orientation_keeps_every_file_in_its_order_and_warns_nothi
     """Five slices whose cosines differ by at most the tolerance (1e-3) are one orientation: every file kept, in
     the reader's order, no warning. Catches: the tolerance made strict (< for <=) or zero, a series of one
     orientation re-sorted or counted as leaving files out."""
-    files = []
-    for n, dy in enumerate([0.0, 0.001, 0.0, 0.0005, 0.001]):  # 0.001 - 0 is exactly the tolerance in doubles
-        files += dicom_series(tmp_path / f"p{n}", [(0.0, 0.0, float(n))], orientation=(1, 0, 0, 0, 1, dy),
-                              uid=f"1.2.826.0.1.3680043.2.1125.{n + 1}")
+    dys = [0.0, 0.001, 0.0, 0.0005, 0.001]  # 0.001 - 0 is exactly the tolerance in doubles
+    files = dicom_series(tmp_path / "s", [(0.0, 0.0, float(n)) for n in range(5)],
+                         orientations=[(1, 0, 0, 0, 1, dy) for dy in dys])
     positions, orientations = vm._slice_headers([str(f) for f in reversed(files)])
     metadata: dict = {}
     assert vm._slices_of_one_orientation([str(f) for f in reversed(files)], positions, orientations, metadata) == [
@@ -1160,11 +1159,8 @@ def test_series_of_one_orientation_keeps_every_file_in_its_order_and_warns_nothi
 def test_cosines_just_over_the_tolerance_are_another_orientation(tmp_path):
     """Four slices and one whose column cosine is 0.0011 off (over 1e-3): that one is left out. Catches: the
     largest cosine difference not taken (a mean, or one component only), the tolerance made larger."""
-    paths = []
-    for n in range(5):
-        off = 0.0011 if n == 2 else 0.0
-        paths += dicom_series(tmp_path / f"p{n}", [(0.0, 0.0, float(n))], orientation=(1, 0, 0, 0, 1, off),
-                              uid=f"1.2.826.0.1.3680043.2.1125.{n + 1}")
+    paths = dicom_series(tmp_path / "s", [(0.0, 0.0, float(n)) for n in range(5)],
+                         orientations=[(1, 0, 0, 0, 1, 0.0011 if n == 2 else 0.0) for n in range(5)])
     names = [str(p) for p in paths]
     metadata: dict = {}
     kept = vm._slices_of_one_orientation(names, *vm._slice_headers(names), metadata)
@@ -1176,12 +1172,8 @@ def test_slices_are_sorted_along_the_normal_of_the_kept_orientation(tmp_path):
     """An oblique series (normal +x) given out of order with one localizer: the kept slices are ordered by their
     position along +x, not by z nor by file order. Catches: sorted by the wrong coordinate or not at all."""
     xs = [3.0, 0.0, 2.0, 1.0]
-    paths = []
-    for n, x in enumerate(xs):
-        paths += dicom_series(tmp_path / f"p{n}", [(x, 5.0, 10.0 - x)], orientation=(0, 1, 0, 0, 0, 1),
-                              uid=f"1.2.826.0.1.3680043.2.1125.{n + 1}")
-    paths += dicom_series(tmp_path / "loc", [(0.0, 0.0, 0.0)], orientation=(1, 0, 0, 0, 1, 0),
-                          uid="1.2.826.0.1.3680043.2.1125.9")
+    paths = dicom_series(tmp_path / "s", [(x, 5.0, 10.0 - x) for x in xs] + [(0.0, 0.0, 0.0)],
+                         orientations=[(0, 1, 0, 0, 0, 1)] * 4 + [(1, 0, 0, 0, 1, 0)])
     names = [str(p) for p in paths]
     metadata: dict = {}
     assert vm._slices_of_one_orientation(names, *vm._slice_headers(names), metadata) == [1, 3, 2, 0]
